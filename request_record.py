@@ -1,0 +1,51 @@
+"""What one API request did: the record the server fills in and the metrics publisher sends.
+
+The server creates one ``RequestRecord`` per request to a verifying or embedding endpoint, fills
+in what it learned (faces, timings, the decision), and hands it to the metrics publisher once the
+response is known. Nothing here holds image data or embeddings.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FaceSummary:
+    """Detection outcome for one input photo."""
+
+    role: str  # "reference" or "sample" or "photo"
+    count: int
+    probability: float | None = None
+    box: list[float] | None = None
+    image_width: int | None = None
+    image_height: int | None = None
+
+
+@dataclass
+class Latency:
+    """Milliseconds spent per stage; total covers the whole request handler."""
+
+    decode: float = 0.0
+    detection: float = 0.0
+    embedding: float = 0.0
+    scoring: float = 0.0
+    total: float = 0.0
+
+
+@dataclass
+class RequestRecord:
+    """Everything the metrics message says about one request."""
+
+    endpoint: str
+    started: float = field(default_factory=time.time)
+    status: int = 200
+    error_code: str | None = None
+    match: bool | None = None
+    distance: float | None = None
+    threshold: float | None = None
+    metric: str | None = None
+    model: str | None = None
+    faces: list[FaceSummary] = field(default_factory=list)
+    latency: Latency = field(default_factory=Latency)
