@@ -1,0 +1,49 @@
+# facematch, CPU image for linux/amd64 and linux/arm64.
+# Build: docker build -t facematch [--build-arg FACEMATCH_MODEL=vggface2] .
+# Run:   docker run -p 8000:8000 facematch
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS builder
+# PyTorch's CPU index serves CPU-only torch for both amd64 and arm64 (no CUDA libraries).
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+ARG TORCH_VERSION=2.14.1
+ARG TORCHVISION_VERSION=0.29.1
+ARG FACEMATCH_MODEL=casia-webface
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+RUN python -m venv /opt/venv
+COPY requirements.txt ./
+# torch and torchvision first from TORCH_INDEX_URL, then everything else in requirements.txt.
+RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
+        "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
+    && grep -v -E '^(torch|torchvision)==' requirements.txt > /tmp/requirements-rest.txt \
+    && pip install --no-cache-dir -r /tmp/requirements-rest.txt \
+    && pip check
+# The weights are built here, once, so the container never downloads at start.
+COPY config.py ./
+COPY deployment_utils/ deployment_utils/
+RUN python -m deployment_utils.weights build --model "${FACEMATCH_MODEL}" --data-dir /opt/facematch/data
+
+FROM ${PYTHON_IMAGE} AS runtime
+ARG FACEMATCH_MODEL=casia-webface
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    FACEMATCH_MODEL=${FACEMATCH_MODEL} \
+    FACEMATCH_DATA_DIR=/opt/facematch/data \
+    FACEMATCH_PORT=8000
+RUN groupadd --system --gid 10001 facematch \
+    && useradd --system --uid 10001 --gid facematch --create-home --home-dir /home/facematch \
+        --shell /usr/sbin/nologin facematch
+WORKDIR /app
+COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/facematch/data /opt/facematch/data
+COPY *.py ./
+COPY deployment_utils/ deployment_utils/
+COPY monitoring/ monitoring/
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
+    CMD ["python", "-c", "import json, os, sys, urllib.request; r = urllib.request.urlopen('http://127.0.0.1:%s/ping' % os.environ.get('FACEMATCH_PORT', '8000'), timeout=4); sys.exit(json.load(r).get('status') != 'ok')"]
+CMD ["gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
