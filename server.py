@@ -49,8 +49,8 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
-        JSON_SORT_KEYS=False,
     )
+    app.json.sort_keys = False
     app.extensions["facematch"] = _Services(
         settings=settings,
         engine=engine or FaceEngine.from_settings(settings),

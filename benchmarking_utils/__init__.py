@@ -1,0 +1,1 @@
+"""Measurement tools for facematch: LFW accuracy and threshold choice, latency, load."""

@@ -1,0 +1,106 @@
+"""LFW pair lists and images: reading the official files and embedding the pairs.
+
+Layout (see ``shared/data/lfw/README.md``): ``images/<Name>/<Name>_NNNN.jpg`` and the pair files
+``pairsDevTrain.txt``, ``pairsDevTest.txt`` (View 1) and ``pairs.txt`` (View 2, 10 folds).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+import score_service
+
+DEFAULT_LFW_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"
+GET_LFW = (
+    "LFW is not at {path}. Set FACEMATCH_LFW_DIR to a folder holding images/<Name>/<Name>_NNNN.jpg "
+    "(from the official lfw.tgz, University of Massachusetts, Amherst) and the pair lists "
+    "pairsDevTrain.txt, pairsDevTest.txt and pairs.txt."
+)
+
+
+@dataclass(frozen=True)
+class Pair:
+    """Two LFW images (paths relative to ``images/``), ``same`` if they show one person."""
+
+    first: str
+    second: str
+    same: bool
+    fold: int = 0
+
+
+def lfw_dir() -> Path:
+    """The LFW folder: ``FACEMATCH_LFW_DIR`` or ``../shared/data/lfw`` beside the repository."""
+    return Path(os.environ.get("FACEMATCH_LFW_DIR", DEFAULT_LFW_DIR))
+
+
+def image_name(person: str, number: int | str) -> str:
+    return f"{person}/{person}_{int(number):04d}.jpg"
+
+
+def read_pairs(path: Path) -> list[Pair]:
+    """Parse an official pair list; View 2's folds are numbered from 0."""
+    lines = Path(path).read_text().splitlines()
+    header = lines[0].split()
+    per_fold = 2 * int(header[-1]) if len(header) == 2 else len(lines) - 1
+    pairs = []
+    for index, line in enumerate(lines[1:]):
+        parts = line.split("\t")
+        fold = index // per_fold
+        if len(parts) == 3:
+            pairs.append(Pair(image_name(parts[0], parts[1]), image_name(parts[0], parts[2]), True, fold))
+        elif len(parts) == 4:
+            pairs.append(Pair(image_name(parts[0], parts[1]), image_name(parts[2], parts[3]), False, fold))
+    return pairs
+
+
+def pair_distances(
+    embed_image: Callable[[Image.Image], np.ndarray | None],
+    root: Path,
+    pairs: Iterable[Pair],
+    metric: str = "cosine",
+    progress: str | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Embed each distinct image once and return (distances, same labels, images without a face).
+
+    ``embed_image`` returns None when it finds no face; such a pair gets distance ``nan``, which
+    every accuracy figure here counts as a wrong decision.
+    """
+    pairs = list(pairs)
+    names = sorted({p.first for p in pairs} | {p.second for p in pairs})
+    vectors: dict[str, np.ndarray | None] = {}
+    for name in tqdm(names, desc=progress, unit="img", disable=progress is None):
+        with Image.open(root / "images" / name) as image:
+            vectors[name] = embed_image(image.convert("RGB"))
+    distances = np.array([
+        np.nan if vectors[p.first] is None or vectors[p.second] is None
+        else score_service.distance(vectors[p.first], vectors[p.second], metric)
+        for p in pairs
+    ])
+    same = np.array([p.same for p in pairs])
+    return distances, same, sum(v is None for v in vectors.values())
+
+
+def accuracy_counting_failures(distances: np.ndarray, same: np.ndarray, threshold: float) -> float:
+    """Accuracy where a pair without a distance (no face found) counts as wrong."""
+    valid = ~np.isnan(distances)
+    correct = (distances[valid] <= threshold) == same[valid]
+    return float(correct.sum() / len(distances))
+
+
+def engine_embedder(engine) -> Callable[[Image.Image], np.ndarray | None]:
+    """Embed a photo's primary face the way the service does; None when no face is found."""
+
+    def embed(image: Image.Image) -> np.ndarray | None:
+        found = engine.detect(image)
+        if found.primary is None:
+            return None
+        return engine.embed([found.primary.crop]).vectors[0]
+
+    return embed
