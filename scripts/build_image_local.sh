@@ -1,0 +1,159 @@
+#!/usr/bin/env bash
+# Prove the shipped Dockerfile on a machine without Docker or registry access (not part of the
+# tests: it takes many minutes). As root on Debian 12:
+#   1. makes a stand-in for python:3.11-slim-bookworm with debootstrap (Debian bookworm minbase,
+#      Debian's Python 3.11, `python` on PATH) and tags it with that name;
+#   2. builds Dockerfile with buildah (chroot isolation), weights included;
+#   3. runs the image's own CMD as its own user, checks GET /ping, the image's HEALTHCHECK
+#      command and POST /photo_match on two LFW pairs (same person, two people);
+#   4. prints the image size, then deletes all its storage.
+# Differences from the shipped build (build args and mounts, never the Dockerfile): pip trusts this
+# machine's CA bundle and uses its pip mirrors; torch comes from PyPI, not PyTorch's CPU index
+# (not reachable here): on amd64 that is PyPI's CUDA build of the pinned torch 2.14.1 (much bigger
+# image), on arm64 PyPI's CPU build of torch 2.9.1 / torchvision 0.24.1 (newer ones not on PyPI).
+#
+# Usage: scripts/build_image_local.sh [amd64|arm64]
+# Env: LOG (default .data/build_image_local-ARCH.log), FACEMATCH_LFW_DIR (default ../shared/data/lfw),
+#      BUILD_TIMEOUT_MIN (default 120; 360 for arm64), KEEP_STORAGE=1 keeps the buildah storage.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+
+ARCH=${1:-amd64}
+case "$ARCH" in amd64 | arm64) ;; *) echo "usage: $0 [amd64|arm64]" >&2; exit 2 ;; esac
+[ "$(id -u)" = 0 ] || { echo "build_image_local: run as root (buildah, debootstrap)" >&2; exit 2; }
+
+LOG=${LOG:-$REPO/.data/build_image_local-$ARCH.log}
+mkdir -p "$(dirname "$LOG")"
+exec > >(tee "$LOG") 2>&1
+
+if [ "$ARCH" = arm64 ]; then default_timeout=360; else default_timeout=120; fi
+BUILD_TIMEOUT_MIN=${BUILD_TIMEOUT_MIN:-$default_timeout}
+LFW=${FACEMATCH_LFW_DIR:-$REPO/../shared/data/lfw}
+BASE=docker.io/library/python:3.11-slim-bookworm
+IMAGE=localhost/facematch:local-$ARCH
+START=$(date +%s)
+step() { echo "== [$(( $(date +%s) - START ))s] $*"; }
+fail() { echo "RESULT: FAILURE ($ARCH): $*"; exit 1; }
+
+need=(buildah debootstrap curl python3)
+[ "$ARCH" = arm64 ] && need+=(qemu-aarch64-static update-binfmts)
+missing=()
+for tool in "${need[@]}"; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "installing buildah, debootstrap (and qemu for arm64) with apt-get"
+  pkgs=(buildah debootstrap curl)
+  [ "$ARCH" = arm64 ] && pkgs+=(qemu-user-static binfmt-support)
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+fi
+if [ "$ARCH" = arm64 ] && [ ! -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]; then
+  mountpoint -q /proc/sys/fs/binfmt_misc || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  update-binfmts --enable qemu-aarch64
+fi
+
+WORK=$(mktemp -d /var/tmp/facematch-image.XXXXXX)
+STORE=(--storage-driver "${STORAGE_DRIVER:-overlay}" --root "$WORK/root" --runroot "$WORK/runroot")
+SERVER_PGID=""
+cleanup() {
+  set +e
+  [ -n "$SERVER_PGID" ] && kill -TERM -- "-$SERVER_PGID" 2>/dev/null && sleep 3 && kill -KILL -- "-$SERVER_PGID" 2>/dev/null
+  if [ "${KEEP_STORAGE:-0}" = 1 ]; then
+    echo "storage kept: buildah ${STORE[*]} images"
+    return
+  fi
+  buildah "${STORE[@]}" rm -a >/dev/null 2>&1
+  buildah "${STORE[@]}" rmi -a -f >/dev/null 2>&1
+  findmnt -rn -o TARGET | grep "^$WORK/" | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  rm -rf --one-file-system "$WORK"
+  echo "cleaned up $WORK"
+}
+trap cleanup EXIT
+
+step "stand-in base: debootstrap bookworm ($ARCH)"
+MIRROR=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
+MIRROR=${MIRROR:-http://deb.debian.org/debian}
+ROOTFS=$WORK/rootfs
+timeout 30m debootstrap --variant=minbase --arch="$ARCH" \
+  --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+  || { tail -n 30 "$WORK/debootstrap.log"; fail "debootstrap"; }
+ln -s /usr/bin/python3 "$ROOTFS/usr/local/bin/python"
+rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*
+tar -C "$ROOTFS" -cf "$WORK/rootfs.tar" .
+ctr=$(buildah "${STORE[@]}" from --arch "$ARCH" scratch)
+buildah "${STORE[@]}" add "$ctr" "$WORK/rootfs.tar" / >/dev/null
+buildah "${STORE[@]}" config --arch "$ARCH" --os linux --cmd python3 --env LANG=C.UTF-8 \
+  --env PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
+buildah "${STORE[@]}" commit --quiet "$ctr" "$BASE" >/dev/null
+buildah "${STORE[@]}" rm "$ctr" >/dev/null
+rm -rf "$ROOTFS" "$WORK/rootfs.tar"
+
+step "pip settings for this build only (mounted, not in the image)"
+printf '[global]\ncert = /etc/ssl/certs/host-ca.crt\n' >"$WORK/pip.conf"
+VOLS=(-v "/etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/host-ca.crt:ro" -v "$WORK/pip.conf:/etc/pip.conf:ro")
+mirrors=()
+for dir in /opt/pypi/simple /opt/pypi-more/simple; do
+  [ -d "$dir" ] && VOLS+=(-v "$(dirname "$dir"):$(dirname "$dir"):ro") && mirrors+=("file://$dir")
+done
+[ ${#mirrors[@]} -gt 0 ] && echo "extra-index-url = ${mirrors[*]}" >>"$WORK/pip.conf"
+cat "$WORK/pip.conf"
+ARGS=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
+[ "$ARCH" = arm64 ] && ARGS+=(--build-arg TORCH_VERSION=2.9.1 --build-arg TORCHVISION_VERSION=0.24.1)
+echo "build args: ${ARGS[*]}"
+
+step "buildah bud -f Dockerfile ($ARCH, limit ${BUILD_TIMEOUT_MIN} min)"
+build_start=$(date +%s)
+timeout "${BUILD_TIMEOUT_MIN}m" buildah "${STORE[@]}" bud --isolation chroot --format docker --pull=never \
+  --arch "$ARCH" "${ARGS[@]}" "${VOLS[@]}" -f Dockerfile -t "$IMAGE" . || fail "buildah bud (exit $?)"
+echo "build took $(( $(date +%s) - build_start ))s"
+buildah "${STORE[@]}" images
+SIZE=$(buildah "${STORE[@]}" images --format '{{.Size}}' "$IMAGE")
+buildah "${STORE[@]}" push --quiet "$IMAGE" "docker-archive:$WORK/image.tar" >/dev/null
+BYTES=$(gzip -6 -c "$WORK/image.tar" | wc -c)
+rm -f "$WORK/image.tar"
+echo "image size: $SIZE (uncompressed, buildah images); about $(( BYTES / 1000000 )) MB gzipped"
+
+step "run the image (its CMD, its user) on 127.0.0.1"
+ctr=$(buildah "${STORE[@]}" from "$IMAGE")
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+buildah "${STORE[@]}" config --env FACEMATCH_HOST=127.0.0.1 --env "FACEMATCH_PORT=$PORT" "$ctr"
+mapfile -t CMD < <(buildah "${STORE[@]}" inspect --type image --format '{{range .Docker.Config.Cmd}}{{println .}}{{end}}' "$IMAGE")
+mapfile -t HEALTH < <(buildah "${STORE[@]}" inspect --type image --format '{{range .Docker.Config.Healthcheck.Test}}{{println .}}{{end}}' "$IMAGE")
+USER_ID=$(buildah "${STORE[@]}" inspect --type image --format '{{.Docker.Config.User}}' "$IMAGE")
+RUN=(buildah "${STORE[@]}" run --isolation chroot --user "$USER_ID" "$ctr" --)
+echo "image user $USER_ID: $("${RUN[@]}" id); workdir $("${RUN[@]}" pwd); CMD: ${CMD[*]}"
+[ "$("${RUN[@]}" id -u)" != 0 ] || fail "image runs as root"
+"${RUN[@]}" ls -l /opt/facematch/data
+setsid "${RUN[@]}" "${CMD[@]}" >"$WORK/server.log" 2>&1 &
+SERVER_PGID=$!
+if [ "$ARCH" = arm64 ]; then wait_s=1200; else wait_s=300; fi
+up=0
+for _ in $(seq 1 "$wait_s"); do
+  kill -0 "$SERVER_PGID" 2>/dev/null || break
+  if curl -fsS "http://127.0.0.1:$PORT/ping" >"$WORK/ping.json" 2>/dev/null; then up=1; break; fi
+  sleep 1
+done
+cat "$WORK/server.log"
+[ "$up" = 1 ] || fail "no answer on /ping"
+echo "GET /ping -> $(cat "$WORK/ping.json")"
+grep -q '"status": *"ok"' "$WORK/ping.json" || fail "/ping did not say ok"
+
+[ "${HEALTH[0]:-}" = CMD ] || fail "image has no HEALTHCHECK (got: ${HEALTH[*]:-none})"
+"${RUN[@]}" "${HEALTH[@]:1}" || fail "HEALTHCHECK command failed"
+echo "HEALTHCHECK command -> exit 0"
+
+[ -f "$LFW/pairsDevTest.txt" ] || fail "LFW not at $LFW (set FACEMATCH_LFW_DIR)"
+match() {
+  local out
+  out=$(curl -sS -m 300 -F "reference=@$LFW/images/$1" -F "sample=@$LFW/images/$2" "http://127.0.0.1:$PORT/photo_match")
+  echo "POST /photo_match $1 vs $2 -> $out"
+  python3 -c 'import json, sys; sys.exit(json.loads(sys.argv[1])["match"] is not (sys.argv[2] == "true"))' "$out" "$3" \
+    || fail "/photo_match said the wrong thing for $1 vs $2 (expected match=$3)"
+}
+match Aaron_Peirsol/Aaron_Peirsol_0001.jpg Aaron_Peirsol/Aaron_Peirsol_0002.jpg true
+match Aaron_Peirsol/Aaron_Peirsol_0001.jpg Serena_Williams/Serena_Williams_0001.jpg false
+
+kill -TERM -- "-$SERVER_PGID" 2>/dev/null
+wait "$SERVER_PGID" 2>/dev/null || true
+SERVER_PGID=""
+echo "RESULT: SUCCESS ($ARCH) image $SIZE uncompressed, ~$(( BYTES / 1000000 )) MB gzipped, total $(( $(date +%s) - START ))s"
