@@ -1,0 +1,1 @@
+"""Deployment helpers for facematch: building and checking the model weights."""
