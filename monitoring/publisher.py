@@ -23,6 +23,7 @@ import collections
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from typing import Any, Protocol
@@ -93,6 +94,13 @@ def make_client(settings: Settings, client_id: str, clean_start: bool = True,
     return client
 
 
+def connect_failure_reason() -> str:
+    """Why paho's last connection attempt failed: paho calls ``on_connect_fail`` while it
+    handles the OSError (refused, TLS verification, ...), so the exception is still current."""
+    exc = sys.exc_info()[1]
+    return f"{type(exc).__name__}: {exc}"[:200] if exc is not None else "connection failed"
+
+
 class MqttPublisher:
     """The real publisher; see the module docstring for its guarantees."""
 
@@ -113,6 +121,7 @@ class MqttPublisher:
         self._queue: collections.deque[RequestRecord] = collections.deque()
         self._unacked: set[int] = set()
         self._acked_early: set[int] = set()
+        self._in_hand = 0  # a record the sender took from the queue and is publishing
         self._client: mqtt.Client | None = None
         self._sender: threading.Thread | None = None
         self._connected = False
@@ -122,6 +131,7 @@ class MqttPublisher:
         self._dropped = 0
         self._dropped_in_outage = 0
         self._errors = 0
+        self._connect_failures = 0
         self._last_error: str | None = None
 
     # --- the request path ---
@@ -135,7 +145,7 @@ class MqttPublisher:
                     return
                 self._published += 1
                 capacity = self._settings.mqtt_queue_size
-                if len(self._queue) + len(self._unacked) >= capacity:
+                if len(self._queue) + len(self._unacked) + self._in_hand >= capacity:
                     if self._queue:
                         self._queue.popleft()
                         self._queue.append(record)
@@ -164,7 +174,7 @@ class MqttPublisher:
                 "broker": f"{self._settings.mqtt_host}:{self._settings.mqtt_port}",
                 "topic": self._settings.mqtt_topic,
                 "connected": self._connected and self._pid == os.getpid(),
-                "queued": len(self._queue) + len(self._unacked),
+                "queued": len(self._queue) + len(self._unacked) + self._in_hand,
                 "queue_size": self._settings.mqtt_queue_size,
                 "published": self._published,
                 "sent": self._sent,
@@ -188,6 +198,7 @@ class MqttPublisher:
             client = make_client(self._settings, client_id_for(self._settings, pid))
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
+            client.on_connect_fail = self._on_connect_fail
             client.on_publish = self._on_publish
             client.max_inflight_messages_set(WINDOW)
             self._client = client
@@ -200,12 +211,13 @@ class MqttPublisher:
             atexit.register(self.close, 1.0)
 
     def close(self, timeout: float = 2.0) -> None:
-        """Send what is queued for up to ``timeout`` seconds, then disconnect."""
+        """Send what is queued for up to ``timeout`` seconds (waiting for the broker if need
+        be), then disconnect; later ``publish`` calls in this process are ignored."""
         if self._pid != os.getpid() or self._client is None:
             return
         deadline = time.monotonic() + timeout
         with self._wake:
-            while (self._queue or self._unacked) and self._connected:
+            while self._queue or self._unacked or self._in_hand:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
@@ -233,12 +245,14 @@ class MqttPublisher:
                 if self._closing:
                     return
                 record = self._queue.popleft()
+                self._in_hand = 1
                 client = self._client
             try:
                 payload = encode(build_message(record, self._settings.node, os.getpid(),
                                                self._host))
             except Exception as exc:
                 with self._wake:
+                    self._in_hand = 0
                     self._errors += 1
                     self._last_error = f"message: {exc}"[:200]
                 continue
@@ -246,10 +260,12 @@ class MqttPublisher:
                 info = client.publish(topic, payload, qos=qos)
             except Exception as exc:
                 with self._wake:
+                    self._in_hand = 0
                     self._errors += 1
                     self._last_error = f"publish: {exc}"[:200]
                 continue
             with self._wake:
+                self._in_hand = 0
                 if info.rc == mqtt.MQTT_ERR_SUCCESS or qos > 0:
                     # QoS > 0: paho keeps it and resends after a reconnect until acknowledged.
                     if info.mid in self._acked_early:
@@ -269,11 +285,22 @@ class MqttPublisher:
                             self._settings.mqtt_host, self._settings.mqtt_port, reason_code)
                 return
             self._connected = True
+            self._connect_failures = 0
             if self._dropped_in_outage:
                 log.warning("metrics broker back; %d messages were dropped while it was away",
                             self._dropped_in_outage)
             self._dropped_in_outage = 0
             self._wake.notify_all()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        reason = connect_failure_reason()
+        with self._wake:
+            self._connect_failures += 1
+            failures = self._connect_failures
+            self._last_error = f"connect: {reason}"
+        if failures == 1 or failures % 20 == 0:
+            log.warning("metrics broker %s:%d unreachable (%s); %d attempts, retrying",
+                        self._settings.mqtt_host, self._settings.mqtt_port, reason, failures)
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._wake:

@@ -1,0 +1,382 @@
+"""Real servers for the monitoring tests: mosquitto, victoria-metrics, the bridge process.
+
+Each runs from its own temporary directory on a free 127.0.0.1 port, is waited for until it
+answers, and is stopped by the fixture that started it (``stop`` is idempotent; an ``atexit``
+hook kills anything a crashed test left behind). ``scripts/test-deps/monitoring.sh`` installs
+the binaries.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_RUNNING: set[subprocess.Popen] = set()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _kill_leftovers() -> None:
+    for proc in list(_RUNNING):
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+
+
+atexit.register(_kill_leftovers)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns a true value (returned) or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+class _Process:
+    """A child process with a log file; ``stop`` sends SIGTERM, then SIGKILL after a grace."""
+
+    name = "process"
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.log_path = workdir / f"{self.name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         cwd=self.workdir, start_new_session=True)
+        _RUNNING.add(self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _check_alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """Stop the process (continuing it first if frozen); its exit code."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.terminate()
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        _RUNNING.discard(proc)
+        return proc.returncode
+
+    def freeze(self) -> None:
+        """SIGSTOP: the process holds its sockets but answers nothing (a hung server)."""
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.proc.pid, signal.SIGCONT)
+
+
+# --- TLS material -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+    other_ca: Path  # a CA that did not sign the server's certificate
+
+
+def make_tls(directory: Path) -> TlsFiles:
+    """A test CA, a server certificate for localhost/127.0.0.1 it signed, and an unrelated CA."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    for name in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN=facematch-{name}")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=localhost")
+    (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "san.ext")
+    for path in directory.iterdir():
+        path.chmod(0o644)
+    return TlsFiles(ca=directory / "ca.crt", cert=directory / "server.crt",
+                    key=directory / "server.key", other_ca=directory / "other-ca.crt")
+
+
+# --- mosquitto ------------------------------------------------------------------------------
+
+
+@dataclass
+class MosquittoOptions:
+    """How to configure the broker; ``persistence`` keeps sessions across a restart."""
+
+    username: str | None = None
+    password: str | None = None
+    tls: TlsFiles | None = None
+    persistence: bool = True
+    max_queued_messages: int = 100_000
+    extra: list[str] = field(default_factory=list)
+
+
+class Mosquitto(_Process):
+    """A mosquitto broker on a free loopback port; ``restart`` keeps the port."""
+
+    name = "mosquitto"
+
+    def __init__(self, workdir: Path, options: MosquittoOptions | None = None):
+        super().__init__(workdir)
+        self.options = options or MosquittoOptions()
+        self.port = free_port()
+        self.config_path = workdir / "mosquitto.conf"
+        self._write_config()
+
+    def _write_config(self) -> None:
+        o = self.options
+        lines = [
+            f"log_dest file {self.log_path}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            f"persistence {'true' if o.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            f"max_queued_messages {o.max_queued_messages}",
+            "max_inflight_messages 0",
+            "per_listener_settings false",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # keep root: the temp dir is not the mosquitto user's
+        if o.username:
+            passwd = self.workdir / "passwd"
+            subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), o.username, o.password],
+                           check=True, capture_output=True)
+            passwd.chmod(0o600)
+            lines += ["allow_anonymous false", f"password_file {passwd}"]
+        else:
+            lines.append("allow_anonymous true")
+        lines.append(f"listener {self.port} 127.0.0.1")
+        if o.tls:
+            lines += [f"cafile {o.tls.ca}", f"certfile {o.tls.cert}", f"keyfile {o.tls.key}"]
+        lines += o.extra
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self) -> "Mosquitto":
+        self._spawn(["mosquitto", "-c", str(self.config_path)])
+        wait_until(lambda: self._check_alive() and _port_open(self.port), 10, what="mosquitto")
+        return self
+
+    def restart(self) -> "Mosquitto":
+        self.stop()
+        return self.start()
+
+
+# --- victoria-metrics -----------------------------------------------------------------------
+
+
+class VictoriaMetrics(_Process):
+    """victoria-metrics, which accepts InfluxDB v2 line-protocol writes (see shared notes)."""
+
+    name = "victoria-metrics"
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.port = free_port()
+        self.data = workdir / "data"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _healthy(self) -> bool:
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=0.5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> "VictoriaMetrics":
+        self._spawn(["victoria-metrics", f"-storageDataPath={self.data}",
+                     f"-httpListenAddr=127.0.0.1:{self.port}", "-search.latencyOffset=0s",
+                     "-loggerLevel=WARN", "-retentionPeriod=1"])
+        wait_until(self._healthy, 15, what="victoria-metrics /health")
+        return self
+
+    def restart(self) -> "VictoriaMetrics":
+        self.stop()
+        return self.start()
+
+    def export(self, name_regex: str) -> list[dict]:
+        """Every stored series whose name matches, with values and millisecond timestamps."""
+        with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=10):
+            pass
+        query = urllib.parse.urlencode({"match[]": '{__name__=~"%s"}' % name_regex})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=30) as response:
+            return [json.loads(line) for line in response.read().splitlines() if line.strip()]
+
+    def count_samples(self, name: str) -> int:
+        return sum(len(series["values"]) for series in self.export(name))
+
+
+# --- the bridge -----------------------------------------------------------------------------
+
+
+class BridgeProcess(_Process):
+    """``python -m monitoring.bridge`` with the given FACEMATCH_ environment."""
+
+    name = "bridge"
+
+    def __init__(self, workdir: Path, env: dict[str, str], args: list[str] | None = None):
+        super().__init__(workdir)
+        self.env = env
+        self.args = args or []
+
+    def start(self, wait_subscribed: bool = True) -> "BridgeProcess":
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
+        env.update(self.env)
+        env["PYTHONPATH"] = str(REPO)
+        start = len(self.log())
+        self._spawn([sys.executable, "-m", "monitoring.bridge", *self.args], env=env)
+        if wait_subscribed:
+            wait_until(lambda: self._check_alive() and "subscribed" in self.log()[start:], 20,
+                       what="the bridge to subscribe")
+        return self
+
+
+def workdir(prefix: str) -> Path:
+    """A fresh temporary directory (removed by ``remove``)."""
+    return Path(tempfile.mkdtemp(prefix=f"facematch-{prefix}-"))
+
+
+def remove(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+
+# --- an MQTT subscriber that collects what arrives ------------------------------------------
+
+
+class Subscriber:
+    """Collects decoded JSON payloads from ``topic`` (QoS 1). ``persistent`` resumes its session
+    after a broker restart, so messages published before it is back are kept for it."""
+
+    def __init__(self, broker: Mosquitto, topic: str = "facematch/metrics",
+                 persistent: bool = False, client_id: str = "test-subscriber"):
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.messages: list[dict] = []
+        self.raw: list[bytes] = []
+        self._subscribed = False
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                  protocol=mqtt.MQTTv5)
+        self.client.reconnect_delay_set(0.2, 1)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self.client.on_subscribe = lambda *a: setattr(self, "_subscribed", True)
+        self.client.on_message = self._on_message
+        properties = Properties(PacketTypes.CONNECT)
+        if persistent:
+            properties.SessionExpiryInterval = 600
+        self.client.connect_async("127.0.0.1", broker.port, clean_start=not persistent,
+                                  properties=properties)
+        self.client.loop_start()
+        wait_until(lambda: self._subscribed, 10, what="the test subscriber")
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.raw.append(message.payload)
+        try:
+            self.messages.append(json.loads(message.payload))
+        except ValueError:
+            pass
+
+    def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
+        wait_until(lambda: len(self.messages) >= count, timeout,
+                   what=f"{count} messages (have {len(self.messages)})")
+        return self.messages
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broker():
+    """A plain (anonymous, no TLS) mosquitto with persistence, stopped after the test."""
+    directory = workdir("mosquitto")
+    server = Mosquitto(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        remove(directory)
+
+
+@pytest.fixture
+def database():
+    """A victoria-metrics that accepts InfluxDB v2 writes, stopped after the test."""
+    directory = workdir("victoria")
+    server = VictoriaMetrics(directory).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+        remove(directory)
+
+
+@pytest.fixture
+def subscriber(broker):
+    client = Subscriber(broker)
+    try:
+        yield client
+    finally:
+        client.close()
