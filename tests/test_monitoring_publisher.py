@@ -16,10 +16,15 @@ from request_record import FaceSummary, Latency, RequestRecord
 from tests.servers import Subscriber, broker, subscriber, wait_until  # noqa: F401 (fixtures)
 
 
+#: Recent enough for the test database's retention; records are 10 ms apart.
+BASE = int(time.time()) - 600
+
+
 def record(i: int, endpoint: str = "/photo_match") -> RequestRecord:
-    """A distinct record: ``distance`` carries ``i`` so messages can be told apart."""
+    """A distinct record: ``distance`` and ``started`` carry ``i`` so messages can be told
+    apart (in the database too, where points are keyed by tags and time)."""
     return RequestRecord(
-        endpoint=endpoint, started=1_700_000_000 + i / 100, match=i % 2 == 0,
+        endpoint=endpoint, started=BASE + i / 100, match=i % 2 == 0,
         distance=i / 1000, threshold=0.5, metric="cosine", model="casia-webface",
         faces=[FaceSummary("reference", 1, 0.99, None, 250, 250),
                FaceSummary("sample", 1, 0.98, None, 250, 250)],
