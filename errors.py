@@ -55,3 +55,30 @@ class ImageTooLarge(ApiError):
 class NoFace(ApiError):
     status = 422
     code = "no_face"
+
+
+class Unauthorized(ApiError):
+    """No API key, or one that is not configured: the message never says which."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class UnsignedReference(ApiError):
+    """Signing is on and the reference came without a signature."""
+
+    code = "unsigned_reference"
+
+
+class BadSignature(ApiError):
+    """The reference's signature is malformed, from an unknown key, or does not verify."""
+
+    status = 403
+    code = "bad_signature"
+
+
+class WrongModel(ApiError):
+    """An authentic reference made by a model other than the serving one."""
+
+    status = 422
+    code = "wrong_model"

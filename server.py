@@ -8,14 +8,17 @@ the response is built.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
+from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 import score_service
@@ -26,12 +29,15 @@ from image_decoding import decode_image
 from monitoring.publisher import create_publisher
 from photo_inferencing import FaceEngine, PhotoFaces
 from request_record import FaceSummary, RequestRecord
+from security import ApiKeyCheck, ReferenceSigner, reference_claims
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
 _RECORDED_ENDPOINTS = ("api.photo_match", "api.cached_match", "api.embeddings")
 SAMPLE_FACES = ("primary", "all")
+OPEN_ENDPOINTS = ("api.ping",)  # answered without an API key
+OPENAPI_PATH = Path(__file__).resolve().with_name("openapi.json")
 
 
 def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | None = None) -> Flask:
@@ -46,6 +52,12 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     else:
         settings = Settings.from_env(**dict(config or {}))
     app = Flask(__name__)
+    app.request_class = _InMemoryRequest
+    app.extensions["facematch_api_keys"] = ApiKeyCheck.from_settings(settings)
+    app.extensions["facematch_signer"] = ReferenceSigner.from_settings(settings)
+    if not app.extensions["facematch_api_keys"].enabled:
+        log.warning("API keys are off (FACEMATCH_API_KEYS unset): anyone who can reach this "
+                    "port can use the API; set keys in production")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
@@ -78,6 +90,15 @@ def _services() -> _Services:
     return current_app.extensions["facematch"]
 
 
+class _InMemoryRequest(Request):
+    """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): Werkzeug would otherwise spool
+    files over 500 KB to a temporary file, and photos must never touch the disk."""
+
+    def _get_file_stream(self, total_content_length, content_type, filename=None,
+                         content_length=None):
+        return io.BytesIO()
+
+
 def _configured_threshold(settings: Settings) -> float:
     if settings.metric not in score_service.METRICS:
         raise ValueError(f"FACEMATCH_METRIC must be one of {score_service.METRICS}")
@@ -105,6 +126,13 @@ def _publish_record(response: Response) -> Response:
     return response
 
 
+@bp.before_app_request
+def _require_api_key() -> None:
+    """401 unless the request carries a configured API key (when keys are on); /ping is open."""
+    if request.endpoint not in OPEN_ENDPOINTS:
+        current_app.extensions["facematch_api_keys"].check(request.headers)
+
+
 def _elapsed_ms() -> float:
     return (time.perf_counter() - g.started) * 1000
 
@@ -114,6 +142,17 @@ def _elapsed_ms() -> float:
 @bp.get("/ping")
 def ping():
     return {"status": "ok"}
+
+
+@bp.get("/openapi.json")
+def openapi():
+    """The OpenAPI 3 document of this API (the repository's openapi.json)."""
+    return Response(_openapi_document(), mimetype="application/json")
+
+
+@lru_cache(maxsize=1)
+def _openapi_document() -> bytes:
+    return OPENAPI_PATH.read_bytes()
 
 
 @bp.get("/health")
@@ -148,9 +187,9 @@ def cached_match():
     """Compare a precomputed reference embedding with the face(s) of ``sample``."""
     metric, threshold = _decision_params()
     sample_mode = _sample_faces_param()
-    reference_vector = parse_embedding(
-        _bytes_field("reference", allow_text=True), _services().engine.device
-    )
+    reference_bytes = _bytes_field("reference", allow_text=True)
+    reference_vector = parse_embedding(reference_bytes, _services().engine.device)
+    _verify_reference(reference_bytes, reference_vector)
     sample = _detect("sample", _image_field("sample"))
     embedded = _embed(_sample_crops(sample, sample_mode))
     return _match_response(reference_vector, embedded, sample, metric, threshold, sample_mode)
@@ -166,12 +205,16 @@ def embeddings():
     vector = _embed([photo.primary.crop])[0]
     model = _services().engine.model_name
     faces = {"photo": _face_json(g.record.faces[0])}
+    signer: ReferenceSigner | None = current_app.extensions["facematch_signer"]
+    signed = {"signature": signer.sign(vector, model)} if signer else {}
     if fmt == "json":
-        body = json.loads(encode_embedding(vector, "json", {"model": model}))
+        body = json.loads(encode_embedding(vector, "json", {"model": model, **signed}))
         return {**body, "faces": faces, "latency_ms": _latency_json()}
     response = Response(encode_embedding(vector, fmt), mimetype="application/octet-stream")
     response.headers["Content-Disposition"] = f'attachment; filename="embedding.{fmt}"'
     response.headers["X-Facematch-Model"] = model
+    if signer:
+        response.headers["X-Facematch-Signature"] = signed["signature"]
     response.headers["X-Facematch-Faces"] = json.dumps(faces)
     return response
 
@@ -187,6 +230,22 @@ def _bytes_field(name: str, allow_text: bool = False) -> bytes:
         return request.form[name].encode()
     kind = "a file or form field" if allow_text else "a file"
     raise MissingField(f"'{name}' is required ({kind} in a multipart/form-data request)")
+
+
+def _verify_reference(data: bytes, vector: np.ndarray) -> None:
+    """With signing on, accept only a reference signed for the serving model.
+
+    The signature and model come from the form fields ``signature`` and ``reference_model``
+    (how a .npy, .pt or array reference carries them), else from the JSON object's own
+    ``signature`` and ``model`` keys (so /embeddings' JSON is accepted unchanged).
+    """
+    signer: ReferenceSigner | None = current_app.extensions["facematch_signer"]
+    if signer is None:
+        return
+    signature, model = reference_claims(data)
+    signature = request.form.get("signature") or signature
+    model = request.form.get("reference_model") or model
+    signer.verify(vector, _services().engine.model_name, signature, model)
 
 
 def _image_field(name: str):
