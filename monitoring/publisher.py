@@ -132,6 +132,7 @@ class MqttPublisher:
         self._dropped_in_outage = 0
         self._errors = 0
         self._connect_failures = 0
+        self._refused = False
         self._last_error: str | None = None
 
     # --- the request path ---
@@ -280,9 +281,12 @@ class MqttPublisher:
         with self._wake:
             if reason_code.is_failure:
                 self._connected = False
+                self._refused = True
                 self._last_error = f"connect: {reason_code}"
-                log.warning("metrics broker %s:%d refused the connection: %s",
-                            self._settings.mqtt_host, self._settings.mqtt_port, reason_code)
+                self._connect_failures += 1
+                if self._connect_failures == 1 or self._connect_failures % 20 == 0:
+                    log.warning("metrics broker %s:%d refused the connection: %s",
+                                self._settings.mqtt_host, self._settings.mqtt_port, reason_code)
                 return
             self._connected = True
             self._connect_failures = 0
@@ -307,7 +311,14 @@ class MqttPublisher:
             was_connected, self._connected = self._connected, False
             if self._settings.mqtt_qos == 0:
                 self._unacked.clear()  # QoS 0 messages not yet written are lost with the socket
-            if not self._closing and was_connected:
+            if self._closing:
+                return
+            if not was_connected:
+                if not self._refused:  # a refusal already said why in last_error
+                    self._last_error = ("connection lost before the broker accepted it: "
+                                        f"{reason_code}")
+                self._refused = False
+            else:
                 self._last_error = f"disconnected: {reason_code}"
                 log.warning("metrics broker %s:%d disconnected (%s); reconnecting",
                             self._settings.mqtt_host, self._settings.mqtt_port, reason_code)
