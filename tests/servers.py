@@ -346,6 +346,26 @@ class Subscriber:
         self.client.loop_stop()
 
 
+# --- test data ------------------------------------------------------------------------------
+
+#: Recent enough for the test database's retention; records are 10 ms apart.
+BASE = int(time.time()) - 600
+
+
+def record(i: int, endpoint: str = "/photo_match"):
+    """A distinct request record: ``distance`` and ``started`` carry ``i`` so messages can be
+    told apart (in the database too, where points are keyed by tags and time)."""
+    from request_record import FaceSummary, Latency, RequestRecord
+
+    return RequestRecord(
+        endpoint=endpoint, started=BASE + i / 100, match=i % 2 == 0,
+        distance=i / 1000, threshold=0.5, metric="cosine", model="casia-webface",
+        faces=[FaceSummary("reference", 1, 0.99, None, 250, 250),
+               FaceSummary("sample", 1, 0.98, None, 250, 250)],
+        latency=Latency(detection=10.0, embedding=5.0, total=20.0 + i),
+    )
+
+
 # --- fixtures -------------------------------------------------------------------------------
 
 
@@ -380,3 +400,55 @@ def subscriber(broker):
         yield client
     finally:
         client.close()
+
+
+# --- the bridge between them, and reading back what it wrote -------------------------------
+
+
+def stored(database) -> list:
+    """Every point in the database, rebuilt by the report's reader."""
+    from benchmarking_utils.monitoring_report import read_victoria_metrics
+
+    database.export("facematch_pid")  # flushes what was just written
+    return read_victoria_metrics(database.url, "facematch", 0, time.time() + 3600)
+
+
+def samples(database, field: str = "latency_total_ms") -> list[int]:
+    """Timestamps (ms) of every stored sample of ``facematch_<field>``, duplicates included."""
+    return sorted(t for series in database.export(f"facematch_{field}")
+                  for t in series["timestamps"])
+
+
+def expected_ms(indexes) -> list[int]:
+    return sorted(int(round(record(i).started * 1000)) for i in indexes)
+
+
+@pytest.fixture
+def bridge_env(broker, database) -> dict[str, str]:
+    return {
+        "FACEMATCH_MQTT_HOST": "127.0.0.1",
+        "FACEMATCH_MQTT_PORT": str(broker.port),
+        "FACEMATCH_INFLUX_URL": database.url,
+        "FACEMATCH_INFLUX_TOKEN": "test-token",
+        "FACEMATCH_INFLUX_FLUSH_INTERVAL_MS": "200",
+        "FACEMATCH_INFLUX_BATCH_SIZE": "50",
+        "FACEMATCH_LOG_LEVEL": "info",
+    }
+
+
+@pytest.fixture
+def start_bridge(bridge_env):
+    """Start bridge processes (``--retry-max 0.5`` keeps outage tests short); all stopped after."""
+    directory = workdir("bridge")
+    started: list[BridgeProcess] = []
+
+    def start(args: list[str] | None = None, **env: str) -> BridgeProcess:
+        process = BridgeProcess(directory, {**bridge_env, **env},
+                                ["--retry-initial", "0.1", "--retry-max", "0.5", *(args or [])])
+        started.append(process.start())
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+    remove(directory)

@@ -10,61 +10,13 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from benchmarking_utils.monitoring_report import StoredPoint, read_victoria_metrics
 from config import Settings
 from monitoring.message import build_message, encode, to_point
 from monitoring.publisher import create_publisher
-from tests.servers import BridgeProcess, broker, database, remove, wait_until, workdir  # noqa: F401
-from tests.test_monitoring_publisher import record
+from tests.servers import (  # noqa: F401 (broker, database, start_bridge are fixtures)
+    broker, bridge_env, database, expected_ms, record, samples, start_bridge, stored, wait_until)
 
 pytestmark = pytest.mark.slow
-TOTAL = "latency_total_ms"
-
-
-def stored(database) -> list[StoredPoint]:
-    database.export("facematch_pid")  # flushes what was just written
-    return read_victoria_metrics(database.url, "facematch", 0, time.time() + 3600)
-
-
-def samples(database, field: str = TOTAL) -> list[int]:
-    """Timestamps (ms) of every stored sample of ``facematch_<field>``, duplicates included."""
-    return sorted(t for series in database.export(f"facematch_{field}")
-                  for t in series["timestamps"])
-
-
-def expected_ms(indexes) -> list[int]:
-    return sorted(int(round(record(i).started * 1000)) for i in indexes)
-
-
-@pytest.fixture
-def bridge_env(broker, database) -> dict[str, str]:
-    return {
-        "FACEMATCH_MQTT_HOST": "127.0.0.1",
-        "FACEMATCH_MQTT_PORT": str(broker.port),
-        "FACEMATCH_INFLUX_URL": database.url,
-        "FACEMATCH_INFLUX_TOKEN": "test-token",
-        "FACEMATCH_INFLUX_FLUSH_INTERVAL_MS": "200",
-        "FACEMATCH_INFLUX_BATCH_SIZE": "50",
-        "FACEMATCH_LOG_LEVEL": "info",
-    }
-
-
-@pytest.fixture
-def start_bridge(bridge_env):
-    """Start bridge processes (``--retry-max 0.5`` keeps outage tests short); all stopped after."""
-    directory = workdir("bridge")
-    started: list[BridgeProcess] = []
-
-    def start(args: list[str] | None = None, **env: str) -> BridgeProcess:
-        process = BridgeProcess(directory, {**bridge_env, **env},
-                                ["--retry-initial", "0.1", "--retry-max", "0.5", *(args or [])])
-        started.append(process.start())
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-    remove(directory)
 
 
 @pytest.fixture

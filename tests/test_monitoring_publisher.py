@@ -12,24 +12,7 @@ import pytest
 from config import Settings
 from monitoring.message import validate
 from monitoring.publisher import MqttPublisher, NullPublisher, create_publisher
-from request_record import FaceSummary, Latency, RequestRecord
-from tests.servers import Subscriber, broker, subscriber, wait_until  # noqa: F401 (fixtures)
-
-
-#: Recent enough for the test database's retention; records are 10 ms apart.
-BASE = int(time.time()) - 600
-
-
-def record(i: int, endpoint: str = "/photo_match") -> RequestRecord:
-    """A distinct record: ``distance`` and ``started`` carry ``i`` so messages can be told
-    apart (in the database too, where points are keyed by tags and time)."""
-    return RequestRecord(
-        endpoint=endpoint, started=BASE + i / 100, match=i % 2 == 0,
-        distance=i / 1000, threshold=0.5, metric="cosine", model="casia-webface",
-        faces=[FaceSummary("reference", 1, 0.99, None, 250, 250),
-               FaceSummary("sample", 1, 0.98, None, 250, 250)],
-        latency=Latency(detection=10.0, embedding=5.0, total=20.0 + i),
-    )
+from tests.servers import Subscriber, broker, record, subscriber, wait_until  # noqa: F401
 
 
 def settings_for(broker, **changes) -> Settings:

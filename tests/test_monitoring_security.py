@@ -10,8 +10,8 @@ import pytest
 from config import Settings
 from monitoring.publisher import create_publisher
 from tests.servers import (  # noqa: F401 (database is a fixture)
-    BridgeProcess, Mosquitto, MosquittoOptions, database, make_tls, remove, wait_until, workdir)
-from tests.test_monitoring_publisher import record
+    BridgeProcess, Mosquitto, MosquittoOptions, database, make_tls, record, remove, wait_until,
+    workdir)
 
 USER, PASSWORD = "facematch", "s3cret-pass"
 
