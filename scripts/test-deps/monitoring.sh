@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the monitoring tests start or read: mosquitto (+ clients), victoria-metrics (a
 # database that takes InfluxDB v2 writes), openssl (test CA), and Grafana's dashboard JSON schema,
-# generated from npm's @grafana/schema into .tools/grafana-schema/. Idempotent; `apt-get update`
+# generated from npm's @grafana/schema into .tools/grafana-schema/ (with js-yaml, which the tests
+# use to parse the compose and provisioning YAML). Idempotent; `apt-get update`
 # runs only when a package is missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,7 +26,7 @@ fi
 
 tools=.tools/grafana-schema
 schema="$tools/dashboard.schema.json"
-if [ ! -s "$schema" ]; then
+if [ ! -s "$schema" ] || [ ! -f "$tools/node_modules/js-yaml/bin/js-yaml.js" ]; then
   echo "test-deps/monitoring: generating Grafana's dashboard JSON schema in $tools" >&2
   mkdir -p "$tools"
   if [ ! -f "$tools/package.json" ]; then
@@ -33,7 +34,7 @@ if [ ! -s "$schema" ]; then
   fi
   (cd "$tools" &&
     npm install --no-audit --no-fund --silent \
-      @grafana/schema@13.2.3 ts-json-schema-generator@2.4.0 typescript@7.0.2 &&
+      @grafana/schema@13.2.3 ts-json-schema-generator@2.4.0 typescript@7.0.2 js-yaml@4.1.0 &&
     npx --no-install ts-json-schema-generator \
       --path node_modules/@grafana/schema/dist/types/raw/dashboard/x/types.gen.d.ts \
       --type Dashboard --no-type-check -o dashboard.schema.json.tmp &&

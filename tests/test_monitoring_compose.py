@@ -1,0 +1,124 @@
+"""docker-compose.yml (no Docker engine here): the five services wired consistently, and the
+shipped mosquitto.conf run for real: password required, the compose credentials accepted."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from config import Settings
+from monitoring.publisher import create_publisher
+from tests.servers import Mosquitto, record, remove, wait_until, workdir
+from tests.test_monitoring_grafana import load_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SETTINGS = {f"FACEMATCH_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return load_yaml(REPO / "docker-compose.yml")
+
+
+def default_of(value: str) -> str:
+    """The default in a compose ``${VAR:-default}`` (or the value itself)."""
+    match = re.fullmatch(r"\$\{\w+:-(.*)\}", value)
+    return match[1] if match else value
+
+
+def test_stack_has_api_broker_database_bridge_and_grafana(compose):
+    services = compose["services"]
+    assert set(services) == {"api", "mosquitto", "influxdb", "bridge", "grafana"}
+    assert services["bridge"]["command"] == ["python", "-m", "monitoring.bridge"]
+    assert services["api"]["build"] == services["bridge"]["build"] == "."
+    assert services["influxdb"]["image"].startswith("influxdb:2")
+    assert services["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_MODE"] == "setup"
+
+
+def test_every_facematch_variable_in_compose_is_a_real_setting(compose):
+    for name, service in compose["services"].items():
+        for variable in service.get("environment", {}):
+            if variable.startswith("FACEMATCH_"):
+                assert variable in SETTINGS, f"{name}: {variable}"
+
+
+def test_api_bridge_broker_and_grafana_agree_on_credentials_and_database(compose):
+    services = compose["services"]
+    api, bridge = services["api"]["environment"], services["bridge"]["environment"]
+    broker, influx = services["mosquitto"]["environment"], services["influxdb"]["environment"]
+    grafana = services["grafana"]["environment"]
+    for variable in ("FACEMATCH_MQTT_HOST", "FACEMATCH_MQTT_PORT", "FACEMATCH_MQTT_USERNAME",
+                     "FACEMATCH_MQTT_PASSWORD", "FACEMATCH_MQTT_TOPIC"):
+        assert api[variable] == bridge[variable], variable
+    assert api["FACEMATCH_MQTT_HOST"] == "mosquitto"
+    for variable in ("FACEMATCH_MQTT_USERNAME", "FACEMATCH_MQTT_PASSWORD"):
+        assert broker[variable] == api[variable]
+    assert bridge["FACEMATCH_INFLUX_TOKEN"] == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
+    assert bridge["FACEMATCH_INFLUX_ORG"] == influx["DOCKER_INFLUXDB_INIT_ORG"]
+    assert bridge["FACEMATCH_INFLUX_BUCKET"] == influx["DOCKER_INFLUXDB_INIT_BUCKET"]
+    for variable in ("FACEMATCH_INFLUX_URL", "FACEMATCH_INFLUX_TOKEN", "FACEMATCH_INFLUX_ORG",
+                     "FACEMATCH_INFLUX_BUCKET"):
+        assert grafana[variable] == bridge[variable], variable
+    assert bridge["FACEMATCH_INFLUX_URL"] == "http://influxdb:8086"
+    assert len(default_of(influx["DOCKER_INFLUXDB_INIT_PASSWORD"])) >= 8  # influx setup's rule
+
+
+def test_mounted_files_exist_in_the_repo(compose):
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), f"{name}: {source}"
+
+
+@pytest.fixture
+def compose_broker(compose):
+    """The shipped mosquitto.conf, paths moved to a temp dir and the listener to a free port,
+    with the password file the compose command would write."""
+    directory = workdir("compose-mosquitto")
+    server = Mosquitto(directory)
+    shipped = (REPO / "monitoring" / "mosquitto" / "mosquitto.conf").read_text()
+    assert "listener 1883\n" in shipped and "password_file /mosquitto/data/passwd" in shipped
+    config = shipped.replace("/mosquitto/data/", f"{directory}/").replace(
+        "listener 1883\n", f"listener {server.port} 127.0.0.1\n").replace(
+        "log_dest stdout", f"log_dest file {server.log_path}")
+    if os.geteuid() == 0:
+        config += "user root\n"
+    server.config_path.write_text(config)
+    env = compose["services"]["mosquitto"]["environment"]
+    user = default_of(env["FACEMATCH_MQTT_USERNAME"])
+    password = default_of(env["FACEMATCH_MQTT_PASSWORD"])
+    subprocess.run(["mosquitto_passwd", "-c", "-b", str(directory / "passwd"), user, password],
+                   check=True, capture_output=True)
+    (directory / "passwd").chmod(0o600)
+    server.start()
+    try:
+        yield server, user, password
+    finally:
+        server.stop()
+        remove(directory)
+
+
+@pytest.mark.parametrize("with_credentials", [True, False], ids=["compose-login", "anonymous"])
+def test_shipped_broker_config_requires_the_password_file_login(compose_broker,
+                                                                with_credentials):
+    server, user, password = compose_broker
+    settings = Settings(mqtt_host="127.0.0.1", mqtt_port=server.port, node="compose")
+    if with_credentials:
+        settings = settings.replace(mqtt_username=user, mqtt_password=password)
+    publisher = create_publisher(settings)
+    try:
+        publisher.publish(record(0))
+        if with_credentials:
+            wait_until(lambda: publisher.stats()["sent"] == 1, 10, what="the acknowledgement")
+        else:
+            wait_until(lambda: publisher.stats()["last_error"], 10, what="the refusal")
+            assert "Not authorized" in publisher.stats()["last_error"]
+            assert publisher.stats()["sent"] == 0
+    finally:
+        publisher.close(timeout=0.2)
