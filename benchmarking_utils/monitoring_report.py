@@ -137,7 +137,10 @@ class Bins:
     edges: np.ndarray
 
     @classmethod
-    def over(cls, points: list[StoredPoint], count: int = 40) -> "Bins":
+    def over(cls, points: list[StoredPoint], count: int | None = None) -> "Bins":
+        """About eight points per bucket on average, 4 to 60 buckets, at least 1 s wide."""
+        if count is None:
+            count = min(60, max(4, len(points) // 8))
         start = min(p.time for p in points)
         end = max(p.time for p in points)
         width = max((end - start) / count, 1.0)
