@@ -33,13 +33,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     FACEMATCH_MODEL=${FACEMATCH_MODEL} \
     FACEMATCH_DATA_DIR=/opt/facematch/data \
     FACEMATCH_PORT=8000
-RUN groupadd --system --gid 10001 facematch \
-    && useradd --system --uid 10001 --gid facematch --create-home --home-dir /home/facematch \
+RUN groupadd --gid 10001 facematch \
+    && useradd --uid 10001 --gid facematch --no-log-init --create-home --home-dir /home/facematch \
         --shell /usr/sbin/nologin facematch
 WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/facematch/data /opt/facematch/data
-COPY *.py ./
+COPY *.py openapi.json ./
 COPY deployment_utils/ deployment_utils/
 COPY monitoring/ monitoring/
 USER 10001:10001

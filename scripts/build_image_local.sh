@@ -126,6 +126,7 @@ echo "image user $USER_ID: $("${RUN[@]}" id); workdir $("${RUN[@]}" pwd); CMD: $
 "${RUN[@]}" ls -l /opt/facematch/data
 setsid "${RUN[@]}" "${CMD[@]}" >"$WORK/server.log" 2>&1 &
 SERVER_PGID=$!
+run_start=$(date +%s)
 if [ "$ARCH" = arm64 ]; then wait_s=1200; else wait_s=300; fi
 up=0
 for _ in $(seq 1 "$wait_s"); do
@@ -135,7 +136,7 @@ for _ in $(seq 1 "$wait_s"); do
 done
 cat "$WORK/server.log"
 [ "$up" = 1 ] || fail "no answer on /ping"
-echo "GET /ping -> $(cat "$WORK/ping.json")"
+echo "GET /ping -> $(cat "$WORK/ping.json") ($(( $(date +%s) - run_start ))s after start)"
 grep -q '"status": *"ok"' "$WORK/ping.json" || fail "/ping did not say ok"
 
 [ "${HEALTH[0]:-}" = CMD ] || fail "image has no HEALTHCHECK (got: ${HEALTH[*]:-none})"
@@ -152,6 +153,20 @@ match() {
 }
 match Aaron_Peirsol/Aaron_Peirsol_0001.jpg Aaron_Peirsol/Aaron_Peirsol_0002.jpg true
 match Aaron_Peirsol/Aaron_Peirsol_0001.jpg Serena_Williams/Serena_Williams_0001.jpg false
+
+curl -fsS -o /dev/null "http://127.0.0.1:$PORT/openapi.json" || fail "GET /openapi.json"
+echo "GET /openapi.json -> 200"
+
+total_kb=0
+for pid in $(pgrep -g "$SERVER_PGID"); do
+  cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
+  case "$cmd" in *buildah*) continue ;; *gunicorn*) ;; *) continue ;; esac
+  pss=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup")
+  rss=$(awk '/^Rss:/ {print $2}' "/proc/$pid/smaps_rollup")
+  echo "gunicorn pid $pid: RSS $(( rss / 1024 )) MiB, PSS $(( pss / 1024 )) MiB"
+  total_kb=$(( total_kb + pss ))
+done
+echo "memory after the requests: PSS $(( total_kb / 1024 )) MiB in all gunicorn processes"
 
 kill -TERM -- "-$SERVER_PGID" 2>/dev/null
 wait "$SERVER_PGID" 2>/dev/null || true
