@@ -9,7 +9,7 @@ cd "$(dirname "$0")/../.."
 
 missing=()
 for pair in mosquitto:mosquitto mosquitto_passwd:mosquitto-clients mosquitto_pub:mosquitto-clients \
-            victoria-metrics:victoria-metrics openssl:openssl; do
+            victoria-metrics:victoria-metrics openssl:openssl node:nodejs npm:npm; do
   cmd=${pair%%:*}
   pkg=${pair#*:}
   if ! command -v "$cmd" >/dev/null 2>&1 && [[ ! " ${missing[*]:-} " =~ " $pkg " ]]; then
