@@ -1,8 +1,10 @@
 """Precompute reference embeddings: a folder of enrolment photos to files ``/cached_match`` takes.
 
 Each photo's primary face is embedded exactly as ``POST /embeddings`` would embed it (same
-engine, same settings), and written as ``OUT/<relative path>.<format>``. Photos without a face
-are listed at the end and make the exit status 1; the others are still written.
+engine, same settings), and written as ``OUT/<relative path>.<format>``. With
+``FACEMATCH_SIGNING_KEYS`` set, each reference is signed as ``/embeddings`` signs it: inside the
+JSON object, or for npy/pt in ``<file>.sig`` (send its text as the ``signature`` form field).
+Photos without a face are listed at the end and make the exit status 1; the others are written.
 
     python -m deployment_utils.embed_references PHOTOS OUT [--format json|npy|pt]
 """
@@ -22,6 +24,7 @@ from embedding_codec import FORMATS, encode_embedding
 from errors import ApiError
 from image_decoding import decode_image
 from photo_inferencing import FaceEngine
+from security import ReferenceSigner
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -40,7 +43,8 @@ def find_photos(folder: Path) -> list[Path]:
 
 
 def embed_folder(engine: FaceEngine, photos_dir: Path, out_dir: Path, fmt: str,
-                 max_pixels: int, progress: bool = True) -> Summary:
+                 max_pixels: int, signer: ReferenceSigner | None = None,
+                 progress: bool = True) -> Summary:
     """Embed every photo under ``photos_dir`` into ``out_dir``; returns what was written/failed."""
     summary = Summary()
     photos = find_photos(photos_dir)
@@ -58,7 +62,12 @@ def embed_folder(engine: FaceEngine, photos_dir: Path, out_dir: Path, fmt: str,
         vector = engine.embed([found.primary.crop]).vectors[0]
         target = out_dir / relative.with_suffix(f".{fmt}")
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(encode_embedding(vector, fmt, {"model": engine.model_name}))
+        extra = {"model": engine.model_name}
+        if signer is not None:
+            extra["signature"] = signer.sign(vector, engine.model_name)
+            if fmt != "json":
+                target.with_name(target.name + ".sig").write_text(extra["signature"] + "\n")
+        target.write_bytes(encode_embedding(vector, fmt, extra))
         summary.written.append(target)
     return summary
 
@@ -77,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     engine = FaceEngine.from_settings(settings)
     summary = embed_folder(engine, args.photos, args.out, args.format, settings.max_pixels,
-                           progress=not args.quiet)
+                           ReferenceSigner.from_settings(settings), progress=not args.quiet)
     print(f"wrote {len(summary.written)} {args.format} file(s) to {args.out}", file=sys.stderr)
     for name, reason in summary.failed.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)
