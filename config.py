@@ -48,6 +48,8 @@ class Settings:
     face_selection: str = "center_weighted_size"
     detect_max_side: int = 0
     flip_embeddings: bool = False
+    embed_backend: str = "torch"
+    detect_backend: str = "torch"
 
     # Decision
     threshold: float | None = None

@@ -2,13 +2,25 @@
 
 ``FaceEngine`` loads both networks once and owns them; every request shares it (Gunicorn
 ``preload`` shares it across workers too). Inference runs under ``torch.inference_mode``.
+
+Speed options, each measured in ``docs/performance.md``:
+
+* ``detect_max_side``: detect on a copy downscaled so its longer side is at most this many
+  pixels, then crop the face from the full-resolution original (0 = detect at full size);
+* ``embed_backend`` / ``detect_backend``: run InceptionResnetV1 / MTCNN's three stages in ONNX
+  Runtime (``onnx``) or PyTorch (``torch``); the ONNX graphs are exported from the loaded
+  PyTorch weights at start-up, so both backends compute the same function;
+* ``flip_embeddings``: add the embedding of the mirrored crop (more accurate, twice the work).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +37,8 @@ log = logging.getLogger(__name__)
 
 FACE_SIZE = 160
 SELECTION_METHODS = ("center_weighted_size", "largest", "probability", "largest_over_threshold")
+BACKENDS = ("onnx", "torch")
+ONNX_OPSET = 17
 
 
 @dataclass
@@ -34,6 +48,7 @@ class DetectedFace:
     box: tuple[float, float, float, float]
     probability: float
     crop: torch.Tensor = field(repr=False)  # (3, 160, 160), standardised as (x - 127.5) / 128
+    landmarks: np.ndarray | None = field(default=None, repr=False)  # (5, 2) x, y in the original
 
 
 @dataclass
@@ -48,6 +63,20 @@ class PhotoFaces:
     @property
     def primary(self) -> DetectedFace | None:
         return self.faces[0] if self.faces else None
+
+
+@dataclass(frozen=True)
+class Detections:
+    """MTCNN's raw output in original-image pixels, unranked: boxes (n, 4), probs (n,),
+    landmarks (n, 5, 2). Benchmarks cache these so crop and embedding variants reuse them."""
+
+    boxes: np.ndarray
+    probs: np.ndarray
+    landmarks: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "Detections":
+        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
 
 
 @dataclass
@@ -92,6 +121,76 @@ def rank_faces(
     return [int(i) for i in np.argsort(-score, kind="stable")]
 
 
+def combine_flipped(vectors: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+    """The flipped-image embedding: the normalised sum of a crop's and its mirror's vectors."""
+    total = vectors.astype(np.float32) + flipped.astype(np.float32)
+    return total / np.linalg.norm(total, axis=1, keepdims=True)
+
+
+class OnnxModel:
+    """An ONNX Runtime session over a serialized graph with one input ``x``.
+
+    A session with one intra-op thread owns no thread pool, so it is built at once and one built
+    before Gunicorn forks its workers is shared by them (copy-on-write). A session with a thread
+    pool must never exist in a process that forks (the child's next session hangs), so with more
+    threads each process builds its own on first use.
+    """
+
+    def __init__(self, graph: bytes, threads: int):
+        import onnxruntime  # noqa: F401 - fail at start-up, not on the first request
+
+        self.threads = max(1, threads)
+        self._graph: bytes | None = graph
+        self._lock = threading.Lock()
+        self._session, self._pid = None, 0
+        if self.threads == 1:
+            self._session, self._pid, self._graph = self._build(), os.getpid(), None
+
+    def _build(self):
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return onnxruntime.InferenceSession(
+            self._graph, options, providers=["CPUExecutionProvider"]
+        )
+
+    def run(self, x: np.ndarray) -> list[np.ndarray]:
+        """Run the graph on ``x`` (float32); the outputs in the graph's order."""
+        if self._graph is not None and self._pid != os.getpid():
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._session, self._pid = self._build(), os.getpid()
+        return self._session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})
+
+
+class _OnnxStage(torch.nn.Module):
+    """Stands in for one of MTCNN's P/R/O-nets inside facenet-pytorch's ``detect_face``."""
+
+    def __init__(self, model: OnnxModel):
+        super().__init__()
+        self.model = model
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # dtype probe
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(out) for out in self.model.run(x.cpu().numpy()))
+
+
+def export_onnx(module: torch.nn.Module, example: torch.Tensor, dynamic: dict) -> bytes:
+    """Serialize ``module`` to an ONNX graph (TorchScript exporter) with input ``x``."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, example, buffer, input_names=["x"], dynamic_axes={"x": dynamic},
+            opset_version=ONNX_OPSET, dynamo=False,
+        )
+    return buffer.getvalue()
+
+
 class FaceEngine:
     """Owns MTCNN and InceptionResnetV1; turns RGB images into faces and faces into embeddings."""
 
@@ -104,76 +203,135 @@ class FaceEngine:
         face_selection: str = "center_weighted_size",
         detect_max_side: int = 0,
         flip_embeddings: bool = False,
+        embed_backend: str = "torch",
+        detect_backend: str = "torch",
+        threads: int = 1,
     ):
         if face_selection not in SELECTION_METHODS:
             raise ValueError(f"unknown face selection {face_selection!r}")
+        for name, backend in (("embed_backend", embed_backend), ("detect_backend", detect_backend)):
+            if backend not in BACKENDS:
+                raise ValueError(f"unknown {name} {backend!r}; expected one of {BACKENDS}")
+        if device.type != "cpu":
+            embed_backend = detect_backend = "torch"  # ONNX Runtime here is the CPU build
         self.model_name = model_name
         self.device = device
         self.margin = margin
         self.face_selection = face_selection
         self.detect_max_side = detect_max_side
         self.flip_embeddings = flip_embeddings
+        self.embed_backend = embed_backend
+        self.detect_backend = detect_backend
         self.detector = MTCNN(
             image_size=FACE_SIZE, margin=margin, min_face_size=20, thresholds=[0.6, 0.7, 0.7],
             factor=0.709, post_process=True, keep_all=True, device=device,
         ).eval()
-        self.embedder = InceptionResnetV1(pretrained=None, classify=False).eval()
-        self.embedder.load_state_dict(state_dict)
-        self.embedder.to(device)
+        embedder = InceptionResnetV1(pretrained=None, classify=False).eval()
+        embedder.load_state_dict(state_dict)
+        self.embedder: InceptionResnetV1 | None = embedder.to(device)
+        self.onnx_embedder: OnnxModel | None = None
+        if embed_backend == "onnx":
+            graph = export_onnx(embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
+            self.onnx_embedder = OnnxModel(graph, threads)
+            self.embedder = None  # the session holds the weights; do not keep two copies
+        if detect_backend == "onnx":
+            self._detector_to_onnx(threads)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FaceEngine":
         """Load the configured weights (``WeightsError`` if missing or wrong) and build the engine."""
         threads = settings.torch_threads or _default_threads(settings.workers)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(1)  # OpenMP's pool, once started, would not survive a fork
         path: Path = resolve_weights(settings.model, settings.weights, settings.data_path)
         device = pick_device(settings.device)
-        log.info("loading %s weights from %s onto %s (%d threads)",
-                 settings.model, path, device, threads)
-        return cls(
+        log.info("loading %s weights from %s onto %s (%d threads, embed %s, detect %s)",
+                 settings.model, path, device, threads, settings.embed_backend,
+                 settings.detect_backend)
+        engine = cls(
             load_state_dict(path), model_name=settings.model, device=device,
             margin=settings.margin, face_selection=settings.face_selection,
             detect_max_side=settings.detect_max_side, flip_embeddings=settings.flip_embeddings,
+            embed_backend=settings.embed_backend, detect_backend=settings.detect_backend,
+            threads=threads,
         )
+        torch.set_num_threads(threads)
+        return engine
 
     def detect(self, image: Image.Image) -> PhotoFaces:
         """Find every face in an RGB image; the primary face (by ``face_selection``) first."""
         start = time.perf_counter()
-        width, height = image.size
-        scale = 1.0
-        search = image
-        if self.detect_max_side and max(width, height) > self.detect_max_side:
-            scale = self.detect_max_side / max(width, height)
-            search = image.resize(
-                (max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR
-            )
+        faces = self.faces_from(image, self.find_faces(image))
+        return PhotoFaces(faces, image.width, image.height, (time.perf_counter() - start) * 1000)
+
+    def find_faces(self, image: Image.Image) -> Detections:
+        """Run MTCNN (on a downscaled copy if ``detect_max_side`` asks) and map its boxes and
+        landmarks back to the original image's pixels."""
+        search, scale = self.search_image(image)
+        if min(search.size) < self.detector.min_face_size:
+            return Detections.empty()  # no face fits; MTCNN itself would raise on so small an image
         with torch.inference_mode():
-            boxes, probs = self.detector.detect(search)
-        faces: list[DetectedFace] = []
-        if boxes is not None:
-            boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale
-            probs = np.asarray(probs, dtype=np.float64).reshape(-1)
-            for i in rank_faces(boxes, probs, width, height, self.face_selection):
-                box = tuple(float(v) for v in boxes[i])
-                faces.append(DetectedFace(box, float(probs[i]), self._crop(image, box)))
-        return PhotoFaces(faces, width, height, (time.perf_counter() - start) * 1000)
+            boxes, probs, points = self.detector.detect(search, landmarks=True)
+        if boxes is None:
+            return Detections.empty()
+        return Detections(
+            np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale,
+            np.asarray(probs, dtype=np.float64).reshape(-1),
+            np.asarray(points, dtype=np.float64).reshape(-1, 5, 2) / scale,
+        )
+
+    def search_image(self, image: Image.Image) -> tuple[Image.Image, float]:
+        """The image MTCNN searches and its scale: the original, or a copy whose longer side is
+        ``detect_max_side`` (integer box reduction first, then bilinear, for speed)."""
+        width, height = image.size
+        if not self.detect_max_side or max(width, height) <= self.detect_max_side:
+            return image, 1.0
+        scale = self.detect_max_side / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return image.resize(size, Image.BILINEAR, reducing_gap=2.0), scale
+
+    def faces_from(self, image: Image.Image, found: Detections) -> list[DetectedFace]:
+        """Rank detections by ``face_selection`` and cut each face from the original image."""
+        order = rank_faces(found.boxes, found.probs, image.width, image.height,
+                           self.face_selection) if len(found.boxes) else []
+        faces = []
+        for i in order:
+            box = tuple(float(v) for v in found.boxes[i])
+            faces.append(DetectedFace(box, float(found.probs[i]), self._crop(image, box),
+                                      found.landmarks[i]))
+        return faces
 
     def embed(self, crops: list[torch.Tensor]) -> Embeddings:
-        """Embed face crops in one forward pass; returns unit-norm (n, 512) float32 vectors."""
+        """Embed face crops in one forward pass; returns unit-norm (n, 512) float32 vectors.
+
+        With ``flip_embeddings`` the mirrored crops ride in the same batch."""
         start = time.perf_counter()
+        batch = torch.stack(crops)
+        if self.flip_embeddings:
+            vectors = self.forward(torch.cat([batch, torch.flip(batch, dims=[3])]))
+            vectors = combine_flipped(vectors[: len(crops)], vectors[len(crops):])
+        else:
+            vectors = self.forward(batch)
+        return Embeddings(vectors, (time.perf_counter() - start) * 1000)
+
+    def forward(self, batch: torch.Tensor) -> np.ndarray:
+        """InceptionResnetV1 on a (n, 3, 160, 160) batch: unit-norm (n, 512) float32."""
+        if self.onnx_embedder is not None:
+            return self.onnx_embedder.run(batch.numpy())[0]
         with torch.inference_mode():
-            batch = torch.stack(crops).to(self.device)
-            vectors = self.embedder(batch)
-            if self.flip_embeddings:
-                vectors = vectors + self.embedder(torch.flip(batch, dims=[3]))
-                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-            result = vectors.float().cpu().numpy()
-        return Embeddings(result, (time.perf_counter() - start) * 1000)
+            return self.embedder(batch.to(self.device)).float().cpu().numpy()
 
     def _crop(self, image: Image.Image, box: tuple[float, float, float, float]) -> torch.Tensor:
         """Cut the face with the margin from the original image, 160x160, standardised."""
         face = extract_face(image, np.asarray(box), FACE_SIZE, self.margin)
         return (face - 127.5) / 128.0
+
+    def _detector_to_onnx(self, threads: int) -> None:
+        """Swap MTCNN's P-, R- and O-nets for ONNX Runtime sessions exported from them."""
+        shapes = {"pnet": ((1, 3, 48, 64), {0: "n", 2: "h", 3: "w"}),
+                  "rnet": ((2, 3, 24, 24), {0: "n"}), "onet": ((2, 3, 48, 48), {0: "n"})}
+        for name, (shape, dynamic) in shapes.items():
+            graph = export_onnx(getattr(self.detector, name), torch.zeros(shape), dynamic)
+            setattr(self.detector, name, _OnnxStage(OnnxModel(graph, threads)))
 
 
 def _default_threads(workers: int) -> int:
