@@ -34,7 +34,11 @@ BASE=docker.io/library/python:3.11-slim-bookworm
 IMAGE=localhost/facematch:local-$ARCH
 START=$(date +%s)
 step() { echo "== [$(( $(date +%s) - START ))s] $*"; }
-fail() { echo "RESULT: FAILURE ($ARCH): $*"; exit 1; }
+fail() {
+  [ -f "${WORK:-}/server.log" ] && { echo "-- server log:"; cat "$WORK/server.log"; }
+  echo "RESULT: FAILURE ($ARCH): $*"
+  exit 1
+}
 
 need=(buildah debootstrap curl python3)
 [ "$ARCH" = arm64 ] && need+=(qemu-aarch64-static update-binfmts)
@@ -134,7 +138,6 @@ for _ in $(seq 1 "$wait_s"); do
   if curl -fsS "http://127.0.0.1:$PORT/ping" >"$WORK/ping.json" 2>/dev/null; then up=1; break; fi
   sleep 1
 done
-cat "$WORK/server.log"
 [ "$up" = 1 ] || fail "no answer on /ping"
 echo "GET /ping -> $(cat "$WORK/ping.json") ($(( $(date +%s) - run_start ))s after start)"
 grep -q '"status": *"ok"' "$WORK/ping.json" || fail "/ping did not say ok"
@@ -171,4 +174,6 @@ echo "memory after the requests: PSS $(( total_kb / 1024 )) MiB in all gunicorn 
 kill -TERM -- "-$SERVER_PGID" 2>/dev/null
 wait "$SERVER_PGID" 2>/dev/null || true
 SERVER_PGID=""
+echo "-- server log:"
+cat "$WORK/server.log"
 echo "RESULT: SUCCESS ($ARCH) image $SIZE uncompressed, ~$(( BYTES / 1000000 )) MB gzipped, total $(( $(date +%s) - START ))s"
