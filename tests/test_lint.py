@@ -47,8 +47,21 @@ def test_hadolint_reports_findings_in_a_bad_dockerfile():
     assert "DL3008" in result.stdout
 
 
-def test_both_workflows_exist():
+def test_ci_and_images_workflows_exist():
     assert WORKFLOWS == ["ci.yml", "images.yml"]
+
+
+def test_ci_workflow_runs_the_test_command_on_push_and_pull_request():
+    text = (REPO / ".github" / "workflows" / "ci.yml").read_text()
+    assert re.search(r"^  push:", text, re.M) and re.search(r"^  pull_request:", text, re.M)
+    assert re.search(r"^        run: scripts/test\.sh$", text, re.M)
+
+
+def test_images_workflow_builds_cpu_for_amd64_and_arm64_and_cuda_for_amd64():
+    text = (REPO / ".github" / "workflows" / "images.yml").read_text()
+    assert re.search(r"file: Dockerfile\n\s+platforms: linux/amd64,linux/arm64\n", text)
+    assert re.search(r"file: Dockerfile\.cuda\n\s+platforms: linux/amd64\n", text)
+    assert "registry: ghcr.io" in text and "images: ghcr.io/${{ github.repository }}" in text
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS)
