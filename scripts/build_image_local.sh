@@ -161,9 +161,12 @@ curl -fsS -o /dev/null "http://127.0.0.1:$PORT/openapi.json" || fail "GET /opena
 echo "GET /openapi.json -> 200"
 
 total_kb=0
+master=""
 for pid in $(pgrep -g "$SERVER_PGID"); do
   cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
   case "$cmd" in *buildah*) continue ;; *gunicorn*) ;; *) continue ;; esac
+  parent=$(awk '{print $4}' "/proc/$pid/stat")
+  grep -q gunicorn "/proc/$parent/cmdline" 2>/dev/null || master=$pid
   pss=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup")
   rss=$(awk '/^Rss:/ {print $2}' "/proc/$pid/smaps_rollup")
   echo "gunicorn pid $pid: RSS $(( rss / 1024 )) MiB, PSS $(( pss / 1024 )) MiB"
@@ -171,9 +174,14 @@ for pid in $(pgrep -g "$SERVER_PGID"); do
 done
 echo "memory after the requests: PSS $(( total_kb / 1024 )) MiB in all gunicorn processes"
 
-kill -TERM -- "-$SERVER_PGID" 2>/dev/null
+[ -n "$master" ] || fail "no Gunicorn master found"
+kill -TERM "$master"
+for _ in $(seq 1 60); do kill -0 "$master" 2>/dev/null || break; sleep 1; done
+kill -0 "$master" 2>/dev/null && fail "Gunicorn did not stop within 60 s of SIGTERM"
 wait "$SERVER_PGID" 2>/dev/null || true
 SERVER_PGID=""
+grep -q 'Shutting down: Master' "$WORK/server.log" || fail "Gunicorn did not shut down cleanly"
+echo "SIGTERM to the Gunicorn master -> clean shutdown"
 echo "-- server log:"
 cat "$WORK/server.log"
 echo "RESULT: SUCCESS ($ARCH) image $SIZE uncompressed, ~$(( BYTES / 1000000 )) MB gzipped, total $(( $(date +%s) - START ))s"
