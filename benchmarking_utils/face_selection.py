@@ -19,7 +19,9 @@ from PIL import Image
 from tqdm import tqdm
 
 import score_service
-from benchmarking_utils.lfw import GET_LFW, accuracy_counting_failures, lfw_dir, read_pairs
+from benchmarking_utils.lfw import (
+    GET_LFW, accuracy_counting_failures, choose_threshold, lfw_dir, read_pairs,
+)
 from config import Settings
 from photo_inferencing import SELECTION_METHODS, FaceEngine, rank_faces
 
@@ -67,9 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                           else score_service.cosine_distance(primary[p.first], primary[p.second])
                           for p in pairs])
             scores[split] = (d, np.array([p.same for p in pairs]))
-        train_d, train_y = scores["DevTrain"]
-        valid = ~np.isnan(train_d)
-        threshold, _ = score_service.best_threshold(train_d[valid], train_y[valid])
+        threshold = choose_threshold(*scores["DevTrain"])
         result["methods"][method] = {
             "threshold": round(threshold, 4),
             **{f"{split.lower()}_accuracy": round(accuracy_counting_failures(d, y, threshold), 4)

@@ -87,6 +87,12 @@ def pair_distances(
     return distances, same, sum(v is None for v in vectors.values())
 
 
+def choose_threshold(distances: np.ndarray, same: np.ndarray) -> float:
+    """The accuracy-maximising threshold over the pairs that have a distance."""
+    valid = ~np.isnan(distances)
+    return score_service.best_threshold(distances[valid], same[valid])[0]
+
+
 def accuracy_counting_failures(distances: np.ndarray, same: np.ndarray, threshold: float) -> float:
     """Accuracy where a pair without a distance (no face found) counts as wrong."""
     valid = ~np.isnan(distances)

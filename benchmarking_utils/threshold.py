@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import score_service
 from benchmarking_utils.lfw import (
-    GET_LFW, accuracy_counting_failures, engine_embedder, lfw_dir, pair_distances, read_pairs,
+    GET_LFW, accuracy_counting_failures, choose_threshold, engine_embedder, lfw_dir, pair_distances, read_pairs,
 )
 from config import Settings
 from photo_inferencing import FaceEngine
@@ -42,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     train_d, train_y, train_fail = pair_distances(
         embed, args.lfw, read_pairs(args.lfw / "pairsDevTrain.txt"), args.metric, "DevTrain")
-    found = ~np.isnan(train_d)
-    threshold, _ = score_service.best_threshold(train_d[found], train_y[found])
+    threshold = choose_threshold(train_d, train_y)
     test_d, test_y, test_fail = pair_distances(
         embed, args.lfw, read_pairs(args.lfw / "pairsDevTest.txt"), args.metric, "DevTest")
     result = {

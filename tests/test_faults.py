@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from support import free_port, image_bytes
+from support import free_port
 from test_api import SAME
 from tests.servers import (  # noqa: F401 (broker, database, bridge_env, start_bridge: fixtures)
     Mosquitto, Subscriber, bridge_env, broker, database, samples, start_bridge, wait_until)
