@@ -50,6 +50,8 @@ class Settings:
     flip_embeddings: bool = False
     embed_backend: str = "torch"
     detect_backend: str = "torch"
+    min_face_size: int = 20
+    center_embeddings: bool = False
 
     # Decision
     threshold: float | None = None

@@ -10,11 +10,17 @@ Speed options, each measured in ``docs/performance.md``:
 * ``embed_backend`` / ``detect_backend``: run InceptionResnetV1 / MTCNN's three stages in ONNX
   Runtime (``onnx``) or PyTorch (``torch``); the ONNX graphs are exported from the loaded
   PyTorch weights at start-up, so both backends compute the same function;
-* ``flip_embeddings``: add the embedding of the mirrored crop (more accurate, twice the work).
+* ``embed_backend=onnx-int8``: a statically quantized embedder built by
+  ``benchmarking_utils.quantize`` (opt-in: it needs LFW to calibrate);
+* ``min_face_size``: the smallest face MTCNN searches for, in pixels of the searched image;
+* ``flip_embeddings``: add the embedding of the mirrored crop (more accurate, twice the work);
+* ``center_embeddings``: subtract the model's mean face embedding (``EMBEDDING_CENTERS``) before
+  the cosine distance, which separates people better.
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import os
@@ -38,7 +44,33 @@ log = logging.getLogger(__name__)
 FACE_SIZE = 160
 SELECTION_METHODS = ("center_weighted_size", "largest", "probability", "largest_over_threshold")
 BACKENDS = ("onnx", "torch")
+EMBED_BACKENDS = ("onnx", "onnx-int8", "torch")
 ONNX_OPSET = 17
+INT8_BUILD = "python -m benchmarking_utils.quantize"
+
+# The mean unit embedding of LFW View 1 DevTrain faces per model (float16, base64), written by
+# ``python -m benchmarking_utils.center``. Subtracting it before the cosine distance removes the
+# direction every face shares (Sandberg's ``--subtract_mean``); see docs/performance.md.
+EMBEDDING_CENTERS: dict[str, str] = {
+    "casia-webface": (
+        "GSHJlngUcSG+lYujP6P1G0QiUKBlpk6ccKQjmPoNrBxTo/Ui6p5jAI2eGh2JoHuYl6PWIE2jFyTcpIwgOxzTnoEf"
+        "L51oHg8AaiA3pFWWSB4VILukLKBBI9Kg7SVNHS2X2JxjIlwhBCJ8pHqXPZxTFvae3KA1n7ufdyALHD6dRaAaG0Kg"
+        "ABrqnC8QVZylBF4ZOB6Ul3eUiyHqpHchHR0qIVKg0R1lHJ8YiZ2oIJ+iHiCImJ2cGaH8HM8gFqDaHHAStiSBFvce"
+        "USSSIaoh1yBmIWEcN5BbnXsgehcnEQ8YbZIKJHGYGx2YHvyfNYXXFdYenqPhIzkaBApWHEkm8qBgnN2Nj6CCod4e"
+        "jxinGaucYZu/FqegWAHaHuWiZ6OJIcoUNx4KIlYXFCWbI7sV0KTUnGAnEJ4TnoWcJ4jamNCcthlgG5GfIBCFmiQN"
+        "RZz9GXegUiIqD/MZe50wHCSgwaIqGAChoprSGBAcNCNEoJYS/gxIIH+abRmhpdKaz5MZIOcNvJxzlIEjpJXIIlSi"
+        "YCQAJbATWaWPG48YHxtUHQsjMCEhnx8lbSIJm8ch3Rw1m8QUZaIMjAIaoBWJGrGcaB0tGqghxJ78GjIa+SGfFJyj"
+        "RaAQnkIeDCLknQaklhSaHJghKpyKGSodkCaHoNYc5hykJXEKsBdUG2IkV51bnNUOGafxnskk4Z+vmPYPfiR9mpKh"
+        "/ZnGojYcJCF4IuEjdRQWnlSlVZsUoHCX9hstoCehvCJGF5UbsZ8hjAukQx0VG3GbrqPNndkdppzNIZuNZZ3Uocig"
+        "WaDWEXQdOyEwFrQhEhLSoIyUfCS5ICyXdSKdmAChG586JP4m1hxrpQGcoRx9oBIZD6ELJDmZKqbiopicNaAsoYSg"
+        "LqTzHzUj6B9DnD2hLxcAn6IWthWuITAOkRuNIwEVAAdOoqqamCJWGUSd3Bshlveh+JwGoqwh3aM5H32gIaJFpHyZ"
+        "eiTKFHsjVB4FIimZFSLcJMyYLSCfIKWaxR1OmCMkJSXDEz+gNxQmnxYeFByJIruV7hcQGNulRKBTHwUjyaDxnPGf"
+        "pqETIuOdzifnG/CBYBxKHymkgiD2HzelESGQJsgeFg/aFO0cf6SqGRakZpXFFhUcDiEGoYOa06IoGXSfRxa9Gn2h"
+        "FBZoHoaPWxlln1Sf6xfnGuScMBWzE8wiD6B3nLEY6xkeFvaW9x0poCqkrxjaGewbGyFimHGUop/bH2mZIyCVmAuj"
+        "M5k3nAkg7ZbxomOR/wlmn3YdxCANIMmeQJJsIEQg4JmEIXoiEiKeHTwcEhlSI0QcoZ/SobAcjqCyJlumVBVZADkf"
+        "z6CnHtohsaKYnLUZpx0/IrYQgB5SniaUVB2gI3QYyqH0Hg=="
+    ),
+}
 
 
 @dataclass
@@ -119,6 +151,16 @@ def rank_faces(
     else:
         raise ValueError(f"unknown face selection {method!r}; expected one of {SELECTION_METHODS}")
     return [int(i) for i in np.argsort(-score, kind="stable")]
+
+
+def decode_center(text: str) -> np.ndarray:
+    """A base64 float16 vector from ``EMBEDDING_CENTERS`` as float32."""
+    return np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float32)
+
+
+def int8_path(settings: Settings) -> Path:
+    """Where ``benchmarking_utils.quantize`` writes the int8 embedder of the configured model."""
+    return settings.data_path / f"{settings.model}.int8.onnx"
 
 
 def combine_flipped(vectors: np.ndarray, flipped: np.ndarray) -> np.ndarray:
@@ -206,12 +248,20 @@ class FaceEngine:
         embed_backend: str = "torch",
         detect_backend: str = "torch",
         threads: int = 1,
+        min_face_size: int = 20,
+        center: np.ndarray | None = None,
+        int8_graph: bytes | None = None,
     ):
         if face_selection not in SELECTION_METHODS:
             raise ValueError(f"unknown face selection {face_selection!r}")
-        for name, backend in (("embed_backend", embed_backend), ("detect_backend", detect_backend)):
-            if backend not in BACKENDS:
-                raise ValueError(f"unknown {name} {backend!r}; expected one of {BACKENDS}")
+        if embed_backend not in EMBED_BACKENDS:
+            raise ValueError(f"unknown embed_backend {embed_backend!r}; expected one of "
+                             f"{EMBED_BACKENDS}")
+        if detect_backend not in BACKENDS:
+            raise ValueError(f"unknown detect_backend {detect_backend!r}; expected one of "
+                             f"{BACKENDS}")
+        if embed_backend == "onnx-int8" and int8_graph is None:
+            raise ValueError(f"embed_backend onnx-int8 needs the int8 graph ({INT8_BUILD})")
         if device.type != "cpu":
             embed_backend = detect_backend = "torch"  # ONNX Runtime here is the CPU build
         self.model_name = model_name
@@ -222,16 +272,19 @@ class FaceEngine:
         self.flip_embeddings = flip_embeddings
         self.embed_backend = embed_backend
         self.detect_backend = detect_backend
+        self.center = None if center is None else np.asarray(center, dtype=np.float32)
         self.detector = MTCNN(
-            image_size=FACE_SIZE, margin=margin, min_face_size=20, thresholds=[0.6, 0.7, 0.7],
-            factor=0.709, post_process=True, keep_all=True, device=device,
+            image_size=FACE_SIZE, margin=margin, min_face_size=min_face_size,
+            thresholds=[0.6, 0.7, 0.7], factor=0.709, post_process=True, keep_all=True,
+            device=device,
         ).eval()
         embedder = InceptionResnetV1(pretrained=None, classify=False).eval()
         embedder.load_state_dict(state_dict)
         self.embedder: InceptionResnetV1 | None = embedder.to(device)
         self.onnx_embedder: OnnxModel | None = None
-        if embed_backend == "onnx":
-            graph = export_onnx(embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
+        if embed_backend != "torch":
+            graph = int8_graph if embed_backend == "onnx-int8" else export_onnx(
+                embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
             self.onnx_embedder = OnnxModel(graph, threads)
             self.embedder = None  # the session holds the weights; do not keep two copies
         if detect_backend == "onnx":
@@ -247,12 +300,26 @@ class FaceEngine:
         log.info("loading %s weights from %s onto %s (%d threads, embed %s, detect %s)",
                  settings.model, path, device, threads, settings.embed_backend,
                  settings.detect_backend)
+        center = None
+        if settings.center_embeddings:
+            if settings.model in EMBEDDING_CENTERS:
+                center = decode_center(EMBEDDING_CENTERS[settings.model])
+            else:
+                log.warning("no embedding centre is known for %s; embeddings are not centred",
+                            settings.model)
+        int8_graph = None
+        if settings.embed_backend == "onnx-int8":
+            if not int8_path(settings).is_file():
+                raise ValueError(f"FACEMATCH_EMBED_BACKEND=onnx-int8 needs {int8_path(settings)};"
+                                 f" build it with {INT8_BUILD}")
+            int8_graph = int8_path(settings).read_bytes()
         engine = cls(
             load_state_dict(path), model_name=settings.model, device=device,
             margin=settings.margin, face_selection=settings.face_selection,
             detect_max_side=settings.detect_max_side, flip_embeddings=settings.flip_embeddings,
             embed_backend=settings.embed_backend, detect_backend=settings.detect_backend,
-            threads=threads,
+            threads=threads, min_face_size=settings.min_face_size, center=center,
+            int8_graph=int8_graph,
         )
         torch.set_num_threads(threads)
         return engine
@@ -308,10 +375,19 @@ class FaceEngine:
         batch = torch.stack(crops)
         if self.flip_embeddings:
             vectors = self.forward(torch.cat([batch, torch.flip(batch, dims=[3])]))
-            vectors = combine_flipped(vectors[: len(crops)], vectors[len(crops):])
+            vectors = self.finish(vectors[: len(crops)], vectors[len(crops):])
         else:
-            vectors = self.forward(batch)
+            vectors = self.finish(self.forward(batch))
         return Embeddings(vectors, (time.perf_counter() - start) * 1000)
+
+    def finish(self, plain: np.ndarray, flipped: np.ndarray | None = None) -> np.ndarray:
+        """The served embedding from the network's unit vectors: combined with the mirrored
+        crop's (when given), minus the model's centre (when configured), unit norm."""
+        vectors = plain if flipped is None else combine_flipped(plain, flipped)
+        if self.center is not None:
+            vectors = vectors - self.center
+            vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.ascontiguousarray(vectors, dtype=np.float32)
 
     def forward(self, batch: torch.Tensor) -> np.ndarray:
         """InceptionResnetV1 on a (n, 3, 160, 160) batch: unit-norm (n, 512) float32."""

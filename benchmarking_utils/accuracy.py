@@ -39,7 +39,9 @@ from benchmarking_utils.inputs import parse_size, photo_bytes
 from benchmarking_utils.lfw import GET_LFW, Pair, lfw_dir, read_pairs
 from benchmarking_utils.common import Config, machine, parse_config
 from config import Settings
-from photo_inferencing import Detections, FaceEngine, combine_flipped, rank_faces
+from photo_inferencing import (
+    EMBEDDING_CENTERS, Detections, FaceEngine, decode_center, rank_faces,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmark_results" / "cache"
@@ -83,11 +85,16 @@ class Evaluator:
         """One engine per backend pair; margin, selection, flip and detect size are set on it."""
         key = (settings.embed_backend, settings.detect_backend)
         if key not in self.engines:
-            self.engines[key] = FaceEngine.from_settings(settings.replace(torch_threads=self.threads))
+            self.engines[key] = FaceEngine.from_settings(
+                settings.replace(torch_threads=self.threads))
         engine = self.engines[key]
         engine.margin, engine.face_selection = settings.margin, settings.face_selection
         engine.detect_max_side = settings.detect_max_side
         engine.flip_embeddings = settings.flip_embeddings
+        engine.detector.min_face_size = settings.min_face_size
+        engine.center = (decode_center(EMBEDDING_CENTERS[settings.model])
+                         if settings.center_embeddings and settings.model in EMBEDDING_CENTERS
+                         else None)
         return engine
 
     def image(self, name: str) -> Image.Image:
@@ -100,8 +107,9 @@ class Evaluator:
         s = config.settings
         engine = self.engine(s)
         side = s.detect_max_side if s.detect_max_side < max(self.size or (250, 250)) else 0
-        detections = Cache(f"det-{s.detect_backend}-{side}-{self.size_key}")
-        embeddings = Cache(f"emb-{s.detect_backend}-{side}-{self.size_key}-m{s.margin}-"
+        minimum = "" if s.min_face_size == 20 else f"-min{s.min_face_size}"
+        detections = Cache(f"det-{s.detect_backend}-{side}{minimum}-{self.size_key}")
+        embeddings = Cache(f"emb-{s.detect_backend}-{side}{minimum}-{self.size_key}-m{s.margin}-"
                            f"{s.embed_backend}")
         result: dict[str, np.ndarray | None] = {}
         todo: list[tuple[str, tuple, torch.Tensor]] = []
@@ -110,7 +118,7 @@ class Evaluator:
             if key is None:
                 result[name] = None
             elif key in embeddings.data:
-                result[name] = self._combine(embeddings.data[key], s.flip_embeddings)
+                result[name] = self._combine(engine, embeddings.data[key], s.flip_embeddings)
             else:
                 todo.append((name, key, self._crop_of(engine, detections, name)))
             if len(todo) >= BATCH:
@@ -137,9 +145,10 @@ class Evaluator:
         return engine.faces_from(self.image(name), found)[0].crop
 
     @staticmethod
-    def _combine(pair: tuple[np.ndarray, np.ndarray], flip: bool) -> np.ndarray:
+    def _combine(engine: FaceEngine, pair: tuple[np.ndarray, np.ndarray], flip: bool) -> np.ndarray:
+        """The served embedding from the cached plain and mirrored vectors (``engine.finish``)."""
         plain, flipped = pair
-        return combine_flipped(plain[None], flipped[None])[0] if flip else plain
+        return engine.finish(plain[None], flipped[None] if flip else None)[0]
 
     def _embed(self, engine, todo, embeddings: Cache, result: dict, flip: bool) -> None:
         if not todo:
@@ -149,7 +158,7 @@ class Evaluator:
         for i, (name, key, _) in enumerate(todo):
             pair = (vectors[i].copy(), vectors[len(todo) + i].copy())
             embeddings.put(key, pair)
-            result[name] = self._combine(pair, flip)
+            result[name] = self._combine(engine, pair, flip)
 
 
 def limited(pairs: list[Pair], limit: int) -> list[Pair]:
@@ -210,8 +219,8 @@ def tar_at_far(d: np.ndarray, same: np.ndarray, target: float) -> dict:
     if not ok.any():
         return {"far": target, "tar": 0.0, "threshold": None}
     i = int(np.argmax(np.where(ok, tar, -1)))
-    return {"far": target, "tar": round(float(tar[i]), 4), "threshold": round(float(thresholds[i]), 4),
-            "achieved_far": round(float(far[i]), 5)}
+    return {"far": target, "tar": round(float(tar[i]), 4),
+            "threshold": round(float(thresholds[i]), 4), "achieved_far": round(float(far[i]), 5)}
 
 
 def evaluate_view1(ev: Evaluator, config: Config) -> dict:

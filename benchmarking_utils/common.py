@@ -31,6 +31,7 @@ class Config:
         return {"margin": s.margin, "face_selection": s.face_selection,
                 "detect_max_side": s.detect_max_side, "flip_embeddings": s.flip_embeddings,
                 "embed_backend": s.embed_backend, "detect_backend": s.detect_backend,
+                "min_face_size": s.min_face_size, "center_embeddings": s.center_embeddings,
                 "torch_threads": s.torch_threads}
 
 

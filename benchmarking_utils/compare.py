@@ -18,16 +18,18 @@ import io
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from flask.testing import FlaskClient
 from PIL import Image
 from tqdm import tqdm
 
 from benchmarking_utils.baseline import Baseline
 from benchmarking_utils.common import (
-    EMBED_GFLOP, local_settings, machine, matmul_gflops, multipart, parse_config, summary,
+    EMBED_GFLOP, Config, local_settings, machine, multipart, parse_config, summary,
 )
 from benchmarking_utils.inputs import pair_photos, parse_size
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
@@ -35,112 +37,134 @@ from photo_inferencing import FaceEngine
 from server import create_app
 
 TARGETS = {"4032x3024": 8.0, "1280x720": 4.0, "lfw": 2.0}
-CACHED_TARGET = 0.6
 STAGES = ("decode", "detection", "embedding", "scoring", "total")
 
 
-def run_size(size_text: str, baseline: Baseline, client, lfw: Path, pairs: int, warmup: int,
-             threads: int) -> dict:
-    """Interleave baseline, /photo_match and /cached_match over the pairs of one input size."""
-    size = parse_size(size_text)
-    photos = pair_photos(lfw, read_pairs(lfw / "pairsDevTest.txt"), size, pairs + warmup)
-    references = [client.post("/embeddings", data=multipart(photo=a.data)).get_data()
-                  for a, _ in photos]
-    times = {"baseline": [], "photo_match": [], "cached_match": []}
-    stages = {"baseline": [], "photo_match": [], "cached_match": []}
-    distance_gap = []
+@dataclass
+class Candidate:
+    """One configuration of the service under test: its engine and an in-process client."""
+
+    config: Config
+    engine: FaceEngine
+    client: FlaskClient
+
+
+def timed(call) -> tuple[float, object]:
+    start = time.perf_counter()
+    result = call()
+    return (time.perf_counter() - start) * 1000, result
+
+
+def run_size(size_text: str, baseline: Baseline, candidates: list[Candidate], lfw: Path,
+             pairs: int, warmup: int, threads: int) -> dict:
+    """Per pair: the baseline, then each candidate's /photo_match and /cached_match."""
+    photos = pair_photos(lfw, read_pairs(lfw / "pairsDevTest.txt"), parse_size(size_text),
+                         pairs + warmup)
+    references = {c.config.name: [c.client.post("/embeddings", data=multipart(photo=a.data))
+                                  .get_data() for a, _ in photos] for c in candidates}
+    wall: dict[str, list[float]] = {"baseline": []}
+    stages: dict[str, list[dict]] = {"baseline": []}
     for i, (a, b) in enumerate(tqdm(photos, desc=size_text, unit="pair")):
         torch.set_num_threads(threads)
-        start = time.perf_counter()
-        base = baseline.photo_match(a.data, b.data)
-        base_ms = (time.perf_counter() - start) * 1000
-        start = time.perf_counter()
-        photo = client.post("/photo_match", data=multipart(reference=a.data, sample=b.data))
-        photo_ms = (time.perf_counter() - start) * 1000
-        start = time.perf_counter()
-        cached = client.post("/cached_match", data={
-            "reference": (io.BytesIO(references[i]), "reference.json"),
-            **multipart(sample=b.data)})
-        cached_ms = (time.perf_counter() - start) * 1000
-        if photo.status_code != 200 or cached.status_code != 200:
-            raise RuntimeError(f"{a.name} / {b.name}: {photo.get_json()} {cached.get_json()}")
+        base_ms, base = timed(lambda: baseline.photo_match(a.data, b.data))
+        measured = [("baseline", base_ms, vars(base.latency))]
+        for c in candidates:
+            photo_ms, photo = timed(lambda: c.client.post(
+                "/photo_match", data=multipart(reference=a.data, sample=b.data)))
+            reference = (io.BytesIO(references[c.config.name][i]), "reference.json")
+            cached_ms, cached = timed(lambda: c.client.post(
+                "/cached_match", data={"reference": reference, **multipart(sample=b.data)}))
+            if photo.status_code != 200 or cached.status_code != 200:
+                raise RuntimeError(f"{a.name} / {b.name}: {photo.get_json()} {cached.get_json()}")
+            measured += [(f"{c.config.name} /photo_match", photo_ms, photo.json["latency_ms"]),
+                         (f"{c.config.name} /cached_match", cached_ms, cached.json["latency_ms"])]
         if i < warmup:
             continue
-        times["baseline"].append(base_ms)
-        times["photo_match"].append(photo_ms)
-        times["cached_match"].append(cached_ms)
-        stages["baseline"].append(vars(base.latency))
-        stages["photo_match"].append(photo.json["latency_ms"])
-        stages["cached_match"].append(cached.json["latency_ms"])
-        if base.distance is not None:
-            distance_gap.append(abs(base.distance - photo.json["distance"]))
+        for key, ms, latency in measured:
+            wall.setdefault(key, []).append(ms)
+            stages.setdefault(key, []).append(latency)
     result = {
         "input": size_text,
         "image_size": [photos[0][0].width, photos[0][0].height],
-        "pairs": len(times["baseline"]),
+        "pairs": len(wall["baseline"]),
         "warmup": warmup,
-        "wall_ms": {k: summary(v) for k, v in times.items()},
+        "target_speedup": TARGETS.get(size_text),
+        "wall_ms": {k: summary(v) for k, v in wall.items()},
         "stage_median_ms": {k: {s: round(float(np.median([r[s] for r in v])), 2) for s in STAGES}
                             for k, v in stages.items()},
-        "median_abs_distance_difference_vs_baseline": round(float(np.median(distance_gap)), 4)
-        if distance_gap else None,
+        "candidates": {},
     }
     base_median = result["wall_ms"]["baseline"]["median"]
-    photo_median = result["wall_ms"]["photo_match"]["median"]
-    result["speedup_photo_match"] = round(base_median / photo_median, 2)
-    result["cached_over_photo"] = round(result["wall_ms"]["cached_match"]["median"] / photo_median, 3)
-    result["target_speedup"] = TARGETS.get(size_text)
+    for c in candidates:
+        photo = result["wall_ms"][f"{c.config.name} /photo_match"]["median"]
+        cached = result["wall_ms"][f"{c.config.name} /cached_match"]["median"]
+        result["candidates"][c.config.name] = {
+            "photo_match_median_ms": photo, "cached_match_median_ms": cached,
+            "speedup_photo_match": round(base_median / photo, 2),
+            "cached_over_photo": round(cached / photo, 3),
+        }
     return result
 
 
-def embedding_rate(engine: FaceEngine, baseline: Baseline, crop: torch.Tensor, threads: int,
-                   repeats: int) -> dict:
-    """Milliseconds per face (batch of 1 and of 2, and the baseline's autograd forward) against
-    the float32 matmul peak at the same thread count, interleaved."""
+def embedding_rate(candidates: list[Candidate], baseline: Baseline, crop: torch.Tensor,
+                   threads: int, repeats: int) -> dict:
+    """Milliseconds per face (batches of 1 and 2; the baseline's autograd batch of 1) against the
+    machine's float32 peak: the best 1024x1024 matrix product (PyTorch or NumPy) at the same
+    thread count, measured in the same interleaved loop."""
     torch.set_num_threads(threads)
-    peak = matmul_gflops(threads)
-    runs = {"current_batch1": lambda: engine.forward(crop[None]),
-            "current_batch2": lambda: engine.forward(torch.stack([crop, crop])),
-            "baseline_batch1": lambda: baseline.resnet(crop[None]).detach()}
-    per_face = {k: [] for k in runs}
-    for k, f in runs.items():
-        f()
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    an, bn = a.numpy(), b.numpy()
+    runs = {"baseline batch 1": (1, lambda: baseline.resnet(crop[None]).detach())}
+    for c in candidates:
+        runs[f"{c.config.name} batch 1"] = (1, lambda e=c.engine: e.forward(crop[None]))
+        runs[f"{c.config.name} batch 2"] = (2, lambda e=c.engine: e.forward(
+            torch.stack([crop, crop])))
+    matmul = {"torch": lambda: a @ b, "numpy": lambda: an @ bn}
+    per_face: dict[str, list[float]] = {k: [] for k in runs}
+    best_matmul = float("inf")
+    for _, call in runs.values():
+        call()
     for _ in range(repeats):
-        for k, f in runs.items():
-            start = time.perf_counter()
-            f()
-            faces = 2 if k.endswith("2") else 1
-            per_face[k].append((time.perf_counter() - start) * 1000 / faces)
-    out = {"threads": threads, "matmul_peak_gflops": round(peak, 1), "flop_per_face_g": EMBED_GFLOP}
-    for k, v in per_face.items():
-        ms = float(np.median(v))
-        out[k] = {"ms_per_face": round(ms, 1), "gflops": round(EMBED_GFLOP / ms * 1000, 1),
-                  "fraction_of_peak": round(EMBED_GFLOP / ms * 1000 / peak, 3)}
+        for key, (faces, call) in runs.items():
+            per_face[key].append(timed(call)[0] / faces)
+        for call in matmul.values():
+            for _ in range(3):
+                best_matmul = min(best_matmul, timed(call)[0])
+    peak = 2 * 1024**3 / (best_matmul / 1000) / 1e9
+    out = {"threads": threads, "matmul_peak_gflops": round(peak, 1),
+           "gflop_per_face": EMBED_GFLOP, "per_face": {}}
+    for key, values in per_face.items():
+        ms = float(np.median(values))
+        rate = EMBED_GFLOP / ms * 1000
+        out["per_face"][key] = {"ms": round(ms, 1), "gflops": round(rate, 1),
+                                "fraction_of_peak": round(rate / peak, 3)}
     return out
 
 
 def plot(results: list[dict], path: Path) -> None:
-    """Median wall time per input: baseline, /photo_match and /cached_match (log scale)."""
+    """Median wall time per input: the baseline and each candidate's two routes (log scale)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     labels = [r["input"] for r in results]
+    keys = [k for k in results[0]["wall_ms"]]
     x = np.arange(len(labels))
-    fig, ax = plt.subplots(figsize=(5.5, 3.4), dpi=80)
-    for offset, (key, label) in zip((-0.27, 0, 0.27), (("baseline", "baseline"),
-                                                        ("photo_match", "/photo_match"),
-                                                        ("cached_match", "/cached_match"))):
+    width = 0.8 / len(keys)
+    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=80)
+    for j, key in enumerate(keys):
         values = [r["wall_ms"][key]["median"] for r in results]
-        bars = ax.bar(x + offset, values, 0.26, label=label)
-        if key == "photo_match":
+        bars = ax.bar(x - 0.4 + width * (j + 0.5), values, width, label=key)
+        name, _, route = key.partition(" ")
+        if route == "/photo_match":
             for bar, r in zip(bars, results):
-                ax.annotate(f"{r['speedup_photo_match']:.1f}x", (bar.get_x() + 0.13,
-                            bar.get_height()), ha="center", va="bottom", fontsize=8)
-    ax.set(xticks=x, xticklabels=labels, yscale="log", ylabel="median ms per pair",
-           title="Two photos, one request: baseline vs current")
-    ax.legend(fontsize=8)
+                ax.annotate(f"{r['candidates'][name]['speedup_photo_match']:.1f}x",
+                            (bar.get_x() + width / 2, bar.get_height()), ha="center",
+                            va="bottom", fontsize=7)
+    ax.set(xticks=x, xticklabels=labels, yscale="log", ylabel="median ms per request",
+           title="Two photos per request: baseline vs current")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -154,36 +178,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs", type=int, default=20, help="measured pairs per size")
     parser.add_argument("--warmup", type=int, default=3, help="uncounted pairs per size")
     parser.add_argument("--threads", type=int, default=1,
-                        help="intra-op threads for both pipelines (the same, for a fair ratio)")
-    parser.add_argument("--config", default="current:",
-                        help="NAME:key=value,... engine settings on top of the environment")
+                        help="intra-op threads for every pipeline (the same, for fair ratios)")
+    parser.add_argument("--config", action="append", default=[],
+                        help="NAME:key=value,... engine settings on top of the environment "
+                             "(repeatable; default: the environment's settings as 'current')")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
     if not (args.lfw / "pairsDevTest.txt").exists():
         print(GET_LFW.format(path=args.lfw), file=sys.stderr)
         return 2
-    config = parse_config(args.config, torch_threads=args.threads)
-    settings = local_settings(config.settings)
-    engine = FaceEngine.from_settings(settings)
-    client = create_app(settings, engine=engine).test_client()
-    baseline = Baseline(settings)
-    results = [run_size(s, baseline, client, args.lfw, args.pairs, args.warmup, args.threads)
+    candidates = []
+    for text in args.config or ["current:"]:
+        config = parse_config(text, torch_threads=args.threads)
+        settings = local_settings(config.settings)
+        engine = FaceEngine.from_settings(settings)
+        candidates.append(Candidate(config, engine, create_app(settings, engine=engine)
+                                    .test_client()))
+    baseline = Baseline(candidates[0].config.settings)
+    results = [run_size(s, baseline, candidates, args.lfw, args.pairs, args.warmup, args.threads)
                for s in args.sizes.split(",")]
     photo = pair_photos(args.lfw, read_pairs(args.lfw / "pairsDevTest.txt"), None, 1)[0][0]
-    crop = engine.detect(Image.open(io.BytesIO(photo.data)).convert("RGB")).primary.crop
-    rate = embedding_rate(engine, baseline, crop, args.threads, 20)
+    with Image.open(io.BytesIO(photo.data)) as image:
+        crop = candidates[0].engine.detect(image.convert("RGB")).primary.crop
+    rate = embedding_rate(candidates, baseline, crop, args.threads, 20)
     report = {
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "machine": machine(),
         "command": "python -m benchmarking_utils.compare " + " ".join(argv or sys.argv[1:]),
-        "config": {"name": config.name, **config.describe()},
         "threads": args.threads,
+        "configs": {c.config.name: c.config.describe() for c in candidates},
         "results": results,
         "embedding_rate": rate,
     }
     print(table(results))
-    print(json.dumps(rate, indent=1))
+    print(rate_table(rate))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(report, indent=2) + "\n")
@@ -193,18 +222,27 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| input | pairs | baseline median (p95) ms | /photo_match median (p95) ms | speed-up "
-            "| target | /cached_match median ms | cached / photo (target <= 0.6) |",
+    rows = ["| input | pairs | config | baseline ms | /photo_match ms | speed-up (target) | "
+            "/cached_match ms | cached / photo (target <= 0.6) |",
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in results:
-        w = r["wall_ms"]
-        target = f">= {r['target_speedup']:g}x" if r["target_speedup"] else ""
-        rows.append(
-            f"| {r['input']} ({r['image_size'][0]}x{r['image_size'][1]}) | {r['pairs']} | "
-            f"{w['baseline']['median']:.0f} ({w['baseline']['p95']:.0f}) | "
-            f"{w['photo_match']['median']:.0f} ({w['photo_match']['p95']:.0f}) | "
-            f"{r['speedup_photo_match']:.2f}x | {target} | {w['cached_match']['median']:.0f} | "
-            f"{r['cached_over_photo']:.2f} |")
+        base = r["wall_ms"]["baseline"]["median"]
+        target = f" (>= {r['target_speedup']:g}x)" if r["target_speedup"] else ""
+        for name, c in r["candidates"].items():
+            rows.append(
+                f"| {r['input']} ({r['image_size'][0]}x{r['image_size'][1]}) | {r['pairs']} | "
+                f"{name} | {base:.0f} | {c['photo_match_median_ms']:.0f} | "
+                f"{c['speedup_photo_match']:.2f}x{target} | {c['cached_match_median_ms']:.0f} | "
+                f"{c['cached_over_photo']:.2f} |")
+    return "\n".join(rows)
+
+
+def rate_table(rate: dict) -> str:
+    rows = [f"Embedding per face at {rate['threads']} thread(s); float32 matmul peak "
+            f"{rate['matmul_peak_gflops']:.1f} GFLOP/s; {rate['gflop_per_face']} GFLOP per face",
+            "| pipeline | ms per face | GFLOP/s | fraction of peak |", "| --- | --- | --- | --- |"]
+    for key, v in rate["per_face"].items():
+        rows.append(f"| {key} | {v['ms']:.1f} | {v['gflops']:.1f} | {v['fraction_of_peak']:.2f} |")
     return "\n".join(rows)
 
 

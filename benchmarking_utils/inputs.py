@@ -1,8 +1,8 @@
 """Benchmark inputs: LFW photos as they are, or placed on large canvases like phone photos.
 
 A generated photo is the LFW image upscaled to half the canvas height and pasted at a position
-drawn from the image's name, on a background of smooth colour blobs with sensor-like noise
-(no faces in it), saved as a quality-90 JPEG. Everything is seeded by the name, so anyone with
+drawn from the image's name, on a background of smooth colour blobs under a tiled sensor-like
+noise (no faces in it), saved as a quality-90 JPEG. Everything is seeded by the name, so anyone with
 the same LFW files and Pillow/NumPy versions gets the same bytes. Files are cached under
 ``benchmark_results/inputs/<WxH>/``.
 """
@@ -51,7 +51,8 @@ def place_on_canvas(photo: Image.Image, size: tuple[int, int], name: str) -> Ima
     background = np.asarray(
         Image.fromarray(blobs).resize((width, height), Image.BICUBIC), dtype=np.int16
     )
-    noise = rng.normal(0.0, 6.0, size=(height, width, 1)).astype(np.int16)
+    tile = rng.normal(0.0, 6.0, size=(256, 256, 1)).astype(np.int16)
+    noise = np.tile(tile, (height // 256 + 1, width // 256 + 1, 1))[:height, :width]
     canvas = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8))
     side = max(1, round(height * PHOTO_HEIGHT))
     scaled = photo.resize((round(photo.width * side / photo.height), side), Image.BICUBIC)

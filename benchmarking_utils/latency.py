@@ -113,7 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lfw", type=Path, default=lfw_dir())
     parser.add_argument("--photos", type=Path, help="a folder of photos (consecutive pairs) "
                         "instead of LFW")
-    parser.add_argument("--sizes", default="lfw", help="LFW inputs: lfw and/or WxH, comma-separated")
+    parser.add_argument("--sizes", default="lfw",
+                        help="LFW inputs: lfw and/or WxH, comma-separated")
     parser.add_argument("--endpoint", default="photo_match", choices=(*ENDPOINTS, "both"))
     parser.add_argument("--requests", type=int, default=50, help="counted requests per input set")
     parser.add_argument("--warmup", type=int, default=10, help="uncounted requests first")

@@ -86,8 +86,8 @@ def start(scenario: str, log_dir: Path) -> Server:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = open(log_dir / f"gunicorn-{name}.log", "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "--access-logfile", "/dev/null",
-         app], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
+         "--access-logfile", "/dev/null", app], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     server = Server(name, f"http://127.0.0.1:{port}", process.pid, process,
                     {"app": app, **values})

@@ -12,7 +12,9 @@ from PIL import Image
 
 from benchmarking_utils.inputs import place_on_canvas
 from deployment_utils.weights import load_state_dict, resolve_weights
-from photo_inferencing import FaceEngine, combine_flipped
+from photo_inferencing import (
+    EMBEDDING_CENTERS, FaceEngine, combine_flipped, decode_center, int8_path,
+)
 
 PHOTO = "Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
 OTHER = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
@@ -135,12 +137,13 @@ def test_unknown_backend_is_refused(state_dict):
         build(state_dict, embed_backend="tensorflow")
 
 
-def test_settings_choose_the_backends_and_detection_size(settings):
+def test_settings_choose_the_backends_and_detection_sizes(settings):
     chosen = settings.replace(embed_backend="onnx", detect_backend="torch", detect_max_side=800,
-                              torch_threads=1)
+                              min_face_size=40, torch_threads=1)
     engine = FaceEngine.from_settings(chosen)
     assert (engine.embed_backend, engine.detect_backend, engine.detect_max_side) == (
         "onnx", "torch", 800)
+    assert engine.detector.min_face_size == 40
     assert engine.onnx_embedder is not None and engine.embedder is None
 
 
@@ -162,3 +165,32 @@ def test_an_onnx_engine_built_before_a_fork_works_in_the_child(state_dict, torch
     child.join(30)
     assert child.exitcode == 0
     assert np.allclose(got, torch_engine.embed([crop]).vectors, atol=1e-4)
+
+
+def test_int8_embedder_stays_within_a_small_angle_of_float(settings, torch_engine, photo, other):
+    int8 = settings.replace(embed_backend="onnx-int8", detect_backend="torch", torch_threads=1,
+                            center_embeddings=False)
+    if not int8_path(int8).is_file():
+        pytest.skip(f"no int8 embedder at {int8_path(int8)}: "
+                    "python -m benchmarking_utils.quantize")
+    crops = [torch_engine.detect(photo).primary.crop, torch_engine.detect(other).primary.crop]
+    got = FaceEngine.from_settings(int8).embed(crops).vectors
+    expected = torch_engine.embed(crops).vectors
+    assert np.all(np.sum(got * expected, axis=1) > 0.995)
+
+
+def test_int8_backend_without_its_graph_is_refused(state_dict):
+    with pytest.raises(ValueError, match="int8"):
+        build(state_dict, embed_backend="onnx-int8")
+
+
+def test_centred_embeddings_are_unit_vectors_with_the_centre_removed(state_dict, torch_engine,
+                                                                     photo):
+    crop = torch_engine.detect(photo).primary.crop
+    center = decode_center(EMBEDDING_CENTERS["casia-webface"])
+    centred = build(state_dict, center=center).embed([crop]).vectors[0]
+    plain = torch_engine.embed([crop]).vectors[0]
+    assert np.linalg.norm(centred) == pytest.approx(1.0, abs=1e-5)
+    expected = (plain - center) / np.linalg.norm(plain - center)
+    assert np.allclose(centred, expected, atol=1e-5)
+

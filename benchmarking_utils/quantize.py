@@ -1,0 +1,102 @@
+"""Build the int8 embedder for ``FACEMATCH_EMBED_BACKEND=onnx-int8`` (opt-in; see the README).
+
+InceptionResnetV1 is exported to ONNX from the configured weights and quantized statically with
+ONNX Runtime (QDQ, int8 weights per output channel, uint8 activations). The activation ranges
+are calibrated on face crops of ``--images`` LFW View 1 DevTrain photos (a seeded sample; View 2
+is never used). The graph goes to ``<data dir>/<model>.int8.onnx`` beside a JSON note of how it
+was built; ``benchmarking_utils.accuracy`` measures what it costs in accuracy.
+
+    python -m benchmarking_utils.quantize [--images 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import torch
+from onnxruntime.quantization import (
+    CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static,
+)
+from PIL import Image
+from tqdm import tqdm
+
+from benchmarking_utils.common import parse_config
+from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
+from photo_inferencing import FACE_SIZE, FaceEngine, export_onnx, int8_path
+
+BATCH = 8
+
+
+class Crops(CalibrationDataReader):
+    """Feeds the calibration crops to the quantizer in batches."""
+
+    def __init__(self, crops: np.ndarray):
+        self.batches = iter([{"x": crops[i:i + BATCH]} for i in range(0, len(crops), BATCH)])
+
+    def get_next(self) -> dict | None:
+        return next(self.batches, None)
+
+
+def calibration_crops(engine: FaceEngine, lfw: Path, count: int, seed: int) -> np.ndarray:
+    """Primary-face crops of ``count`` DevTrain images drawn with ``seed``."""
+    pairs = read_pairs(lfw / "pairsDevTrain.txt")
+    names = sorted({p.first for p in pairs} | {p.second for p in pairs})
+    chosen = np.random.default_rng(seed).choice(len(names), size=count, replace=False)
+    crops = []
+    for i in tqdm(sorted(chosen), desc="calibration crops", unit="img"):
+        with Image.open(lfw / "images" / names[i]) as image:
+            face = engine.detect(image.convert("RGB")).primary
+        if face is not None:
+            crops.append(face.crop.numpy())
+    return np.stack(crops).astype(np.float32)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lfw", type=Path, default=lfw_dir())
+    parser.add_argument("--images", type=int, default=200, help="calibration photos")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="default: <data dir>/<model>.int8.onnx")
+    args = parser.parse_args(argv)
+    if not (args.lfw / "pairsDevTrain.txt").exists():
+        print(GET_LFW.format(path=args.lfw), file=sys.stderr)
+        return 2
+    settings = parse_config("quantize:", embed_backend="torch", center_embeddings=False,
+                            flip_embeddings=False).settings
+    engine = FaceEngine.from_settings(settings)
+    crops = calibration_crops(engine, args.lfw, args.images, args.seed)
+    out = args.out or int8_path(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
+        fp32.write_bytes(export_onnx(engine.embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE),
+                                     {0: "n"}))
+        quant_pre_process(str(fp32), str(prepared))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        quantize_static(str(prepared), str(out), Crops(crops), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8)
+    note = {
+        "model": settings.model,
+        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m benchmarking_utils.quantize " + " ".join(argv or sys.argv[1:]),
+        "calibration": f"{len(crops)} primary-face crops of LFW View 1 DevTrain photos, "
+                       f"seed {args.seed}, margin {settings.margin}",
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+    }
+    out.with_suffix(".json").write_text(json.dumps(note, indent=2) + "\n")
+    print(json.dumps({"written": str(out), **note}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
