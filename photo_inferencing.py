@@ -12,7 +12,8 @@ Speed options, each measured in ``docs/performance.md``:
   PyTorch weights at start-up, so both backends compute the same function;
 * ``embed_backend=onnx-int8``: a statically quantized embedder built by
   ``benchmarking_utils.quantize`` (opt-in: it needs LFW to calibrate);
-* ``min_face_size``: the smallest face MTCNN searches for, in pixels of the searched image;
+* ``min_face_size``: the smallest face MTCNN searches for first, in pixels of the searched image
+  (a photo where none is found is searched again at 20);
 * ``flip_embeddings``: add the embedding of the mirrored crop (more accurate, twice the work);
 * ``center_embeddings``: subtract the model's mean face embedding (``EMBEDDING_CENTERS``) before
   the cosine distance, which separates people better.
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN, InceptionResnetV1
-from facenet_pytorch.models.utils.detect_face import extract_face
+from facenet_pytorch.models.utils.detect_face import detect_face, extract_face
 from PIL import Image
 
 from config import Settings
@@ -46,6 +47,7 @@ SELECTION_METHODS = ("center_weighted_size", "largest", "probability", "largest_
 BACKENDS = ("onnx", "torch")
 EMBED_BACKENDS = ("onnx", "onnx-int8", "torch")
 ONNX_OPSET = 17
+RETRY_MIN_FACE_SIZE = 20  # MTCNN's usual smallest face; the search falls back to it
 INT8_BUILD = "python -m benchmarking_utils.quantize"
 
 # The mean unit embedding of LFW View 1 DevTrain faces per model (float16, base64), written by
@@ -273,6 +275,7 @@ class FaceEngine:
         self.embed_backend = embed_backend
         self.detect_backend = detect_backend
         self.center = None if center is None else np.asarray(center, dtype=np.float32)
+        self.min_face_size = min_face_size
         self.detector = MTCNN(
             image_size=FACE_SIZE, margin=margin, min_face_size=min_face_size,
             thresholds=[0.6, 0.7, 0.7], factor=0.709, post_process=True, keep_all=True,
@@ -332,19 +335,29 @@ class FaceEngine:
 
     def find_faces(self, image: Image.Image) -> Detections:
         """Run MTCNN (on a downscaled copy if ``detect_max_side`` asks) and map its boxes and
-        landmarks back to the original image's pixels."""
+        landmarks back to the original image's pixels.
+
+        When nothing is found and ``min_face_size`` is above MTCNN's usual 20 pixels, the search
+        is repeated at 20, so small faces cost time only in photos without a larger one."""
         search, scale = self.search_image(image)
-        if min(search.size) < self.detector.min_face_size:
+        found = self._mtcnn(search, self.min_face_size)
+        if not len(found.boxes) and self.min_face_size > RETRY_MIN_FACE_SIZE:
+            found = self._mtcnn(search, RETRY_MIN_FACE_SIZE)
+        return Detections(found.boxes / scale, found.probs, found.landmarks / scale)
+
+    def _mtcnn(self, search: Image.Image, min_face_size: int) -> Detections:
+        """MTCNN's three stages on ``search`` for faces of at least ``min_face_size`` pixels."""
+        if min(search.size) < min_face_size:
             return Detections.empty()  # no face fits; MTCNN itself would raise on so small an image
+        d = self.detector
         with torch.inference_mode():
-            boxes, probs, points = self.detector.detect(search, landmarks=True)
-        if boxes is None:
+            boxes, points = detect_face(search, min_face_size, d.pnet, d.rnet, d.onet,
+                                        d.thresholds, d.factor, d.device)
+        boxes, points = np.asarray(boxes[0], dtype=np.float64), np.asarray(points[0])
+        if not len(boxes):
             return Detections.empty()
-        return Detections(
-            np.asarray(boxes, dtype=np.float64).reshape(-1, 4) / scale,
-            np.asarray(probs, dtype=np.float64).reshape(-1),
-            np.asarray(points, dtype=np.float64).reshape(-1, 5, 2) / scale,
-        )
+        return Detections(boxes[:, :4].reshape(-1, 4), boxes[:, 4].reshape(-1),
+                          points.astype(np.float64).reshape(-1, 5, 2))
 
     def search_image(self, image: Image.Image) -> tuple[Image.Image, float]:
         """The image MTCNN searches and its scale: the original, or a copy whose longer side is

@@ -91,7 +91,7 @@ class Evaluator:
         engine.margin, engine.face_selection = settings.margin, settings.face_selection
         engine.detect_max_side = settings.detect_max_side
         engine.flip_embeddings = settings.flip_embeddings
-        engine.detector.min_face_size = settings.min_face_size
+        engine.min_face_size = settings.min_face_size
         engine.center = (decode_center(EMBEDDING_CENTERS[settings.model])
                          if settings.center_embeddings and settings.model in EMBEDDING_CENTERS
                          else None)

@@ -143,7 +143,7 @@ def test_settings_choose_the_backends_and_detection_sizes(settings):
     engine = FaceEngine.from_settings(chosen)
     assert (engine.embed_backend, engine.detect_backend, engine.detect_max_side) == (
         "onnx", "torch", 800)
-    assert engine.detector.min_face_size == 40
+    assert engine.min_face_size == 40
     assert engine.onnx_embedder is not None and engine.embedder is None
 
 
@@ -194,3 +194,25 @@ def test_centred_embeddings_are_unit_vectors_with_the_centre_removed(state_dict,
     expected = (plain - center) / np.linalg.norm(plain - center)
     assert np.allclose(centred, expected, atol=1e-5)
 
+
+
+def test_a_face_below_min_face_size_is_found_by_the_search_at_20(torch_engine, photo):
+    small = photo.resize((120, 120))
+    torch_engine.min_face_size = 200
+    try:
+        face = torch_engine.detect(small).primary
+        first = torch_engine._mtcnn(small, 200)
+    finally:
+        torch_engine.min_face_size = 20
+    assert len(first.boxes) == 0
+    assert face is not None and face.box[2] - face.box[0] > 30
+
+
+def test_detections_match_facenet_pytorch_mtcnn(torch_engine, photo):
+    boxes, probs, points = torch_engine.detector.detect(photo, landmarks=True)  # largest first
+    found = torch_engine.find_faces(photo)
+    order = np.argsort(-(found.boxes[:, 2] - found.boxes[:, 0]) *
+                       (found.boxes[:, 3] - found.boxes[:, 1]), kind="stable")
+    assert np.allclose(found.boxes[order], np.asarray(boxes, dtype=float), atol=1e-3)
+    assert np.allclose(found.probs[order], np.asarray(probs, dtype=float), atol=1e-6)
+    assert np.allclose(found.landmarks[order], np.asarray(points, dtype=float), atol=1e-3)
