@@ -46,12 +46,13 @@ class Settings:
     torch_threads: int = 0
     margin: int = 32
     face_selection: str = "center_weighted_size"
-    detect_max_side: int = 0
+    detect_max_side: int = 640
     flip_embeddings: bool = False
-    embed_backend: str = "torch"
-    detect_backend: str = "torch"
-    min_face_size: int = 20
-    center_embeddings: bool = False
+    embed_backend: str = "onnx"
+    detect_backend: str = "onnx"
+    min_face_size: int = 40
+    center_embeddings: bool = True
+    align_faces: bool = False
 
     # Decision
     threshold: float | None = None

@@ -34,10 +34,11 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-import score_service
-from benchmarking_utils.inputs import parse_size, photo_bytes
-from benchmarking_utils.lfw import GET_LFW, Pair, lfw_dir, read_pairs
 from benchmarking_utils.common import Config, machine, parse_config
+from benchmarking_utils.inputs import parse_size, photo_bytes
+from benchmarking_utils.lfw import (
+    GET_LFW, Pair, accuracy_counting_failures, choose_threshold, lfw_dir, read_pairs,
+)
 from config import Settings
 from photo_inferencing import (
     EMBEDDING_CENTERS, Detections, FaceEngine, decode_center, rank_faces,
@@ -92,6 +93,7 @@ class Evaluator:
         engine.detect_max_side = settings.detect_max_side
         engine.flip_embeddings = settings.flip_embeddings
         engine.min_face_size = settings.min_face_size
+        engine.align_faces = settings.align_faces
         engine.center = (decode_center(EMBEDDING_CENTERS[settings.model])
                          if settings.center_embeddings and settings.model in EMBEDDING_CENTERS
                          else None)
@@ -109,8 +111,9 @@ class Evaluator:
         side = s.detect_max_side if s.detect_max_side < max(self.size or (250, 250)) else 0
         minimum = "" if s.min_face_size == 20 else f"-min{s.min_face_size}"
         detections = Cache(f"det-{s.detect_backend}-{side}{minimum}-{self.size_key}")
-        embeddings = Cache(f"emb-{s.detect_backend}-{side}{minimum}-{self.size_key}-m{s.margin}-"
-                           f"{s.embed_backend}")
+        aligned = "-aligned" if s.align_faces else ""
+        embeddings = Cache(f"emb-{s.detect_backend}-{side}{minimum}-{self.size_key}-m{s.margin}"
+                           f"{aligned}-{s.embed_backend}")
         result: dict[str, np.ndarray | None] = {}
         todo: list[tuple[str, tuple, torch.Tensor]] = []
         for name in tqdm(names, desc=f"{config.name} {label}", unit="img", mininterval=5):
@@ -176,16 +179,6 @@ def distances(vectors: dict[str, np.ndarray | None], pairs: list[Pair]) -> np.nd
     return out
 
 
-def accuracy(d: np.ndarray, same: np.ndarray, threshold: float) -> float:
-    """Accuracy at ``threshold``; a pair without a distance is a wrong decision."""
-    return float(np.mean(np.where(np.isnan(d), False, (d <= threshold) == same)))
-
-
-def choose_threshold(d: np.ndarray, same: np.ndarray) -> float:
-    valid = ~np.isnan(d)
-    return score_service.best_threshold(d[valid], same[valid])[0]
-
-
 def kfold(d: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
     """Each fold tested at the threshold chosen on the others: mean, population std, per fold."""
     accs, thresholds = [], []
@@ -193,7 +186,7 @@ def kfold(d: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
         train, test = folds != k, folds == k
         t = choose_threshold(d[train], same[train])
         thresholds.append(t)
-        accs.append(accuracy(d[test], same[test], t))
+        accs.append(accuracy_counting_failures(d[test], same[test], t))
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)),
             "folds": [round(a, 4) for a in accs], "thresholds": [round(t, 4) for t in thresholds]}
 
@@ -234,9 +227,9 @@ def evaluate_view1(ev: Evaluator, config: Config) -> dict:
     folds = np.arange(len(train)) % 10
     return {
         "threshold": round(threshold, 4),
-        "devtrain_accuracy": round(accuracy(d_train, y_train, threshold), 4),
+        "devtrain_accuracy": round(accuracy_counting_failures(d_train, y_train, threshold), 4),
         "devtrain_10fold": kfold(d_train, y_train, folds),
-        "devtest_accuracy": round(accuracy(d_test, y_test, threshold), 4),
+        "devtest_accuracy": round(accuracy_counting_failures(d_test, y_test, threshold), 4),
         "images_without_face": sum(vectors[n] is None for n in names),
     }
 

@@ -32,6 +32,7 @@ class Config:
                 "detect_max_side": s.detect_max_side, "flip_embeddings": s.flip_embeddings,
                 "embed_backend": s.embed_backend, "detect_backend": s.detect_backend,
                 "min_face_size": s.min_face_size, "center_embeddings": s.center_embeddings,
+                "align_faces": s.align_faces,
                 "torch_threads": s.torch_threads}
 
 
