@@ -9,7 +9,8 @@ Speed options, each measured in ``docs/performance.md``:
   pixels, then crop the face from the full-resolution original (0 = detect at full size);
 * ``embed_backend`` / ``detect_backend``: run InceptionResnetV1 / MTCNN's three stages in ONNX
   Runtime (``onnx``) or PyTorch (``torch``); the ONNX graphs are exported from the loaded
-  PyTorch weights at start-up, so both backends compute the same function;
+  PyTorch weights at start-up, so the networks compute the same function; the ONNX detector
+  also resamples with Pillow (``mtcnn_pil``) instead of facenet-pytorch's per-box calls;
 * ``embed_backend=onnx-int8``: a statically quantized embedder built by
   ``benchmarking_utils.quantize`` (opt-in: it needs LFW to calibrate);
 * ``min_face_size``: the smallest face MTCNN searches for first, in pixels of the searched image
@@ -35,8 +36,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from facenet_pytorch import MTCNN, InceptionResnetV1
-from facenet_pytorch.models.utils.detect_face import detect_face, extract_face
+from facenet_pytorch.models.utils.detect_face import (
+    batched_nms_numpy, bbreg, detect_face, extract_face, generateBoundingBox, pad, rerec,
+)
 from PIL import Image
+from torchvision.ops import nms
 
 from config import Settings
 from deployment_utils.weights import load_state_dict, resolve_weights
@@ -212,16 +216,86 @@ class OnnxModel:
         return self._session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})
 
 
-class _OnnxStage(torch.nn.Module):
-    """Stands in for one of MTCNN's P/R/O-nets inside facenet-pytorch's ``detect_face``."""
+def _standardise(pixels: np.ndarray) -> np.ndarray:
+    """(h, w, 3) uint8 pixels to MTCNN's (3, h, w) float32 input."""
+    return ((pixels.astype(np.float32) - 127.5) * 0.0078125).transpose(2, 0, 1)
 
-    def __init__(self, model: OnnxModel):
-        super().__init__()
-        self.model = model
-        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # dtype probe
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.from_numpy(out) for out in self.model.run(x.cpu().numpy()))
+def _stage_input(image: Image.Image, boxes: torch.Tensor,
+                 size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each box (clamped as facenet-pytorch's ``pad`` does) resampled to ``size`` x ``size``
+    with an area filter; returns the batch and the indices of the boxes that had pixels."""
+    y, ey, x, ex = pad(boxes, image.width, image.height)
+    keep = np.nonzero((ey > y - 1) & (ex > x - 1))[0]
+    batch = np.stack([_standardise(np.asarray(image.resize(
+        (size, size), Image.BOX, box=(int(x[k]) - 1, int(y[k]) - 1, int(ex[k]), int(ey[k])))))
+        for k in keep]) if len(keep) else np.zeros((0, 3, size, size), np.float32)
+    return batch, keep
+
+
+def mtcnn_pil(image: Image.Image, min_face_size: int, pnet: OnnxModel, rnet: OnnxModel,
+              onet: OnnxModel, thresholds: list[float], factor: float) -> Detections:
+    """facenet-pytorch's ``detect_face`` for one image, with its networks in ONNX Runtime and
+    every resampling done by Pillow's area (BOX) filter instead of per-box PyTorch calls.
+
+    The box arithmetic, thresholds and non-maximum suppression are facenet-pytorch's own; only
+    the resampling differs (exact pixel areas rather than whole-pixel windows), which moves boxes
+    by a fraction of a pixel (see tests/test_engine_options.py).
+    """
+    width, height = image.size
+    scale = 12.0 / min_face_size
+    side = min(width, height) * scale
+    levels = []
+    while side >= 12:
+        levels.append(scale)
+        scale, side = scale * factor, side * factor
+    found = []
+    for scale in levels:
+        level = image.resize((int(width * scale + 1), int(height * scale + 1)), Image.BOX)
+        reg, prob = pnet.run(_standardise(np.asarray(level))[None])
+        boxes, _ = generateBoundingBox(torch.from_numpy(reg), torch.from_numpy(prob[:, 1]),
+                                       scale, thresholds[0])
+        found.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
+    boxes = torch.cat(found)
+    boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
+    if not len(boxes):
+        return Detections.empty()
+    regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    boxes = rerec(torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
+                               boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
+                               boxes[:, 4]], dim=1))
+
+    batch, keep = _stage_input(image, boxes, 24)
+    if not len(keep):
+        return Detections.empty()
+    reg, prob = (torch.from_numpy(a) for a in rnet.run(batch))
+    boxes = boxes[torch.from_numpy(keep)]
+    passed = prob[:, 1] > thresholds[1]
+    boxes = torch.cat([boxes[passed, :4], prob[passed, 1:2]], dim=1)
+    reg = reg[passed]
+    pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
+    boxes = rerec(bbreg(boxes[pick], reg[pick]))
+    if not len(boxes):
+        return Detections.empty()
+
+    batch, keep = _stage_input(image, boxes, 48)
+    if not len(keep):
+        return Detections.empty()
+    reg, points, prob = (torch.from_numpy(a) for a in onet.run(batch))
+    boxes = boxes[torch.from_numpy(keep)]
+    passed = prob[:, 1] > thresholds[2]
+    boxes = torch.cat([boxes[passed, :4], prob[passed, 1:2]], dim=1)
+    reg, points = reg[passed], points[passed]
+    w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
+    points = torch.stack([w[:, None] * points[:, :5] + boxes[:, 0:1] - 1,
+                          h[:, None] * points[:, 5:] + boxes[:, 1:2] - 1], dim=2)
+    boxes = bbreg(boxes, reg)
+    pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], torch.zeros(len(boxes)), 0.7, "Min")
+    boxes, points = boxes[pick].numpy().astype(np.float64), points[pick].numpy()
+    if not len(boxes):
+        return Detections.empty()
+    return Detections(boxes[:, :4].reshape(-1, 4), boxes[:, 4].reshape(-1),
+                      points.astype(np.float64).reshape(-1, 5, 2))
 
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, dynamic: dict) -> bytes:
@@ -293,8 +367,7 @@ class FaceEngine:
                 embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
             self.onnx_embedder = OnnxModel(graph, threads)
             self.embedder = None  # the session holds the weights; do not keep two copies
-        if detect_backend == "onnx":
-            self._detector_to_onnx(threads)
+        self.stages = self._detector_to_onnx(threads) if detect_backend == "onnx" else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FaceEngine":
@@ -354,6 +427,8 @@ class FaceEngine:
             return Detections.empty()  # no face fits; MTCNN itself would raise on so small an image
         d = self.detector
         with torch.inference_mode():
+            if self.stages is not None:
+                return mtcnn_pil(search, min_face_size, *self.stages, d.thresholds, d.factor)
             boxes, points = detect_face(search, min_face_size, d.pnet, d.rnet, d.onet,
                                         d.thresholds, d.factor, d.device)
         boxes, points = np.asarray(boxes[0], dtype=np.float64), np.asarray(points[0])
@@ -370,7 +445,7 @@ class FaceEngine:
             return image, 1.0
         scale = self.detect_max_side / max(width, height)
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        return image.resize(size, Image.BILINEAR, reducing_gap=2.0), scale
+        return image.resize(size, Image.BILINEAR, reducing_gap=1.0), scale
 
     def faces_from(self, image: Image.Image, found: Detections) -> list[DetectedFace]:
         """Rank detections by ``face_selection`` and cut each face from the original image."""
@@ -439,13 +514,13 @@ class FaceEngine:
         return (torch.from_numpy(np.asarray(face, dtype=np.float32)).permute(2, 0, 1)
                 - 127.5) / 128.0
 
-    def _detector_to_onnx(self, threads: int) -> None:
-        """Swap MTCNN's P-, R- and O-nets for ONNX Runtime sessions exported from them."""
+    def _detector_to_onnx(self, threads: int) -> tuple[OnnxModel, OnnxModel, OnnxModel]:
+        """ONNX Runtime sessions for MTCNN's P-, R- and O-nets, exported from facenet-pytorch's."""
         shapes = {"pnet": ((1, 3, 48, 64), {0: "n", 2: "h", 3: "w"}),
                   "rnet": ((2, 3, 24, 24), {0: "n"}), "onet": ((2, 3, 48, 48), {0: "n"})}
-        for name, (shape, dynamic) in shapes.items():
-            graph = export_onnx(getattr(self.detector, name), torch.zeros(shape), dynamic)
-            setattr(self.detector, name, _OnnxStage(OnnxModel(graph, threads)))
+        return tuple(OnnxModel(export_onnx(getattr(self.detector, name), torch.zeros(shape),
+                                           dynamic), threads)
+                     for name, (shape, dynamic) in shapes.items())
 
 
 def _default_threads(workers: int) -> int:
