@@ -138,7 +138,7 @@ def test_requests_stay_fast_while_the_broker_is_down_and_held_messages_arrive_af
     client = monitored_app(mqtt_queue_size=3).test_client()
     photo = face_bytes(SAME[0])
     baseline = timed_embeddings(client, photo, 3)
-    wait_until(lambda: len(samples(database)) == 3, 15, what="the first 3 points")
+    wait_until(lambda: len(set(samples(database))) == 3, 15, what="the first 3 points")
 
     broker.stop()
     wait_until(lambda: not client.get("/health").json["metrics"]["connected"], 5,
@@ -151,9 +151,12 @@ def test_requests_stay_fast_while_the_broker_is_down_and_held_messages_arrive_af
     assert max(during) < 3 * max(baseline) + 0.5, (baseline, during)
 
     broker.start()
-    wait_until(lambda: len(samples(database)) >= 6, 30, what="the 3 held points")
+    wait_until(lambda: len(set(samples(database))) >= 6, 30, what="the 3 held points")
     time.sleep(0.5)
-    assert len(samples(database)) == 6
+    # QoS 1 is at-least-once: a message in flight when the broker stopped may be delivered twice.
+    # It carries the same timestamp and tags, so InfluxDB stores it as the same point; count
+    # distinct points (victoria-metrics keeps both samples).
+    assert len(set(samples(database))) == 6
     metrics = client.get("/health").json["metrics"]
     assert metrics["sent"] + metrics["dropped"] == metrics["published"] == 9
     assert (metrics["queued"], metrics["connected"]) == (0, True)
