@@ -9,8 +9,9 @@ Speed options, each measured in ``docs/performance.md``:
   pixels, then crop the face from the full-resolution original (0 = detect at full size);
 * ``embed_backend`` / ``detect_backend``: run InceptionResnetV1 / MTCNN's three stages in ONNX
   Runtime (``onnx``) or PyTorch (``torch``); the ONNX graphs are exported from the loaded
-  PyTorch weights at start-up, so the networks compute the same function; the ONNX detector
-  also resamples with Pillow (``mtcnn_pil``) instead of facenet-pytorch's per-box calls;
+  PyTorch weights at start-up, so both compute the same function and find the same boxes;
+  ``detect_backend=onnx-pil`` also replaces facenet-pytorch's resampling with Pillow's
+  (``mtcnn_pil``): faster, but its boxes differ by a few pixels and View 1 accuracy was lower;
 * ``embed_backend=onnx-int8``: a statically quantized embedder built by
   ``benchmarking_utils.quantize`` (opt-in: it needs LFW to calibrate);
 * ``min_face_size``: the smallest face MTCNN searches for first, in pixels of the searched image
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 FACE_SIZE = 160
 SELECTION_METHODS = ("center_weighted_size", "largest", "probability", "largest_over_threshold")
-BACKENDS = ("onnx", "torch")
+BACKENDS = ("onnx", "onnx-pil", "torch")
 EMBED_BACKENDS = ("onnx", "onnx-int8", "torch")
 ONNX_OPSET = 17
 RETRY_MIN_FACE_SIZE = 20  # MTCNN's usual smallest face; the search falls back to it
@@ -216,6 +217,18 @@ class OnnxModel:
         return self._session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})
 
 
+class _OnnxStage(torch.nn.Module):
+    """Stands in for one of MTCNN's P/R/O-nets inside facenet-pytorch's ``detect_face``."""
+
+    def __init__(self, model: OnnxModel):
+        super().__init__()
+        self.model = model
+        self.anchor = torch.nn.Parameter(torch.zeros(()), requires_grad=False)  # dtype probe
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(out) for out in self.model.run(x.cpu().numpy()))
+
+
 def _standardise(pixels: np.ndarray) -> np.ndarray:
     """(h, w, 3) uint8 pixels to MTCNN's (3, h, w) float32 input."""
     return ((pixels.astype(np.float32) - 127.5) * 0.0078125).transpose(2, 0, 1)
@@ -367,7 +380,10 @@ class FaceEngine:
                 embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
             self.onnx_embedder = OnnxModel(graph, threads)
             self.embedder = None  # the session holds the weights; do not keep two copies
-        self.stages = self._detector_to_onnx(threads) if detect_backend == "onnx" else None
+        self.stages = self._detector_to_onnx(threads) if detect_backend != "torch" else None
+        if detect_backend == "onnx":
+            self.detector.pnet, self.detector.rnet, self.detector.onet = (
+                _OnnxStage(stage) for stage in self.stages)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "FaceEngine":
@@ -427,7 +443,7 @@ class FaceEngine:
             return Detections.empty()  # no face fits; MTCNN itself would raise on so small an image
         d = self.detector
         with torch.inference_mode():
-            if self.stages is not None:
+            if self.detect_backend == "onnx-pil":
                 return mtcnn_pil(search, min_face_size, *self.stages, d.thresholds, d.factor)
             boxes, points = detect_face(search, min_face_size, d.pnet, d.rnet, d.onet,
                                         d.thresholds, d.factor, d.device)

@@ -1,5 +1,5 @@
-"""What the benchmark commands share: named settings, the in-process app, statistics, the
-machine's description and its measured float32 peak."""
+"""What the benchmark commands share: named settings, settings for in-process requests,
+statistics, the machine's description, form uploads."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ import dataclasses
 import io
 import os
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from config import PREFIX, Settings
 
@@ -76,21 +74,6 @@ def machine() -> str:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"{cpu}, {cores} cores, {platform.system()} {platform.machine()}"
-
-
-def matmul_gflops(threads: int, size: int = 1024, repeats: int = 20) -> float:
-    """The best float32 matrix-product rate (GFLOP/s) of ``repeats`` products at ``threads``."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    torch.set_num_threads(previous)
-    return 2 * size**3 / best / 1e9
 
 
 def multipart(**photos: bytes) -> dict:
