@@ -23,23 +23,13 @@ import score_service
 from config import Settings
 from deployment_utils.weights import load_state_dict, resolve_weights
 from image_decoding import decode_image
-
-
-@dataclass
-class StageTimes:
-    """Milliseconds per stage of one baseline pair, like the service's ``latency_ms``."""
-
-    decode: float = 0.0
-    detection: float = 0.0
-    embedding: float = 0.0
-    scoring: float = 0.0
-    total: float = 0.0
+from request_record import Latency
 
 
 @dataclass
 class BaselineResult:
     distance: float | None
-    latency: StageTimes = field(default_factory=StageTimes)
+    latency: Latency = field(default_factory=Latency)
 
 
 class Baseline:
@@ -56,7 +46,7 @@ class Baseline:
         self.resnet.load_state_dict(load_state_dict(path))
         self.max_pixels = settings.max_pixels
 
-    def embedding(self, image: Image.Image, times: StageTimes) -> np.ndarray | None:
+    def embedding(self, image: Image.Image, times: Latency) -> np.ndarray | None:
         """Detect and crop with MTCNN, then embed the crop (autograd on, batch of one)."""
         start = time.perf_counter()
         face = self.mtcnn(image)
@@ -70,7 +60,7 @@ class Baseline:
 
     def photo_match(self, reference: bytes, sample: bytes) -> BaselineResult:
         """Decode, detect+embed the reference, then the sample, then score."""
-        times = StageTimes()
+        times = Latency()
         started = time.perf_counter()
         vectors = []
         for name, data in (("reference", reference), ("sample", sample)):
