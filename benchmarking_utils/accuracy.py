@@ -262,7 +262,7 @@ def plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], outdir: Path, suffix:
         ax.plot(np.maximum(far, 1e-4), tar, label=name, lw=1.2)
     for far in FARS:
         ax.axvline(far, color="grey", lw=0.6, ls=":")
-    ax.set(xscale="log", xlim=(3e-4, 1), ylim=(0.8, 1.001), xlabel="false accept rate",
+    ax.set(xscale="log", xlim=(3e-4, 1), ylim=(0.9, 1.001), xlabel="false accept rate",
            ylabel="true accept rate", title="LFW View 2 ROC (6,000 pairs)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)

@@ -1,10 +1,10 @@
 """Benchmark inputs: LFW photos as they are, or placed on large canvases like phone photos.
 
-A generated photo is the LFW image upscaled to half the canvas height and pasted at a position
-drawn from the image's name, on a background of smooth colour blobs under a tiled sensor-like
-noise (no faces in it), saved as a quality-90 JPEG. Everything is seeded by the name, so anyone with
-the same LFW files and Pillow/NumPy versions gets the same bytes. Files are cached under
-``benchmark_results/inputs/<WxH>/``.
+A generated photo is the LFW image upscaled to half the canvas height and pasted at its centre
+(LFW photos are centred on their subject, as a selfie or an ID photo is), on a background of
+smooth colour blobs under a tiled sensor-like noise (no faces in it) drawn from the image's name,
+saved as a quality-90 JPEG, so anyone with the same LFW files and Pillow/NumPy versions gets the
+same bytes. Files are cached under ``benchmark_results/inputs/<WxH>/``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def parse_size(text: str) -> tuple[int, int] | None:
 
 
 def place_on_canvas(photo: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
-    """Upscale ``photo`` and paste it on a generated background of ``size``, seeded by ``name``."""
+    """Upscale ``photo`` and paste it at the centre of a background of ``size`` seeded by ``name``."""
     width, height = size
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     blobs = rng.integers(40, 220, size=(6, 8, 3), dtype=np.uint8)
@@ -56,9 +56,7 @@ def place_on_canvas(photo: Image.Image, size: tuple[int, int], name: str) -> Ima
     canvas = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8))
     side = max(1, round(height * PHOTO_HEIGHT))
     scaled = photo.resize((round(photo.width * side / photo.height), side), Image.BICUBIC)
-    x = int(rng.integers(0, max(1, width - scaled.width)))
-    y = int(rng.integers(0, max(1, height - scaled.height)))
-    canvas.paste(scaled, (x, y))
+    canvas.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
     return canvas
 
 
