@@ -18,6 +18,9 @@ from server import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The real mosquitto and victoria-metrics servers, as fixtures for the monitoring tests.
+pytest_plugins = ["tests.servers"]
+
 
 @pytest.fixture(scope="session")
 def settings() -> Settings:

@@ -25,8 +25,7 @@ import requests
 
 from support import free_port
 from test_api import SAME
-from tests.servers import (  # noqa: F401 (broker, database, bridge_env, start_bridge: fixtures)
-    Mosquitto, Subscriber, bridge_env, broker, database, samples, start_bridge, wait_until)
+from tests.servers import Subscriber, samples, wait_until
 
 pytestmark = pytest.mark.slow
 

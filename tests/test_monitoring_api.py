@@ -19,9 +19,7 @@ import requests
 from PIL import Image
 
 from server import create_app
-from tests.servers import (  # noqa: F401 (broker, database, start_bridge are fixtures)
-    REPO, Subscriber, bridge_env, broker, database, free_port, samples, start_bridge, stored,
-    wait_until)
+from tests.servers import REPO, Subscriber, free_port, samples, stored, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,7 @@ import pytest
 from config import Settings
 from monitoring.message import build_message, encode, to_point
 from monitoring.publisher import create_publisher
-from tests.servers import (  # noqa: F401 (broker, database, start_bridge are fixtures)
-    broker, bridge_env, database, expected_ms, record, samples, start_bridge, stored, wait_until)
+from tests.servers import expected_ms, record, samples, stored, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 from config import Settings
 from monitoring.message import validate
 from monitoring.publisher import MqttPublisher, NullPublisher, create_publisher
-from tests.servers import Subscriber, broker, record, subscriber, wait_until  # noqa: F401
+from tests.servers import Subscriber, record, wait_until
 
 
 def settings_for(broker, **changes) -> Settings:

@@ -9,9 +9,8 @@ import pytest
 
 from config import Settings
 from monitoring.publisher import create_publisher
-from tests.servers import (  # noqa: F401 (database is a fixture)
-    BridgeProcess, Mosquitto, MosquittoOptions, database, make_tls, record, remove, wait_until,
-    workdir)
+from tests.servers import (
+    BridgeProcess, Mosquitto, MosquittoOptions, make_tls, record, remove, wait_until, workdir)
 
 USER, PASSWORD = "facematch", "s3cret-pass"
 
