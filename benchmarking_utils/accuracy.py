@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from benchmarking_utils.common import Config, machine, parse_config
+from benchmarking_utils.common import Config, machine, parse_config, write_json
 from benchmarking_utils.inputs import parse_size, photo_bytes
 from benchmarking_utils.lfw import (
     GET_LFW, Pair, accuracy_counting_failures, choose_threshold, lfw_dir, read_pairs,
@@ -329,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         suffix = "" if args.size == "lfw" else f"_{args.size}"
         report["plots"] = plot(curves, args.plots, suffix)
     print(_table(results))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     return 0
 
 

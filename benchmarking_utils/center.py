@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarking_utils.accuracy import Evaluator
-from benchmarking_utils.common import parse_config
+from benchmarking_utils.common import parse_config, write_json
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
 
 
@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f'EMBEDDING_CENTERS["{config.settings.model}"] = "{encoded}"')
     print(json.dumps({k: v for k, v in result.items() if k != "float16_base64"}, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return 0
 
 

@@ -1,10 +1,11 @@
 """What the benchmark commands share: named settings, settings for in-process requests,
-statistics, the machine's description, form uploads."""
+statistics, the machine's description, form uploads, result files."""
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
 import platform
 from dataclasses import dataclass
@@ -79,3 +80,10 @@ def machine() -> str:
 def multipart(**photos: bytes) -> dict:
     """Form data for the Flask test client: each named photo as an uploaded file."""
     return {key: (io.BytesIO(value), f"{key}.jpg") for key, value in photos.items()}
+
+
+def write_json(path: Path | None, result: dict) -> None:
+    """Write a command's result as indented JSON to ``path`` (nothing when it is None)."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2) + "\n")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import sys
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from benchmarking_utils.baseline import Baseline
 from benchmarking_utils.common import (
-    EMBED_GFLOP, Config, local_settings, machine, multipart, parse_config, summary,
+    EMBED_GFLOP, Config, local_settings, machine, multipart, parse_config, summary, write_json,
 )
 from benchmarking_utils.inputs import pair_photos, parse_size
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
@@ -210,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(table(results))
     print(rate_table(rate))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     if args.plot:
         plot(results, args.plot)
     return 0

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 import score_service
+from benchmarking_utils.common import write_json
 from benchmarking_utils.lfw import (
     GET_LFW, accuracy_counting_failures, choose_threshold, lfw_dir, read_pairs,
 )
@@ -76,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                for split, (d, y) in scores.items()},
         }
     print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return 0
 
 

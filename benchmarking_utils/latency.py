@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import io
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarking_utils.common import local_settings, machine, multipart, parse_config, summary
+from benchmarking_utils.common import (
+    local_settings, machine, multipart, parse_config, summary, write_json,
+)
 from benchmarking_utils.inputs import Photo, folder_photos, pair_photos, parse_size
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from photo_inferencing import FaceEngine
@@ -150,9 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     print(table(results))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     if args.plot:
         plot(results, args.plot)
     return 0

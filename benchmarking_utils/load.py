@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import signal
 import socket
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from benchmarking_utils.common import machine
+from benchmarking_utils.common import machine, write_json
 from benchmarking_utils.inputs import Photo, pair_photos, parse_size
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from config import PREFIX, Settings
@@ -294,9 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         "clients": args.clients, "seconds": args.seconds, "inputs": args.size,
         "scenarios": {n: {"settings": e["settings"], **e["summary"]} for n, e in results.items()},
     }
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_json(args.out, report)
     if args.plot:
         plot(results, args.plot, args.clients)
     return 0

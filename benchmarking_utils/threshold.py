@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 import score_service
+from benchmarking_utils.common import write_json
 from benchmarking_utils.lfw import (
     GET_LFW, accuracy_counting_failures, choose_threshold, engine_embedder, lfw_dir, pair_distances, read_pairs,
 )
@@ -60,9 +61,7 @@ def main(argv: list[str] | None = None) -> int:
                    f"{torch.get_num_threads()}",
     }
     print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.out, result)
     return 0
 
 
