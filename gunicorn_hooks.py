@@ -1,6 +1,6 @@
 """Gunicorn server hooks, named in gunicorn.conf.py.
 
-``post_worker_init`` runs in each worker after the fork, before it serves, and does two things:
+``post_worker_init`` runs in each worker after the fork, before it serves, and does three things:
 
 1. Builds torch's intra-op thread pool in the worker's main thread. The app is preloaded in the
    master, so every worker starts from a forked copy of torch whose pool was torn down by the
@@ -16,6 +16,9 @@
    gets "connection refused" right away, while the requests already accepted finish normally.
    On a HUP reload the master and the new workers still hold the socket, so closing an old
    worker's copy changes nothing for them.
+
+3. Starts the worker's metrics publisher, so that it connects to the broker at boot: otherwise a
+   worker that has served no request yet reports ``connected: false`` on /health.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ import signal
 
 
 def post_worker_init(worker) -> None:
-    """Prepare torch for this process and make SIGTERM close this worker's listeners."""
+    """Prepare torch for this process, make SIGTERM close this worker's listeners and
+    connect its metrics publisher."""
     import torch
 
     torch.set_num_threads(torch.get_num_threads())  # rebuild the pool before request threads
@@ -39,3 +43,6 @@ def post_worker_init(worker) -> None:
                 pass
 
     signal.signal(signal.SIGTERM, handle_exit)
+    services = getattr(worker.wsgi, "extensions", {}).get("facematch")
+    if services is not None:
+        services.publisher.start()

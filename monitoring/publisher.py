@@ -44,6 +44,8 @@ KEEPALIVE_S = 30
 
 
 class Publisher(Protocol):
+    def start(self) -> None: ...
+
     def publish(self, record: RequestRecord) -> None: ...
 
     def stats(self) -> dict[str, Any]: ...
@@ -53,6 +55,9 @@ class Publisher(Protocol):
 
 class NullPublisher:
     """Metrics switched off (no broker configured): every call is a no-op."""
+
+    def start(self) -> None:
+        return None
 
     def publish(self, record: RequestRecord) -> None:
         return None
@@ -134,6 +139,15 @@ class MqttPublisher:
         self._connect_failures = 0
         self._refused = False
         self._last_error: str | None = None
+
+    def start(self) -> None:
+        """Connect this process's client now rather than at its first publish (a Gunicorn
+        worker calls it at boot, so its /health is true before any request); never raises."""
+        try:
+            self._ensure_started()
+        except Exception as exc:
+            self._errors += 1
+            self._last_error = f"start: {exc}"[:200]
 
     # --- the request path ---
 

@@ -205,6 +205,8 @@ def test_gunicorn_workers_forked_after_preload_each_publish_their_requests(broke
         assert len(workers) == 2
         assert pids <= workers  # published by the forked workers, never by the master
         assert {message["node"] for message in messages} == {"node-gunicorn"}
+        # whichever worker answers is connected, whether or not it served a request (it
+        # connects at boot)
         health = requests.get(url + "/health", timeout=5).json()["metrics"]
         assert health["connected"] is True and health["pid"] in workers
     finally:

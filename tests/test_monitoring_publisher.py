@@ -55,6 +55,16 @@ def test_nothing_is_started_before_the_first_publish(broker, subscriber, make_pu
     subscriber.wait_for(1)
 
 
+def test_start_connects_without_a_publish_and_sends_nothing(broker, subscriber, make_publisher):
+    publisher = make_publisher(settings_for(broker))
+    publisher.start()
+    wait_until(lambda: publisher.stats()["connected"], 10, what="the publisher to connect")
+    time.sleep(0.3)
+    assert publisher.stats()["published"] == 0 and subscriber.messages == []
+    publisher.publish(record(0))
+    assert len(subscriber.wait_for(1)) == 1
+
+
 def test_each_record_becomes_one_valid_message_with_its_values(broker, subscriber,
                                                                make_publisher):
     publisher = make_publisher(settings_for(broker))
