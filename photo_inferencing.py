@@ -3,7 +3,7 @@
 ``FaceEngine`` loads both networks once and owns them; every request shares it (Gunicorn
 ``preload`` shares it across workers too). Inference runs under ``torch.inference_mode``.
 
-Speed options, each measured in ``docs/performance.md``:
+Speed options, each measured in the README's Performance section:
 
 * ``detect_max_side``: detect on a copy downscaled so its longer side is at most this many
   pixels, then crop the face from the full-resolution original (0 = detect at full size);
@@ -58,7 +58,8 @@ INT8_BUILD = "python -m benchmarking_utils.quantize"
 
 # The mean unit embedding of LFW View 1 DevTrain faces per model (float16, base64), written by
 # ``python -m benchmarking_utils.center``. Subtracting it before the cosine distance removes the
-# direction every face shares (Sandberg's ``--subtract_mean``); see docs/performance.md.
+# direction every face shares (Sandberg's ``--subtract_mean``); measured in the README's
+# Performance section.
 EMBEDDING_CENTERS: dict[str, str] = {
     "casia-webface": (
         "GSHJlngUcSG+lYujP6P1G0QiUKBlpk6ccKQjmPoNrBxTo/Ui6p5jAI2eGh2JoHuYl6PWIE2jFyTcpIwgOxzTnoEf"

@@ -116,7 +116,7 @@ def test_pillow_detector_finds_the_torch_faces_within_its_resampling_jitter(
         torch_engine, pil_engine, lfw, name):
     """The ONNX path resamples with Pillow's exact-area filter, facenet-pytorch with whole-pixel
     windows; boxes move by up to a few percent of their side (the chin edge most), as MTCNN's do
-    between image scales. LFW accuracy with each is in docs/performance.md."""
+    between image scales. LFW accuracy with each is in the README."""
     with Image.open(lfw / "images" / name) as image:
         image = image.convert("RGB")
     expected = torch_engine.detect(image).primary
