@@ -14,4 +14,4 @@ preload_app = _settings.preload
 loglevel = _settings.log_level
 accesslog = "-"
 errorlog = "-"
-from gunicorn_hooks import post_worker_init  # noqa: E402,F401 (torch after fork; SIGTERM)
+from gunicorn_hooks import post_worker_init, worker_exit  # noqa: E402,F401 (see the module)

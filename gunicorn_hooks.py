@@ -19,11 +19,21 @@
 
 3. Starts the worker's metrics publisher, so that it connects to the broker at boot: otherwise a
    worker that has served no request yet reports ``connected: false`` on /health.
+
+``worker_exit`` ends a worker with ``os._exit`` once Python's own clean-up (atexit handlers: the
+metrics publisher's flush, logging) has run, keeping the exit code Gunicorn was leaving with.
+ONNX Runtime, imported in the master, keeps a thread there; the C++ static destructors that a
+normal exit runs wait for that thread, which a forked worker does not have, so the worker either
+hung or aborted ("terminate called ... std::system_error", SIGABRT) on every shutdown.
+``multiprocessing`` ends its forked children the same way, for the same reason.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
+import sys
 
 
 def post_worker_init(worker) -> None:
@@ -46,3 +56,15 @@ def post_worker_init(worker) -> None:
     services = getattr(worker.wsgi, "extensions", {}).get("facematch")
     if services is not None:
         services.publisher.start()
+
+
+def worker_exit(server, worker) -> None:
+    """Run Python's exit handlers, then leave without the C++ static destructors."""
+    leaving = sys.exc_info()[1]
+    if not isinstance(leaving, SystemExit):
+        return  # not an exit Gunicorn chose: let it unwind as usual
+    code = leaving.code
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 0 if code is None else 1)

@@ -76,3 +76,31 @@ def test_service_refuses_to_start_with_a_file_that_is_not_the_model(tmp_path):
     output, _ = process.communicate(timeout=120)
     assert process.returncode != 0
     assert "cannot start" in output
+
+
+def test_without_preload_a_worker_that_cannot_load_the_model_stops_the_server(tmp_path):
+    process, _ = serve(FACEMATCH_PRELOAD="false", FACEMATCH_WEIGHTS=str(tmp_path / "missing.pt"))
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode != 0
+    assert "missing.pt" in output
+
+
+def test_sigterm_stops_every_preloaded_worker_with_a_clean_exit(face_bytes):
+    process, url = serve(FACEMATCH_WORKERS="2", FACEMATCH_THREADS="1", FACEMATCH_PRELOAD="true")
+    try:
+        wait_until_up(process, url)
+        for _ in range(4):
+            response = requests.post(url + "/embeddings", timeout=60,
+                                     files={"photo": ("a.jpg", face_bytes(SAME[0]))})
+            assert response.status_code == 200
+    finally:
+        terminated = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+    # idle workers leave at once; a worker that hangs on exit would hold the master for the
+    # graceful timeout (30 s) and then be killed without a word in the log
+    assert time.monotonic() - terminated < 10
+    assert process.returncode == 0
+    assert output.count("Worker exiting") == 2
+    for sign in ("was sent SIG", "exited with code", "terminate called", "Traceback"):
+        assert sign not in output, output[-3000:]
