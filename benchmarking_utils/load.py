@@ -227,7 +227,7 @@ def plot(results: dict, path: Path, clients: int) -> None:
         left.annotate(f"{results[n]['summary']['throughput_rps']:.2f}", (bar.get_x() +
                       bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
     left.set(ylabel="requests / s", title=f"/photo_match, {clients} clients")
-    left.tick_params(axis="x", labelsize=7)
+    left.tick_params(axis="x", labelsize=7, labelrotation=20)
     for n in names:
         lat = np.sort([ms for r in results[n]["rounds"] for _, ms in r["timeline"]])
         if lat.size:
