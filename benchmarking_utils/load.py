@@ -56,9 +56,10 @@ class Server:
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(30)
+                self.process.wait(40)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)  # the workers too, not only the master
+                self.process.wait()
 
 
 def free_port() -> int:
@@ -87,6 +88,7 @@ def start(scenario: str, log_dir: Path) -> Server:
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
          "--access-logfile", "/dev/null", app], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     server = Server(name, f"http://127.0.0.1:{port}", process.pid, process,
                     {"app": app, **values})
