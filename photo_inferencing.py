@@ -167,6 +167,17 @@ def decode_center(text: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float32)
 
 
+def center_for(settings: Settings) -> np.ndarray | None:
+    """The embedding centre ``settings`` ask for: the model's, or None (off, or none known)."""
+    if not settings.center_embeddings:
+        return None
+    if settings.model not in EMBEDDING_CENTERS:
+        log.warning("no embedding centre is known for %s; embeddings are not centred",
+                    settings.model)
+        return None
+    return decode_center(EMBEDDING_CENTERS[settings.model])
+
+
 def int8_path(settings: Settings) -> Path:
     """Where ``benchmarking_utils.quantize`` writes the int8 embedder of the configured model."""
     return settings.data_path / f"{settings.model}.int8.onnx"
@@ -254,7 +265,7 @@ def mtcnn_pil(image: Image.Image, min_face_size: int, pnet: OnnxModel, rnet: Onn
 
     The box arithmetic, thresholds and non-maximum suppression are facenet-pytorch's own; only
     the resampling differs (exact pixel areas rather than whole-pixel windows), which moves boxes
-    by a fraction of a pixel (see tests/test_engine_options.py).
+    by a few pixels (about 3 px median on LFW; see tests/test_engine_options.py).
     """
     width, height = image.size
     scale = 12.0 / min_face_size
@@ -396,25 +407,19 @@ class FaceEngine:
         log.info("loading %s weights from %s onto %s (%d threads, embed %s, detect %s)",
                  settings.model, path, device, threads, settings.embed_backend,
                  settings.detect_backend)
-        center = None
-        if settings.center_embeddings:
-            if settings.model in EMBEDDING_CENTERS:
-                center = decode_center(EMBEDDING_CENTERS[settings.model])
-            else:
-                log.warning("no embedding centre is known for %s; embeddings are not centred",
-                            settings.model)
         int8_graph = None
         if settings.embed_backend == "onnx-int8":
-            if not int8_path(settings).is_file():
-                raise ValueError(f"FACEMATCH_EMBED_BACKEND=onnx-int8 needs {int8_path(settings)};"
+            int8_file = int8_path(settings)
+            if not int8_file.is_file():
+                raise ValueError(f"FACEMATCH_EMBED_BACKEND=onnx-int8 needs {int8_file};"
                                  f" build it with {INT8_BUILD}")
-            int8_graph = int8_path(settings).read_bytes()
+            int8_graph = int8_file.read_bytes()
         engine = cls(
             load_state_dict(path), model_name=settings.model, device=device,
             margin=settings.margin, face_selection=settings.face_selection,
             detect_max_side=settings.detect_max_side, flip_embeddings=settings.flip_embeddings,
             embed_backend=settings.embed_backend, detect_backend=settings.detect_backend,
-            threads=threads, min_face_size=settings.min_face_size, center=center,
+            threads=threads, min_face_size=settings.min_face_size, center=center_for(settings),
             int8_graph=int8_graph, align_faces=settings.align_faces,
         )
         torch.set_num_threads(threads)
@@ -528,8 +533,7 @@ class FaceEngine:
         cx, cy = radius + cx - round(cx), radius + cy - round(cy)
         face = level.crop((int(cx - width / 2), int(cy - height / 2), int(cx + width / 2),
                            int(cy + height / 2))).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
-        return (torch.from_numpy(np.asarray(face, dtype=np.float32)).permute(2, 0, 1)
-                - 127.5) / 128.0
+        return torch.from_numpy(_standardise(np.asarray(face)))
 
     def _detector_to_onnx(self, threads: int) -> tuple[OnnxModel, OnnxModel, OnnxModel]:
         """ONNX Runtime sessions for MTCNN's P-, R- and O-nets, exported from facenet-pytorch's."""

@@ -40,9 +40,7 @@ from benchmarking_utils.lfw import (
     GET_LFW, Pair, accuracy_counting_failures, choose_threshold, lfw_dir, read_pairs,
 )
 from config import Settings
-from photo_inferencing import (
-    EMBEDDING_CENTERS, Detections, FaceEngine, decode_center, rank_faces,
-)
+from photo_inferencing import Detections, FaceEngine, center_for, rank_faces
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmark_results" / "cache"
@@ -94,9 +92,7 @@ class Evaluator:
         engine.flip_embeddings = settings.flip_embeddings
         engine.min_face_size = settings.min_face_size
         engine.align_faces = settings.align_faces
-        engine.center = (decode_center(EMBEDDING_CENTERS[settings.model])
-                         if settings.center_embeddings and settings.model in EMBEDDING_CENTERS
-                         else None)
+        engine.center = center_for(settings)
         return engine
 
     def image(self, name: str) -> Image.Image:

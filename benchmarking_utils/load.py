@@ -87,8 +87,8 @@ def start(scenario: str, log_dir: Path) -> Server:
     log = open(log_dir / f"gunicorn-{name}.log", "w")
     process = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-         "--access-logfile", "/dev/null", app], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
+         "--access-logfile", "/dev/null", app],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     server = Server(name, f"http://127.0.0.1:{port}", process.pid, process,
                     {"app": app, **values})

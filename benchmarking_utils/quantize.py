@@ -28,7 +28,7 @@ from onnxruntime.quantization import (
 from PIL import Image
 from tqdm import tqdm
 
-from benchmarking_utils.common import parse_config
+from benchmarking_utils.common import parse_config, write_json
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from photo_inferencing import FACE_SIZE, FaceEngine, export_onnx, int8_path
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
     }
-    out.with_suffix(".json").write_text(json.dumps(note, indent=2) + "\n")
+    write_json(out.with_suffix(".json"), note)
     print(json.dumps({"written": str(out), **note}, indent=2))
     return 0
 

@@ -20,7 +20,8 @@ import torch
 import score_service
 from benchmarking_utils.common import write_json
 from benchmarking_utils.lfw import (
-    GET_LFW, accuracy_counting_failures, choose_threshold, engine_embedder, lfw_dir, pair_distances, read_pairs,
+    GET_LFW, accuracy_counting_failures, choose_threshold, engine_embedder, lfw_dir,
+    pair_distances, read_pairs,
 )
 from config import Settings
 from photo_inferencing import FaceEngine

@@ -218,7 +218,6 @@ def test_centred_embeddings_are_unit_vectors_with_the_centre_removed(state_dict,
     assert np.allclose(centred, expected, atol=1e-5)
 
 
-
 def test_a_face_below_min_face_size_is_found_by_the_search_at_20(torch_engine, photo):
     small = photo.resize((120, 120))
     torch_engine.min_face_size = 200
