@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 PREFIX = "FACEMATCH_"
 
@@ -89,7 +89,7 @@ class Settings:
     signing_keys: str = ""
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Build settings from ``FACEMATCH_*`` variables, then apply keyword overrides."""
         environ = os.environ if environ is None else environ
         values = {}
@@ -101,7 +101,7 @@ class Settings:
         values.update(overrides)
         return cls(**values)
 
-    def replace(self, **changes) -> "Settings":
+    def replace(self, **changes) -> Settings:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -45,8 +45,15 @@ def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Ima
             return _to_rgb(image)
     except (ImageTooLarge, UnsupportedImage):
         raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError,
-            Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ):
         raise UnsupportedImage(f"'{name}' is not a decodable image") from None
 
 

@@ -38,7 +38,13 @@ import numpy as np
 import torch
 from facenet_pytorch import MTCNN, InceptionResnetV1
 from facenet_pytorch.models.utils.detect_face import (
-    batched_nms_numpy, bbreg, detect_face, extract_face, generateBoundingBox, pad, rerec,
+    batched_nms_numpy,
+    bbreg,
+    detect_face,
+    extract_face,
+    generateBoundingBox,
+    pad,
+    rerec,
 )
 from PIL import Image
 from torchvision.ops import nms
@@ -116,7 +122,7 @@ class Detections:
     landmarks: np.ndarray
 
     @classmethod
-    def empty(cls) -> "Detections":
+    def empty(cls) -> Detections:
         return cls(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
 
 
@@ -136,8 +142,13 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def rank_faces(
-    boxes: np.ndarray, probs: np.ndarray, width: int, height: int, method: str,
-    center_weight: float = 2.0, threshold: float = 0.9,
+    boxes: np.ndarray,
+    probs: np.ndarray,
+    width: int,
+    height: int,
+    method: str,
+    center_weight: float = 2.0,
+    threshold: float = 0.9,
 ) -> list[int]:
     """Order face indices best first by facenet-pytorch's selection ``method``.
 
@@ -172,8 +183,9 @@ def center_for(settings: Settings) -> np.ndarray | None:
     if not settings.center_embeddings:
         return None
     if settings.model not in EMBEDDING_CENTERS:
-        log.warning("no embedding centre is known for %s; embeddings are not centred",
-                    settings.model)
+        log.warning(
+            "no embedding centre is known for %s; embeddings are not centred", settings.model
+        )
         return None
     return decode_center(EMBEDDING_CENTERS[settings.model])
 
@@ -246,20 +258,43 @@ def _standardise(pixels: np.ndarray) -> np.ndarray:
     return ((pixels.astype(np.float32) - 127.5) * 0.0078125).transpose(2, 0, 1)
 
 
-def _stage_input(image: Image.Image, boxes: torch.Tensor,
-                 size: int) -> tuple[np.ndarray, np.ndarray]:
+def _stage_input(
+    image: Image.Image, boxes: torch.Tensor, size: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Each box (clamped as facenet-pytorch's ``pad`` does) resampled to ``size`` x ``size``
     with an area filter; returns the batch and the indices of the boxes that had pixels."""
     y, ey, x, ex = pad(boxes, image.width, image.height)
     keep = np.nonzero((ey > y - 1) & (ex > x - 1))[0]
-    batch = np.stack([_standardise(np.asarray(image.resize(
-        (size, size), Image.BOX, box=(int(x[k]) - 1, int(y[k]) - 1, int(ex[k]), int(ey[k])))))
-        for k in keep]) if len(keep) else np.zeros((0, 3, size, size), np.float32)
+    batch = (
+        np.stack(
+            [
+                _standardise(
+                    np.asarray(
+                        image.resize(
+                            (size, size),
+                            Image.BOX,
+                            box=(int(x[k]) - 1, int(y[k]) - 1, int(ex[k]), int(ey[k])),
+                        )
+                    )
+                )
+                for k in keep
+            ]
+        )
+        if len(keep)
+        else np.zeros((0, 3, size, size), np.float32)
+    )
     return batch, keep
 
 
-def mtcnn_pil(image: Image.Image, min_face_size: int, pnet: OnnxModel, rnet: OnnxModel,
-              onet: OnnxModel, thresholds: list[float], factor: float) -> Detections:
+def mtcnn_pil(
+    image: Image.Image,
+    min_face_size: int,
+    pnet: OnnxModel,
+    rnet: OnnxModel,
+    onet: OnnxModel,
+    thresholds: list[float],
+    factor: float,
+) -> Detections:
     """facenet-pytorch's ``detect_face`` for one image, with its networks in ONNX Runtime and
     every resampling done by Pillow's area (BOX) filter instead of per-box PyTorch calls.
 
@@ -278,17 +313,27 @@ def mtcnn_pil(image: Image.Image, min_face_size: int, pnet: OnnxModel, rnet: Onn
     for scale in levels:
         level = image.resize((int(width * scale + 1), int(height * scale + 1)), Image.BOX)
         reg, prob = pnet.run(_standardise(np.asarray(level))[None])
-        boxes, _ = generateBoundingBox(torch.from_numpy(reg), torch.from_numpy(prob[:, 1]),
-                                       scale, thresholds[0])
+        boxes, _ = generateBoundingBox(
+            torch.from_numpy(reg), torch.from_numpy(prob[:, 1]), scale, thresholds[0]
+        )
         found.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
     boxes = torch.cat(found)
     boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
     if not len(boxes):
         return Detections.empty()
     regw, regh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-    boxes = rerec(torch.stack([boxes[:, 0] + boxes[:, 5] * regw, boxes[:, 1] + boxes[:, 6] * regh,
-                               boxes[:, 2] + boxes[:, 7] * regw, boxes[:, 3] + boxes[:, 8] * regh,
-                               boxes[:, 4]], dim=1))
+    boxes = rerec(
+        torch.stack(
+            [
+                boxes[:, 0] + boxes[:, 5] * regw,
+                boxes[:, 1] + boxes[:, 6] * regh,
+                boxes[:, 2] + boxes[:, 7] * regw,
+                boxes[:, 3] + boxes[:, 8] * regh,
+                boxes[:, 4],
+            ],
+            dim=1,
+        )
+    )
 
     batch, keep = _stage_input(image, boxes, 24)
     if not len(keep):
@@ -312,15 +357,23 @@ def mtcnn_pil(image: Image.Image, min_face_size: int, pnet: OnnxModel, rnet: Onn
     boxes = torch.cat([boxes[passed, :4], prob[passed, 1:2]], dim=1)
     reg, points = reg[passed], points[passed]
     w, h = boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1
-    points = torch.stack([w[:, None] * points[:, :5] + boxes[:, 0:1] - 1,
-                          h[:, None] * points[:, 5:] + boxes[:, 1:2] - 1], dim=2)
+    points = torch.stack(
+        [
+            w[:, None] * points[:, :5] + boxes[:, 0:1] - 1,
+            h[:, None] * points[:, 5:] + boxes[:, 1:2] - 1,
+        ],
+        dim=2,
+    )
     boxes = bbreg(boxes, reg)
     pick = batched_nms_numpy(boxes[:, :4], boxes[:, 4], torch.zeros(len(boxes)), 0.7, "Min")
     boxes, points = boxes[pick].numpy().astype(np.float64), points[pick].numpy()
     if not len(boxes):
         return Detections.empty()
-    return Detections(boxes[:, :4].reshape(-1, 4), boxes[:, 4].reshape(-1),
-                      points.astype(np.float64).reshape(-1, 5, 2))
+    return Detections(
+        boxes[:, :4].reshape(-1, 4),
+        boxes[:, 4].reshape(-1),
+        points.astype(np.float64).reshape(-1, 5, 2),
+    )
 
 
 def export_onnx(module: torch.nn.Module, example: torch.Tensor, dynamic: dict) -> bytes:
@@ -329,8 +382,13 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, dynamic: dict) -
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, example, buffer, input_names=["x"], dynamic_axes={"x": dynamic},
-            opset_version=ONNX_OPSET, dynamo=False,
+            module,
+            example,
+            buffer,
+            input_names=["x"],
+            dynamic_axes={"x": dynamic},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
         )
     return buffer.getvalue()
 
@@ -358,11 +416,13 @@ class FaceEngine:
         if face_selection not in SELECTION_METHODS:
             raise ValueError(f"unknown face selection {face_selection!r}")
         if embed_backend not in EMBED_BACKENDS:
-            raise ValueError(f"unknown embed_backend {embed_backend!r}; expected one of "
-                             f"{EMBED_BACKENDS}")
+            raise ValueError(
+                f"unknown embed_backend {embed_backend!r}; expected one of {EMBED_BACKENDS}"
+            )
         if detect_backend not in BACKENDS:
-            raise ValueError(f"unknown detect_backend {detect_backend!r}; expected one of "
-                             f"{BACKENDS}")
+            raise ValueError(
+                f"unknown detect_backend {detect_backend!r}; expected one of {BACKENDS}"
+            )
         if embed_backend == "onnx-int8" and int8_graph is None:
             raise ValueError(f"embed_backend onnx-int8 needs the int8 graph ({INT8_BUILD})")
         if device.type != "cpu":
@@ -379,8 +439,13 @@ class FaceEngine:
         self.min_face_size = min_face_size
         self.align_faces = align_faces
         self.detector = MTCNN(
-            image_size=FACE_SIZE, margin=margin, min_face_size=min_face_size,
-            thresholds=[0.6, 0.7, 0.7], factor=0.709, post_process=True, keep_all=True,
+            image_size=FACE_SIZE,
+            margin=margin,
+            min_face_size=min_face_size,
+            thresholds=[0.6, 0.7, 0.7],
+            factor=0.709,
+            post_process=True,
+            keep_all=True,
             device=device,
         ).eval()
         embedder = InceptionResnetV1(pretrained=None, classify=False).eval()
@@ -388,39 +453,59 @@ class FaceEngine:
         self.embedder: InceptionResnetV1 | None = embedder.to(device)
         self.onnx_embedder: OnnxModel | None = None
         if embed_backend != "torch":
-            graph = int8_graph if embed_backend == "onnx-int8" else export_onnx(
-                embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
+            graph = (
+                int8_graph
+                if embed_backend == "onnx-int8"
+                else export_onnx(embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
+            )
             self.onnx_embedder = OnnxModel(graph, threads)
             self.embedder = None  # the session holds the weights; do not keep two copies
         self.stages = self._detector_to_onnx(threads) if detect_backend != "torch" else None
         if detect_backend == "onnx":
             self.detector.pnet, self.detector.rnet, self.detector.onet = (
-                _OnnxStage(stage) for stage in self.stages)
+                _OnnxStage(stage) for stage in self.stages
+            )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "FaceEngine":
-        """Load the configured weights (``WeightsError`` if missing or wrong) and build the engine."""
+    def from_settings(cls, settings: Settings) -> FaceEngine:
+        """Load the configured weights (``WeightsError`` if missing or wrong); build the engine."""
         threads = settings.torch_threads or _default_threads(settings.workers)
         torch.set_num_threads(1)  # OpenMP's pool, once started, would not survive a fork
         path: Path = resolve_weights(settings.model, settings.weights, settings.data_path)
         device = pick_device(settings.device)
-        log.info("loading %s weights from %s onto %s (%d threads, embed %s, detect %s)",
-                 settings.model, path, device, threads, settings.embed_backend,
-                 settings.detect_backend)
+        log.info(
+            "loading %s weights from %s onto %s (%d threads, embed %s, detect %s)",
+            settings.model,
+            path,
+            device,
+            threads,
+            settings.embed_backend,
+            settings.detect_backend,
+        )
         int8_graph = None
         if settings.embed_backend == "onnx-int8":
             int8_file = int8_path(settings)
             if not int8_file.is_file():
-                raise ValueError(f"FACEMATCH_EMBED_BACKEND=onnx-int8 needs {int8_file};"
-                                 f" build it with {INT8_BUILD}")
+                raise ValueError(
+                    f"FACEMATCH_EMBED_BACKEND=onnx-int8 needs {int8_file};"
+                    f" build it with {INT8_BUILD}"
+                )
             int8_graph = int8_file.read_bytes()
         engine = cls(
-            load_state_dict(path), model_name=settings.model, device=device,
-            margin=settings.margin, face_selection=settings.face_selection,
-            detect_max_side=settings.detect_max_side, flip_embeddings=settings.flip_embeddings,
-            embed_backend=settings.embed_backend, detect_backend=settings.detect_backend,
-            threads=threads, min_face_size=settings.min_face_size, center=center_for(settings),
-            int8_graph=int8_graph, align_faces=settings.align_faces,
+            load_state_dict(path),
+            model_name=settings.model,
+            device=device,
+            margin=settings.margin,
+            face_selection=settings.face_selection,
+            detect_max_side=settings.detect_max_side,
+            flip_embeddings=settings.flip_embeddings,
+            embed_backend=settings.embed_backend,
+            detect_backend=settings.detect_backend,
+            threads=threads,
+            min_face_size=settings.min_face_size,
+            center=center_for(settings),
+            int8_graph=int8_graph,
+            align_faces=settings.align_faces,
         )
         torch.set_num_threads(threads)
         return engine
@@ -451,13 +536,17 @@ class FaceEngine:
         with torch.inference_mode():
             if self.detect_backend == "onnx-pil":
                 return mtcnn_pil(search, min_face_size, *self.stages, d.thresholds, d.factor)
-            boxes, points = detect_face(search, min_face_size, d.pnet, d.rnet, d.onet,
-                                        d.thresholds, d.factor, d.device)
+            boxes, points = detect_face(
+                search, min_face_size, d.pnet, d.rnet, d.onet, d.thresholds, d.factor, d.device
+            )
         boxes, points = np.asarray(boxes[0], dtype=np.float64), np.asarray(points[0])
         if not len(boxes):
             return Detections.empty()
-        return Detections(boxes[:, :4].reshape(-1, 4), boxes[:, 4].reshape(-1),
-                          points.astype(np.float64).reshape(-1, 5, 2))
+        return Detections(
+            boxes[:, :4].reshape(-1, 4),
+            boxes[:, 4].reshape(-1),
+            points.astype(np.float64).reshape(-1, 5, 2),
+        )
 
     def search_image(self, image: Image.Image) -> tuple[Image.Image, float]:
         """The image MTCNN searches and its scale: the original, or a copy whose longer side is
@@ -471,13 +560,19 @@ class FaceEngine:
 
     def faces_from(self, image: Image.Image, found: Detections) -> list[DetectedFace]:
         """Rank detections by ``face_selection`` and cut each face from the original image."""
-        order = rank_faces(found.boxes, found.probs, image.width, image.height,
-                           self.face_selection) if len(found.boxes) else []
+        order = (
+            rank_faces(found.boxes, found.probs, image.width, image.height, self.face_selection)
+            if len(found.boxes)
+            else []
+        )
         faces = []
         for i in order:
             box = tuple(float(v) for v in found.boxes[i])
-            crop = (self._aligned_crop(image, box, found.landmarks[i]) if self.align_faces
-                    else self._crop(image, box))
+            crop = (
+                self._aligned_crop(image, box, found.landmarks[i])
+                if self.align_faces
+                else self._crop(image, box)
+            )
             faces.append(DetectedFace(box, float(found.probs[i]), crop, found.landmarks[i]))
         return faces
 
@@ -489,7 +584,7 @@ class FaceEngine:
         batch = torch.stack(crops)
         if self.flip_embeddings:
             vectors = self.forward(torch.cat([batch, torch.flip(batch, dims=[3])]))
-            vectors = self.finish(vectors[: len(crops)], vectors[len(crops):])
+            vectors = self.finish(vectors[: len(crops)], vectors[len(crops) :])
         else:
             vectors = self.finish(self.forward(batch))
         return Embeddings(vectors, (time.perf_counter() - start) * 1000)
@@ -515,8 +610,9 @@ class FaceEngine:
         face = extract_face(image, np.asarray(box), FACE_SIZE, self.margin)
         return (face - 127.5) / 128.0
 
-    def _aligned_crop(self, image: Image.Image, box: tuple[float, float, float, float],
-                      landmarks: np.ndarray) -> torch.Tensor:
+    def _aligned_crop(
+        self, image: Image.Image, box: tuple[float, float, float, float], landmarks: np.ndarray
+    ) -> torch.Tensor:
         """Like ``_crop``, but rotated about the box centre so that the eyes are level (outside
         the photo is black rather than clamped)."""
         x1, y1, x2, y2 = box
@@ -524,24 +620,35 @@ class FaceEngine:
         height = (y2 - y1) * FACE_SIZE / (FACE_SIZE - self.margin)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         radius = int(np.ceil(np.hypot(width, height) / 2)) + 1
-        region = image.crop((round(cx) - radius, round(cy) - radius,
-                             round(cx) + radius, round(cy) + radius))
+        region = image.crop(
+            (round(cx) - radius, round(cy) - radius, round(cx) + radius, round(cy) + radius)
+        )
         (lx, ly), (rx, ry) = landmarks[0], landmarks[1]
         angle = float(np.degrees(np.arctan2(ry - ly, rx - lx)))
-        level = region.rotate(angle, resample=Image.BILINEAR,
-                              center=(radius + cx - round(cx), radius + cy - round(cy)))
+        level = region.rotate(
+            angle,
+            resample=Image.BILINEAR,
+            center=(radius + cx - round(cx), radius + cy - round(cy)),
+        )
         cx, cy = radius + cx - round(cx), radius + cy - round(cy)
-        face = level.crop((int(cx - width / 2), int(cy - height / 2), int(cx + width / 2),
-                           int(cy + height / 2))).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
+        face = level.crop(
+            (int(cx - width / 2), int(cy - height / 2), int(cx + width / 2), int(cy + height / 2))
+        ).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
         return torch.from_numpy(_standardise(np.asarray(face)))
 
     def _detector_to_onnx(self, threads: int) -> tuple[OnnxModel, OnnxModel, OnnxModel]:
         """ONNX Runtime sessions for MTCNN's P-, R- and O-nets, exported from facenet-pytorch's."""
-        shapes = {"pnet": ((1, 3, 48, 64), {0: "n", 2: "h", 3: "w"}),
-                  "rnet": ((2, 3, 24, 24), {0: "n"}), "onet": ((2, 3, 48, 48), {0: "n"})}
-        return tuple(OnnxModel(export_onnx(getattr(self.detector, name), torch.zeros(shape),
-                                           dynamic), threads)
-                     for name, (shape, dynamic) in shapes.items())
+        shapes = {
+            "pnet": ((1, 3, 48, 64), {0: "n", 2: "h", 3: "w"}),
+            "rnet": ((2, 3, 24, 24), {0: "n"}),
+            "onet": ((2, 3, 48, 48), {0: "n"}),
+        }
+        return tuple(
+            OnnxModel(
+                export_onnx(getattr(self.detector, name), torch.zeros(shape), dynamic), threads
+            )
+            for name, (shape, dynamic) in shapes.items()
+        )
 
 
 def _default_threads(workers: int) -> int:

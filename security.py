@@ -57,7 +57,9 @@ def _split_keys(text: str) -> list[str]:
 def _check_lengths(keys: Iterable[str], variable: str) -> None:
     for index, key in enumerate(keys, 1):
         if len(key) < MIN_KEY_LENGTH:
-            raise ConfigError(f"{variable}: key #{index} is shorter than {MIN_KEY_LENGTH} characters")
+            raise ConfigError(
+                f"{variable}: key #{index} is shorter than {MIN_KEY_LENGTH} characters"
+            )
 
 
 def _digest(value: str) -> bytes:
@@ -73,7 +75,7 @@ class ApiKeyCheck:
         self._digests = [_digest(key) for key in dict.fromkeys(keys)]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ApiKeyCheck":
+    def from_settings(cls, settings: Settings) -> ApiKeyCheck:
         """Keys from ``api_keys`` and ``api_keys_file``; a named file that is missing, unreadable
         or holds no key is a ``ConfigError`` (fail closed rather than run without keys)."""
         keys = _split_keys(settings.api_keys)
@@ -83,9 +85,13 @@ class ApiKeyCheck:
                 text = path.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigError(
-                    f"FACEMATCH_API_KEYS_FILE cannot be read: {type(error).__name__}") from None
-            from_file = [line.strip() for line in text.splitlines()
-                         if line.strip() and not line.strip().startswith("#")]
+                    f"FACEMATCH_API_KEYS_FILE cannot be read: {type(error).__name__}"
+                ) from None
+            from_file = [
+                line.strip()
+                for line in text.splitlines()
+                if line.strip() and not line.strip().startswith("#")
+            ]
             if not from_file:
                 raise ConfigError("FACEMATCH_API_KEYS_FILE holds no key")
             keys += from_file
@@ -151,7 +157,7 @@ class ReferenceSigner:
         self._signing = keys[0]
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ReferenceSigner | None":
+    def from_settings(cls, settings: Settings) -> ReferenceSigner | None:
         """The signer ``signing_keys`` configure, or None when signing is off."""
         secrets = _split_keys(settings.signing_keys)
         return cls(secrets) if secrets else None
@@ -178,8 +184,13 @@ class ReferenceSigner:
         mac = base64.urlsafe_b64encode(self._mac(self._signing, vector, model)).rstrip(b"=")
         return f"{SIGNATURE_VERSION}.{self._signing.key_id}.{mac.decode()}"
 
-    def verify(self, vector: np.ndarray, serving_model: str, signature: str | None,
-               claimed_model: str | None = None) -> None:
+    def verify(
+        self,
+        vector: np.ndarray,
+        serving_model: str,
+        signature: str | None,
+        claimed_model: str | None = None,
+    ) -> None:
         """Accept ``vector`` for ``serving_model`` or raise.
 
         ``UnsignedReference`` (400) without a signature; ``BadSignature`` (403) for a malformed
@@ -190,7 +201,8 @@ class ReferenceSigner:
         if signature is None or not signature.strip():
             raise UnsignedReference(
                 "this server only accepts signed references: send the 'signature' that "
-                "/embeddings returned with this reference")
+                "/embeddings returned with this reference"
+            )
         match = _TOKEN.match(signature.strip())
         key = self._keys.get(match.group(1)) if match else None
         if key is None:
@@ -202,11 +214,14 @@ class ReferenceSigner:
         if model != serving_model:
             raise WrongModel(
                 f"the reference was made by model '{_printable(model)}'; this server runs "
-                f"'{serving_model}': embed the reference photo again here")
+                f"'{serving_model}': embed the reference photo again here"
+            )
 
 
-_BAD_SIGNATURE = ("the reference's signature does not verify: the reference was altered, or it "
-                  "was signed by a key this server does not accept")
+_BAD_SIGNATURE = (
+    "the reference's signature does not verify: the reference was altered, or it "
+    "was signed by a key this server does not accept"
+)
 
 
 def _printable(text: str, limit: int = 64) -> str:
@@ -227,5 +242,7 @@ def reference_claims(data: bytes) -> tuple[str | None, str | None]:
     if not isinstance(body, dict):
         return None, None
     signature, model = body.get("signature"), body.get("model")
-    return (signature if isinstance(signature, str) else None,
-            model if isinstance(model, str) else None)
+    return (
+        signature if isinstance(signature, str) else None,
+        model if isinstance(model, str) else None,
+    )

@@ -47,17 +47,16 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     lets a caller share one loaded ``FaceEngine`` (tests do); otherwise the configured weights are
     loaded here, and a missing or wrong weights file raises ``WeightsError``.
     """
-    if isinstance(config, Settings):
-        settings = config
-    else:
-        settings = Settings.from_env(**dict(config or {}))
+    settings = config if isinstance(config, Settings) else Settings.from_env(**dict(config or {}))
     app = Flask(__name__)
     app.request_class = _InMemoryRequest
     app.extensions["facematch_api_keys"] = ApiKeyCheck.from_settings(settings)
     app.extensions["facematch_signer"] = ReferenceSigner.from_settings(settings)
     if not app.extensions["facematch_api_keys"].enabled:
-        log.warning("API keys are off (FACEMATCH_API_KEYS unset): anyone who can reach this "
-                    "port can use the API; set keys in production")
+        log.warning(
+            "API keys are off (FACEMATCH_API_KEYS unset): anyone who can reach this "
+            "port can use the API; set keys in production"
+        )
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
@@ -94,8 +93,9 @@ class _InMemoryRequest(Request):
     """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): Werkzeug would otherwise spool
     files over 500 KB to a temporary file, and photos must never touch the disk."""
 
-    def _get_file_stream(self, total_content_length, content_type, filename=None,
-                         content_length=None):
+    def _get_file_stream(
+        self, total_content_length, content_type, filename=None, content_length=None
+    ):
         return io.BytesIO()
 
 
@@ -108,6 +108,7 @@ def _configured_threshold(settings: Settings) -> float:
 
 
 # --- request lifecycle: one record per verifying request, published after the response ---
+
 
 @bp.before_app_request
 def _start_record() -> None:
@@ -138,6 +139,7 @@ def _elapsed_ms() -> float:
 
 
 # --- routes ---
+
 
 @bp.get("/ping")
 def ping():
@@ -221,6 +223,7 @@ def embeddings():
 
 # --- steps of the request path ---
 
+
 def _bytes_field(name: str, allow_text: bool = False) -> bytes:
     """The uploaded file ``name`` (or, if ``allow_text``, a form field of that name) as bytes."""
     upload = request.files.get(name)
@@ -253,8 +256,9 @@ def _image_field(name: str):
     start = time.perf_counter()
     image = decode_image(data, _services().settings.max_pixels, name)
     g.record.latency.decode += (time.perf_counter() - start) * 1000
-    g.record.faces.append(FaceSummary(role=name, count=0, image_width=image.width,
-                                      image_height=image.height))
+    g.record.faces.append(
+        FaceSummary(role=name, count=0, image_width=image.width, image_height=image.height)
+    )
     return image
 
 
@@ -305,8 +309,9 @@ def _sample_faces_param() -> str:
     return mode
 
 
-def _match_response(reference_vector, sample_vectors, sample: PhotoFaces, metric: str,
-                    threshold: float, mode: str) -> dict:
+def _match_response(
+    reference_vector, sample_vectors, sample: PhotoFaces, metric: str, threshold: float, mode: str
+) -> dict:
     """Score the reference against each sample face; the primary (or, for ``all``, the closest)
     decides."""
     start = time.perf_counter()
@@ -327,8 +332,13 @@ def _match_response(reference_vector, sample_vectors, sample: PhotoFaces, metric
     }
     if mode == "all":
         body["sample_faces"] = [
-            {"index": i, "box": [round(v, 1) for v in face.box], "probability": face.probability,
-             "distance": r.distance, "match": r.match}
+            {
+                "index": i,
+                "box": [round(v, 1) for v in face.box],
+                "probability": face.probability,
+                "distance": r.distance,
+                "match": r.match,
+            }
             for i, (face, r) in enumerate(zip(sample.faces, results))
         ]
         body["decided_by"] = decided_by
@@ -352,6 +362,7 @@ def _latency_json() -> dict:
 
 
 # --- errors: always JSON ---
+
 
 def _api_error(error: ApiError):
     if "record" in g:

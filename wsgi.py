@@ -11,8 +11,10 @@ from config import ConfigError, Settings
 from deployment_utils.weights import WeightsError
 from server import create_app
 
-logging.basicConfig(level=Settings.from_env().log_level.upper(),
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.basicConfig(
+    level=Settings.from_env().log_level.upper(),
+    format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+)
 
 try:
     app = create_app()

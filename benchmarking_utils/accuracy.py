@@ -37,7 +37,12 @@ from tqdm import tqdm
 from benchmarking_utils.common import Config, machine, parse_config, write_json
 from benchmarking_utils.inputs import parse_size, photo_bytes
 from benchmarking_utils.lfw import (
-    GET_LFW, Pair, accuracy_counting_failures, choose_threshold, lfw_dir, read_pairs,
+    GET_LFW,
+    Pair,
+    accuracy_counting_failures,
+    choose_threshold,
+    lfw_dir,
+    read_pairs,
 )
 from config import Settings
 from photo_inferencing import Detections, FaceEngine, center_for, rank_faces
@@ -85,7 +90,8 @@ class Evaluator:
         key = (settings.embed_backend, settings.detect_backend)
         if key not in self.engines:
             self.engines[key] = FaceEngine.from_settings(
-                settings.replace(torch_threads=self.threads))
+                settings.replace(torch_threads=self.threads)
+            )
         engine = self.engines[key]
         engine.margin, engine.face_selection = settings.margin, settings.face_selection
         engine.detect_max_side = settings.detect_max_side
@@ -108,8 +114,10 @@ class Evaluator:
         minimum = "" if s.min_face_size == 20 else f"-min{s.min_face_size}"
         detections = Cache(f"det-{s.detect_backend}-{side}{minimum}-{self.size_key}")
         aligned = "-aligned" if s.align_faces else ""
-        embeddings = Cache(f"emb-{s.detect_backend}-{side}{minimum}-{self.size_key}-m{s.margin}"
-                           f"{aligned}-{s.embed_backend}")
+        embeddings = Cache(
+            f"emb-{s.detect_backend}-{side}{minimum}-{self.size_key}-m{s.margin}"
+            f"{aligned}-{s.embed_backend}"
+        )
         result: dict[str, np.ndarray | None] = {}
         todo: list[tuple[str, tuple, torch.Tensor]] = []
         for name in tqdm(names, desc=f"{config.name} {label}", unit="img", mininterval=5):
@@ -183,8 +191,12 @@ def kfold(d: np.ndarray, same: np.ndarray, folds: np.ndarray) -> dict:
         t = choose_threshold(d[train], same[train])
         thresholds.append(t)
         accs.append(accuracy_counting_failures(d[test], same[test], t))
-    return {"mean": float(np.mean(accs)), "std": float(np.std(accs)),
-            "folds": [round(a, 4) for a in accs], "thresholds": [round(t, 4) for t in thresholds]}
+    return {
+        "mean": float(np.mean(accs)),
+        "std": float(np.std(accs)),
+        "folds": [round(a, 4) for a in accs],
+        "thresholds": [round(t, 4) for t in thresholds],
+    }
 
 
 def roc(d: np.ndarray, same: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -208,8 +220,12 @@ def tar_at_far(d: np.ndarray, same: np.ndarray, target: float) -> dict:
     if not ok.any():
         return {"far": target, "tar": 0.0, "threshold": None}
     i = int(np.argmax(np.where(ok, tar, -1)))
-    return {"far": target, "tar": round(float(tar[i]), 4),
-            "threshold": round(float(thresholds[i]), 4), "achieved_far": round(float(far[i]), 5)}
+    return {
+        "far": target,
+        "tar": round(float(tar[i]), 4),
+        "threshold": round(float(thresholds[i]), 4),
+        "achieved_far": round(float(far[i]), 5),
+    }
 
 
 def evaluate_view1(ev: Evaluator, config: Config) -> dict:
@@ -258,8 +274,14 @@ def plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], outdir: Path, suffix:
         ax.plot(np.maximum(far, 1e-4), tar, label=name, lw=1.2)
     for far in FARS:
         ax.axvline(far, color="grey", lw=0.6, ls=":")
-    ax.set(xscale="log", xlim=(3e-4, 1), ylim=(0.9, 1.001), xlabel="false accept rate",
-           ylabel="true accept rate", title="LFW View 2 ROC (6,000 pairs)")
+    ax.set(
+        xscale="log",
+        xlim=(3e-4, 1),
+        ylim=(0.9, 1.001),
+        xlabel="false accept rate",
+        ylabel="true accept rate",
+        title="LFW View 2 ROC (6,000 pairs)",
+    )
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -286,13 +308,18 @@ def plot(curves: dict[str, tuple[np.ndarray, np.ndarray]], outdir: Path, suffix:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lfw", type=Path, default=lfw_dir(), help="LFW folder")
-    parser.add_argument("--config", action="append", default=[],
-                        help="NAME:key=value,... on top of the environment's settings")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        help="NAME:key=value,... on top of the environment's settings",
+    )
     parser.add_argument("--view2", action="store_true", help="also report View 2 (final runs)")
     parser.add_argument("--size", default="lfw", help="'lfw' or WxH for generated large photos")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
-    parser.add_argument("--limit", type=int, default=0, help="about this many pairs per list "
-                        "(smoke runs; 0 = all)")
+    parser.add_argument(
+        "--limit", type=int, default=0, help="about this many pairs per list (smoke runs; 0 = all)"
+    )
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     parser.add_argument("--plots", type=Path, help="write ROC and histogram PNGs to this folder")
     args = parser.parse_args(argv)
@@ -330,12 +357,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _table(results: dict) -> str:
-    rows = ["| config | DevTrain 10-fold | DevTest @ DevTrain threshold | View 2 mean ± std | "
-            "TAR @ FAR 1e-2 | TAR @ FAR 1e-3 |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| config | DevTrain 10-fold | DevTest @ DevTrain threshold | View 2 mean ± std | "
+        "TAR @ FAR 1e-2 | TAR @ FAR 1e-3 |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in results.items():
         v1, v2 = r["view1"], r.get("view2")
-        cells = [name, f"{100 * v1['devtrain_10fold']['mean']:.2f}%",
-                 f"{100 * v1['devtest_accuracy']:.2f}% (t={v1['threshold']})"]
+        cells = [
+            name,
+            f"{100 * v1['devtrain_10fold']['mean']:.2f}%",
+            f"{100 * v1['devtest_accuracy']:.2f}% (t={v1['threshold']})",
+        ]
         if v2:
             acc = v2["accuracy_10fold"]
             cells += [f"{100 * acc['mean']:.2f} ± {100 * acc['std']:.2f}%"]

@@ -39,8 +39,14 @@ class Baseline:
         settings = settings or Settings.from_env()
         path = resolve_weights(settings.model, settings.weights, settings.data_path)
         self.mtcnn = MTCNN(
-            image_size=160, margin=30, min_face_size=20, thresholds=[0.6, 0.7, 0.7],
-            factor=0.709, post_process=True, select_largest=True, keep_all=False,
+            image_size=160,
+            margin=30,
+            min_face_size=20,
+            thresholds=[0.6, 0.7, 0.7],
+            factor=0.709,
+            post_process=True,
+            select_largest=True,
+            keep_all=False,
         )
         self.resnet = InceptionResnetV1(pretrained=None, classify=False).eval()
         self.resnet.load_state_dict(load_state_dict(path))
@@ -94,8 +100,9 @@ def create_app(settings: Settings | None = None):
 
     @app.post("/photo_match")
     def photo_match():
-        result = baseline.photo_match(request.files["reference"].read(),
-                                      request.files["sample"].read())
+        result = baseline.photo_match(
+            request.files["reference"].read(), request.files["sample"].read()
+        )
         if result.distance is None:
             return {"error": {"code": "no_face"}}, 422
         return {"distance": result.distance, "latency_ms": asdict(result.latency)}

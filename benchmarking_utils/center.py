@@ -29,8 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lfw", type=Path, default=lfw_dir())
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--config", default="center:",
-                        help="NAME:key=value,... settings (centring is switched off to measure)")
+    parser.add_argument(
+        "--config",
+        default="center:",
+        help="NAME:key=value,... settings (centring is switched off to measure)",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if not (args.lfw / "pairsDevTrain.txt").exists():

@@ -27,12 +27,18 @@ class Config:
 
     def describe(self) -> dict:
         s = self.settings
-        return {"margin": s.margin, "face_selection": s.face_selection,
-                "detect_max_side": s.detect_max_side, "flip_embeddings": s.flip_embeddings,
-                "embed_backend": s.embed_backend, "detect_backend": s.detect_backend,
-                "min_face_size": s.min_face_size, "center_embeddings": s.center_embeddings,
-                "align_faces": s.align_faces,
-                "torch_threads": s.torch_threads}
+        return {
+            "margin": s.margin,
+            "face_selection": s.face_selection,
+            "detect_max_side": s.detect_max_side,
+            "flip_embeddings": s.flip_embeddings,
+            "embed_backend": s.embed_backend,
+            "detect_backend": s.detect_backend,
+            "min_face_size": s.min_face_size,
+            "center_embeddings": s.center_embeddings,
+            "align_faces": s.align_faces,
+            "torch_threads": s.torch_threads,
+        }
 
 
 def parse_config(text: str, **fixed) -> Config:
@@ -59,8 +65,12 @@ def summary(values: list[float]) -> dict:
     if not values:
         return {"n": 0}
     a = np.asarray(values, dtype=np.float64)
-    return {"n": int(a.size), "median": round(float(np.median(a)), 2),
-            "p95": round(float(np.percentile(a, 95)), 2), "max": round(float(a.max()), 2)}
+    return {
+        "n": int(a.size),
+        "median": round(float(np.median(a)), 2),
+        "p95": round(float(np.percentile(a, 95)), 2),
+        "max": round(float(a.max()), 2),
+    }
 
 
 def machine() -> str:

@@ -21,7 +21,11 @@ from tqdm import tqdm
 import score_service
 from benchmarking_utils.common import write_json
 from benchmarking_utils.lfw import (
-    GET_LFW, accuracy_counting_failures, choose_threshold, lfw_dir, read_pairs,
+    GET_LFW,
+    accuracy_counting_failures,
+    choose_threshold,
+    lfw_dir,
+    read_pairs,
 )
 from config import Settings
 from photo_inferencing import SELECTION_METHODS, FaceEngine, rank_faces
@@ -66,15 +70,22 @@ def main(argv: list[str] | None = None) -> int:
             primary[name] = vectors[rank_faces(boxes, probs, width, height, method)[0]]
         scores = {}
         for split, pairs in splits.items():
-            d = np.array([np.nan if primary[p.first] is None or primary[p.second] is None
-                          else score_service.cosine_distance(primary[p.first], primary[p.second])
-                          for p in pairs])
+            d = np.array(
+                [
+                    np.nan
+                    if primary[p.first] is None or primary[p.second] is None
+                    else score_service.cosine_distance(primary[p.first], primary[p.second])
+                    for p in pairs
+                ]
+            )
             scores[split] = (d, np.array([p.same for p in pairs]))
         threshold = choose_threshold(*scores["DevTrain"])
         result["methods"][method] = {
             "threshold": round(threshold, 4),
-            **{f"{split.lower()}_accuracy": round(accuracy_counting_failures(d, y, threshold), 4)
-               for split, (d, y) in scores.items()},
+            **{
+                f"{split.lower()}_accuracy": round(accuracy_counting_failures(d, y, threshold), 4)
+                for split, (d, y) in scores.items()
+            },
         }
     print(json.dumps(result, indent=2))
     write_json(args.out, result)

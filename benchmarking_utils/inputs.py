@@ -44,7 +44,7 @@ def parse_size(text: str) -> tuple[int, int] | None:
 
 
 def place_on_canvas(photo: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
-    """Upscale ``photo`` and paste it at the centre of a background of ``size`` seeded by ``name``."""
+    """Upscale ``photo`` onto the centre of a ``size`` background seeded by ``name``."""
     width, height = size
     rng = np.random.default_rng(zlib.crc32(name.encode()))
     blobs = rng.integers(40, 220, size=(6, 8, 3), dtype=np.uint8)
@@ -77,8 +77,9 @@ def photo_bytes(lfw: Path, name: str, size: tuple[int, int] | None) -> Photo:
     return Photo(name, path.read_bytes(), size[0], size[1])
 
 
-def pair_photos(lfw: Path, pairs: list[Pair], size: tuple[int, int] | None,
-                count: int) -> list[tuple[Photo, Photo]]:
+def pair_photos(
+    lfw: Path, pairs: list[Pair], size: tuple[int, int] | None, count: int
+) -> list[tuple[Photo, Photo]]:
     """The first ``count`` pairs, alternating matched and mismatched, as photo bytes."""
     matched = [p for p in pairs if p.same]
     mismatched = [p for p in pairs if not p.same]
@@ -88,8 +89,9 @@ def pair_photos(lfw: Path, pairs: list[Pair], size: tuple[int, int] | None,
 
 def folder_photos(folder: Path, count: int) -> list[tuple[Photo, Photo]]:
     """Consecutive pairs of the photos in ``folder`` (sorted by name), up to ``count`` pairs."""
-    files = sorted(p for p in folder.rglob("*")
-                   if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    files = sorted(
+        p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp")
+    )
     photos = []
     for path in files[: 2 * count]:
         with Image.open(path) as image:

@@ -24,7 +24,12 @@ import torch
 from tqdm import tqdm
 
 from benchmarking_utils.common import (
-    local_settings, machine, multipart, parse_config, summary, write_json,
+    local_settings,
+    machine,
+    multipart,
+    parse_config,
+    summary,
+    write_json,
 )
 from benchmarking_utils.inputs import Photo, folder_photos, pair_photos, parse_size
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
@@ -35,8 +40,9 @@ STAGES = ("decode", "detection", "embedding", "scoring", "total")
 ENDPOINTS = ("photo_match", "cached_match")
 
 
-def measure(client, photos: list[tuple[Photo, Photo]], endpoint: str, requests: int,
-            warmup: int, label: str) -> dict:
+def measure(
+    client, photos: list[tuple[Photo, Photo]], endpoint: str, requests: int, warmup: int, label: str
+) -> dict:
     """Send ``warmup + requests`` requests cycling over the pairs; summarise the counted ones."""
     references = {}
     if endpoint == "cached_match":
@@ -50,8 +56,10 @@ def measure(client, photos: list[tuple[Photo, Photo]], endpoint: str, requests: 
         if endpoint == "photo_match":
             data = multipart(reference=a.data, sample=b.data)
         else:
-            data = {"reference": (io.BytesIO(references[a.name]), "reference.json"),
-                    **multipart(sample=b.data)}
+            data = {
+                "reference": (io.BytesIO(references[a.name]), "reference.json"),
+                **multipart(sample=b.data),
+            }
         start = time.perf_counter()
         response = client.post(f"/{endpoint}", data=data)
         wall = (time.perf_counter() - start) * 1000
@@ -75,14 +83,18 @@ def measure(client, photos: list[tuple[Photo, Photo]], endpoint: str, requests: 
 
 
 def table(results: list[dict]) -> str:
-    rows = ["| inputs | endpoint | image size | stage | median ms | p95 ms | max ms |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| inputs | endpoint | image size | stage | median ms | p95 ms | max ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for r in results:
         for stage, s in r["stages_ms"].items():
             if not s.get("n"):
                 continue
-            rows.append(f"| {r['inputs']} | /{r['endpoint']} | {', '.join(r['image_sizes'])} | "
-                        f"{stage} | {s['median']:.1f} | {s['p95']:.1f} | {s['max']:.1f} |")
+            rows.append(
+                f"| {r['inputs']} | /{r['endpoint']} | {', '.join(r['image_sizes'])} | "
+                f"{stage} | {s['median']:.1f} | {s['p95']:.1f} | {s['max']:.1f} |"
+            )
     return "\n".join(rows)
 
 
@@ -112,10 +124,12 @@ def plot(results: list[dict], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lfw", type=Path, default=lfw_dir())
-    parser.add_argument("--photos", type=Path, help="a folder of photos (consecutive pairs) "
-                        "instead of LFW")
-    parser.add_argument("--sizes", default="lfw",
-                        help="LFW inputs: lfw and/or WxH, comma-separated")
+    parser.add_argument(
+        "--photos", type=Path, help="a folder of photos (consecutive pairs) instead of LFW"
+    )
+    parser.add_argument(
+        "--sizes", default="lfw", help="LFW inputs: lfw and/or WxH, comma-separated"
+    )
     parser.add_argument("--endpoint", default="photo_match", choices=(*ENDPOINTS, "both"))
     parser.add_argument("--requests", type=int, default=50, help="counted requests per input set")
     parser.add_argument("--warmup", type=int, default=10, help="uncounted requests first")
@@ -137,11 +151,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         pairs = read_pairs(args.lfw / "pairsDevTest.txt")
         count = min(args.requests, 50)
-        inputs = {s: pair_photos(args.lfw, pairs, parse_size(s), count)
-                  for s in args.sizes.split(",")}
+        inputs = {
+            s: pair_photos(args.lfw, pairs, parse_size(s), count) for s in args.sizes.split(",")
+        }
     endpoints = ENDPOINTS if args.endpoint == "both" else (args.endpoint,)
-    results = [measure(client, photos, endpoint, args.requests, args.warmup, label)
-               for label, photos in inputs.items() for endpoint in endpoints]
+    results = [
+        measure(client, photos, endpoint, args.requests, args.warmup, label)
+        for label, photos in inputs.items()
+        for endpoint in endpoints
+    ]
     report = {
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "machine": machine(),

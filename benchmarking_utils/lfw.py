@@ -7,9 +7,9 @@ Layout (see ``shared/data/lfw/README.md``): ``images/<Name>/<Name>_NNNN.jpg`` an
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 from PIL import Image
@@ -54,9 +54,13 @@ def read_pairs(path: Path) -> list[Pair]:
         parts = line.split("\t")
         fold = index // per_fold
         if len(parts) == 3:
-            pairs.append(Pair(image_name(parts[0], parts[1]), image_name(parts[0], parts[2]), True, fold))
+            pairs.append(
+                Pair(image_name(parts[0], parts[1]), image_name(parts[0], parts[2]), True, fold)
+            )
         elif len(parts) == 4:
-            pairs.append(Pair(image_name(parts[0], parts[1]), image_name(parts[2], parts[3]), False, fold))
+            pairs.append(
+                Pair(image_name(parts[0], parts[1]), image_name(parts[2], parts[3]), False, fold)
+            )
     return pairs
 
 
@@ -78,11 +82,14 @@ def pair_distances(
     for name in tqdm(names, desc=progress, unit="img", disable=progress is None):
         with Image.open(root / "images" / name) as image:
             vectors[name] = embed_image(image.convert("RGB"))
-    distances = np.array([
-        np.nan if vectors[p.first] is None or vectors[p.second] is None
-        else score_service.distance(vectors[p.first], vectors[p.second], metric)
-        for p in pairs
-    ])
+    distances = np.array(
+        [
+            np.nan
+            if vectors[p.first] is None or vectors[p.second] is None
+            else score_service.distance(vectors[p.first], vectors[p.second], metric)
+            for p in pairs
+        ]
+    )
     same = np.array([p.same for p in pairs])
     return distances, same, sum(v is None for v in vectors.values())
 

@@ -80,22 +80,40 @@ def start(scenario: str, log_dir: Path) -> Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
     env.update({PREFIX + k.upper(): v for k, v in values.items()})
-    env.update({f"{PREFIX}HOST": "127.0.0.1", f"{PREFIX}PORT": str(port),
-                f"{PREFIX}MQTT_HOST": "", f"{PREFIX}LOG_LEVEL": "warning",
-                "PYTHONPATH": str(REPO)})
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log = open(log_dir / f"gunicorn-{name}.log", "w")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py",
-         "--access-logfile", "/dev/null", app],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    env.update(
+        {
+            f"{PREFIX}HOST": "127.0.0.1",
+            f"{PREFIX}PORT": str(port),
+            f"{PREFIX}MQTT_HOST": "",
+            f"{PREFIX}LOG_LEVEL": "warning",
+            "PYTHONPATH": str(REPO),
+        }
     )
-    server = Server(name, f"http://127.0.0.1:{port}", process.pid, process,
-                    {"app": app, **values})
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"gunicorn-{name}.log"
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "-c",
+                "gunicorn.conf.py",
+                "--access-logfile",
+                "/dev/null",
+                app,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    server = Server(name, f"http://127.0.0.1:{port}", process.pid, process, {"app": app, **values})
     deadline = time.time() + 300
     while time.time() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"gunicorn for {name} exited; see {log.name}")
+            raise SystemExit(f"gunicorn for {name} exited; see {log_path}")
         try:
             if requests.get(server.url + "/ping", timeout=2).ok:
                 return server
@@ -103,7 +121,7 @@ def start(scenario: str, log_dir: Path) -> Server:
             pass
         time.sleep(1)
     server.stop()
-    raise SystemExit(f"gunicorn for {name} did not answer /ping in 300 s; see {log.name}")
+    raise SystemExit(f"gunicorn for {name} did not answer /ping in 300 s; see {log_path}")
 
 
 def memory(pid: int) -> dict:
@@ -120,9 +138,11 @@ def memory(pid: int) -> dict:
             if len(parts) >= 2 and parts[1].isdigit():
                 kb[parts[0].rstrip(":")] = int(parts[1])
         private = kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)
-        return {"rss_mib": round(kb.get("Rss", 0) / 1024, 1),
-                "pss_mib": round(kb.get("Pss", 0) / 1024, 1),
-                "private_mib": round(private / 1024, 1)}
+        return {
+            "rss_mib": round(kb.get("Rss", 0) / 1024, 1),
+            "pss_mib": round(kb.get("Pss", 0) / 1024, 1),
+            "private_mib": round(private / 1024, 1),
+        }
 
     children = []
     try:
@@ -133,8 +153,14 @@ def memory(pid: int) -> dict:
     return {"master": one(pid), "workers": [m for m in map(one, sorted(set(children))) if m]}
 
 
-def run_load(server: Server, photos: list[tuple[Photo, Photo]], clients: int, seconds: float,
-             warmup: int, headers: dict) -> dict:
+def run_load(
+    server: Server,
+    photos: list[tuple[Photo, Photo]],
+    clients: int,
+    seconds: float,
+    warmup: int,
+    headers: dict,
+) -> dict:
     """``clients`` threads posting pairs back to back for ``seconds`` after ``warmup`` requests."""
     records: list[tuple[float, float, int]] = []
     lock = threading.Lock()
@@ -145,8 +171,9 @@ def run_load(server: Server, photos: list[tuple[Photo, Photo]], clients: int, se
         files = {"reference": ("a.jpg", a.data), "sample": ("b.jpg", b.data)}
         start = time.perf_counter()
         try:
-            status = session.post(server.url + "/photo_match", files=files, headers=headers,
-                                  timeout=300).status_code
+            status = session.post(
+                server.url + "/photo_match", files=files, headers=headers, timeout=300
+            ).status_code
         except requests.RequestException:
             status = 0
         return (time.perf_counter() - start) * 1000, status
@@ -189,8 +216,10 @@ def run_load(server: Server, photos: list[tuple[Photo, Photo]], clients: int, se
         "errors": sum(r[2] != 200 for r in records),
         "seconds": round(elapsed, 1),
         "throughput_rps": round(len(ok) / elapsed, 3),
-        "latency_ms": {f"p{q}": round(float(np.percentile(latencies, q)), 1)
-                       for q in (50, 90, 95, 99)} | {"max": round(float(latencies.max()), 1)},
+        "latency_ms": {
+            f"p{q}": round(float(np.percentile(latencies, q)), 1) for q in (50, 90, 95, 99)
+        }
+        | {"max": round(float(latencies.max()), 1)},
         "memory_peak": peak,
         "timeline": [(round(t, 2), round(ms, 1)) for t, ms, status in records if status == 200],
     }
@@ -210,8 +239,10 @@ def merge(rounds: list[dict]) -> dict:
         "throughput_per_round": [r["throughput_rps"] for r in rounds],
         "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 90, 95, 99)}
         | {"max": round(float(lat.max()), 1)},
-        "memory_peak": {"master": rounds[-1]["memory_peak"].get("master"),
-                        "workers": max(workers, key=len)},
+        "memory_peak": {
+            "master": rounds[-1]["memory_peak"].get("master"),
+            "workers": max(workers, key=len),
+        },
     }
 
 
@@ -226,8 +257,13 @@ def plot(results: dict, path: Path, clients: int) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(7, 3), dpi=80)
     bars = left.bar(names, [results[n]["summary"]["throughput_rps"] for n in names])
     for bar, n in zip(bars, names):
-        left.annotate(f"{results[n]['summary']['throughput_rps']:.2f}", (bar.get_x() +
-                      bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        left.annotate(
+            f"{results[n]['summary']['throughput_rps']:.2f}",
+            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     left.set(ylabel="requests / s", title=f"/photo_match, {clients} clients")
     left.tick_params(axis="x", labelsize=7, labelrotation=20)
     for n in names:
@@ -247,8 +283,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", help="a running server instead of --scenario")
     parser.add_argument("--pid", type=int, help="with --url: the Gunicorn master's pid (memory)")
     parser.add_argument("--api-key", help="sent as X-API-Key")
-    parser.add_argument("--scenario", action="append", default=[],
-                        help="NAME:app=service|baseline,key=value,... (repeatable)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        default=[],
+        help="NAME:app=service|baseline,key=value,... (repeatable)",
+    )
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--rounds", type=int, default=1, help="alternate scenarios this often")
@@ -262,8 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.lfw / "pairsDevTest.txt").exists():
         print(GET_LFW.format(path=args.lfw), file=sys.stderr)
         return 2
-    photos = pair_photos(args.lfw, read_pairs(args.lfw / "pairsDevTest.txt"),
-                         parse_size(args.size), args.pairs)
+    photos = pair_photos(
+        args.lfw, read_pairs(args.lfw / "pairsDevTest.txt"), parse_size(args.size), args.pairs
+    )
     headers = {"X-API-Key": args.api_key} if args.api_key else {}
     servers: list[Server] = []
     try:
@@ -274,10 +315,14 @@ def main(argv: list[str] | None = None) -> int:
         results = {s.name: {"settings": s.settings, "rounds": []} for s in servers}
         for round_index in range(args.rounds):
             for server in servers:
-                print(f"round {round_index + 1}/{args.rounds}: {server.name} for "
-                      f"{args.seconds:g} s with {args.clients} clients", flush=True)
+                print(
+                    f"round {round_index + 1}/{args.rounds}: {server.name} for "
+                    f"{args.seconds:g} s with {args.clients} clients",
+                    flush=True,
+                )
                 results[server.name]["rounds"].append(
-                    run_load(server, photos, args.clients, args.seconds, args.warmup, headers))
+                    run_load(server, photos, args.clients, args.seconds, args.warmup, headers)
+                )
     finally:
         for server in servers:
             server.stop()
@@ -286,13 +331,16 @@ def main(argv: list[str] | None = None) -> int:
         entry["summary"] = merge(entry["rounds"])
     for entry in results.values():
         entry["summary"]["throughput_ratio_vs_first"] = round(
-            entry["summary"]["throughput_rps"] / first["summary"]["throughput_rps"], 2)
+            entry["summary"]["throughput_rps"] / first["summary"]["throughput_rps"], 2
+        )
     print(table(results))
     report = {
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "machine": machine(),
         "command": "python -m benchmarking_utils.load " + " ".join(argv or sys.argv[1:]),
-        "clients": args.clients, "seconds": args.seconds, "inputs": args.size,
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "inputs": args.size,
         "scenarios": {n: {"settings": e["settings"], **e["summary"]} for n, e in results.items()},
     }
     write_json(args.out, report)
@@ -302,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(results: dict) -> str:
-    rows = ["| scenario | req/s | ratio | p50 ms | p95 ms | p99 ms | errors | worker RSS MiB | "
-            "worker PSS MiB | worker private MiB |", "| --- " * 10 + "|"]
+    rows = [
+        "| scenario | req/s | ratio | p50 ms | p95 ms | p99 ms | errors | worker RSS MiB | "
+        "worker PSS MiB | worker private MiB |",
+        "| --- " * 10 + "|",
+    ]
     for name, entry in results.items():
         s = entry["summary"]
         workers = s["memory_peak"]["workers"] or [{}]
@@ -311,10 +362,12 @@ def table(results: dict) -> str:
         def fmt(key: str) -> str:
             return ", ".join(f"{w.get(key, 0):.0f}" for w in workers)
 
-        rows.append(f"| {name} | {s['throughput_rps']:.2f} | {s['throughput_ratio_vs_first']:.2f}x"
-                    f" | {s['latency_ms']['p50']:.0f} | {s['latency_ms']['p95']:.0f} | "
-                    f"{s['latency_ms']['p99']:.0f} | {s['errors']} | {fmt('rss_mib')} | "
-                    f"{fmt('pss_mib')} | {fmt('private_mib')} |")
+        rows.append(
+            f"| {name} | {s['throughput_rps']:.2f} | {s['throughput_ratio_vs_first']:.2f}x"
+            f" | {s['latency_ms']['p50']:.0f} | {s['latency_ms']['p95']:.0f} | "
+            f"{s['latency_ms']['p99']:.0f} | {s['errors']} | {fmt('rss_mib')} | "
+            f"{fmt('pss_mib')} | {fmt('private_mib')} |"
+        )
     return "\n".join(rows)
 
 

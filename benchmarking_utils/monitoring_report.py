@@ -66,17 +66,21 @@ def read_points(source: Source, start: float, end: float) -> list[StoredPoint]:
     return sorted(points, key=lambda p: p.time)
 
 
-def read_victoria_metrics(url: str, measurement: str, start: float, end: float,
-                          timeout: float = 30.0) -> list[StoredPoint]:
+def read_victoria_metrics(
+    url: str, measurement: str, start: float, end: float, timeout: float = 30.0
+) -> list[StoredPoint]:
     """Rebuild points from VictoriaMetrics' export: one series per field, joined on tags+time."""
     prefix = measurement + "_"
-    query = urllib.parse.urlencode({
-        "match[]": '{__name__=~"%s.+"}' % re.escape(prefix),
-        "start": f"{start:.3f}",
-        "end": f"{end:.3f}",
-    })
-    with urllib.request.urlopen(f"{url.rstrip('/')}/api/v1/export?{query}",
-                                timeout=timeout) as response:
+    query = urllib.parse.urlencode(
+        {
+            "match[]": f'{{__name__=~"{re.escape(prefix)}.+"}}',
+            "start": f"{start:.3f}",
+            "end": f"{end:.3f}",
+        }
+    )
+    with urllib.request.urlopen(
+        f"{url.rstrip('/')}/api/v1/export?{query}", timeout=timeout
+    ) as response:
         lines = response.read().splitlines()
     joined: dict[tuple, dict[str, float]] = defaultdict(dict)
     for line in lines:
@@ -89,20 +93,23 @@ def read_victoria_metrics(url: str, measurement: str, start: float, end: float,
             continue
         tags = tuple(sorted((k, v) for k, v in labels.items() if k in TAGS))
         for value, stamp in zip(series["values"], series["timestamps"]):
-            joined[(stamp, tags)][name[len(prefix):]] = float(value)
-    return [StoredPoint(time=stamp / 1000, tags=dict(tags), fields=fields)
-            for (stamp, tags), fields in joined.items()]
+            joined[(stamp, tags)][name[len(prefix) :]] = float(value)
+    return [
+        StoredPoint(time=stamp / 1000, tags=dict(tags), fields=fields)
+        for (stamp, tags), fields in joined.items()
+    ]
 
 
 def flux_query(source: Source, start: float, end: float) -> str:
     """Every point of the measurement in the range, one row per point (fields as columns)."""
+
     def stamp(seconds: float) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
     return (
-        f'from(bucket: {json.dumps(source.bucket)})\n'
-        f'  |> range(start: {stamp(start)}, stop: {stamp(end + 1)})\n'
-        f'  |> filter(fn: (r) => r._measurement == {json.dumps(source.measurement)})\n'
+        f"from(bucket: {json.dumps(source.bucket)})\n"
+        f"  |> range(start: {stamp(start)}, stop: {stamp(end + 1)})\n"
+        f"  |> filter(fn: (r) => r._measurement == {json.dumps(source.measurement)})\n"
         '  |> pivot(rowKey: ["_time"], columnKey: ["_field"], valueColumn: "_value")\n'
     )
 
@@ -111,8 +118,9 @@ def read_influxdb(source: Source, start: float, end: float) -> list[StoredPoint]
     """Query InfluxDB 2 with Flux (pivoted: one record per point)."""
     from influxdb_client import InfluxDBClient
 
-    with InfluxDBClient(url=source.url, token=source.token, org=source.org,
-                        timeout=60_000) as client:
+    with InfluxDBClient(
+        url=source.url, token=source.token, org=source.org, timeout=60_000
+    ) as client:
         tables = client.query_api().query(flux_query(source, start, end), org=source.org)
     points = []
     skip = {"result", "table", "_start", "_stop", "_time", "_measurement"}
@@ -120,10 +128,12 @@ def read_influxdb(source: Source, start: float, end: float) -> list[StoredPoint]
         for record in table.records:
             values = record.values
             tags = {k: str(values[k]) for k in TAGS if values.get(k) is not None}
-            fields = {k: float(v) for k, v in values.items()
-                      if k not in skip and k not in TAGS and isinstance(v, (int, float))}
-            points.append(StoredPoint(time=record.get_time().timestamp(), tags=tags,
-                                      fields=fields))
+            fields = {
+                k: float(v)
+                for k, v in values.items()
+                if k not in skip and k not in TAGS and isinstance(v, (int, float))
+            }
+            points.append(StoredPoint(time=record.get_time().timestamp(), tags=tags, fields=fields))
     return points
 
 
@@ -137,7 +147,7 @@ class Bins:
     edges: np.ndarray
 
     @classmethod
-    def over(cls, points: list[StoredPoint], count: int | None = None) -> "Bins":
+    def over(cls, points: list[StoredPoint], count: int | None = None) -> Bins:
         """About eight points per bucket on average, 4 to 60 buckets, at least 1 s wide."""
         if count is None:
             count = min(60, max(4, len(points) // 8))
@@ -174,8 +184,11 @@ def latency_quantiles(points: list[StoredPoint], bins: Bins) -> dict[tuple[str, 
             value = p.fields.get(f"latency_{stage}_ms")
             if value is not None:
                 grouped[stage][bins.index(p.time)].append(value)
-    return {(stage, q): np.array([np.percentile(v, q) if v else np.nan for v in grouped[stage]])
-            for stage in STAGES for q in QUANTILES}
+    return {
+        (stage, q): np.array([np.percentile(v, q) if v else np.nan for v in grouped[stage]])
+        for stage in STAGES
+        for q in QUANTILES
+    }
 
 
 def match_rate(points: list[StoredPoint], bins: Bins) -> dict[str, np.ndarray]:
@@ -188,8 +201,10 @@ def match_rate(points: list[StoredPoint], bins: Bins) -> dict[str, np.ndarray]:
             sums[node][bins.index(p.time)] += p.fields["matched"]
             counts[node][bins.index(p.time)] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        return {node: np.where(counts[node] > 0, sums[node] / counts[node], np.nan)
-                for node in sorted(sums)}
+        return {
+            node: np.where(counts[node] > 0, sums[node] / counts[node], np.nan)
+            for node in sorted(sums)
+        }
 
 
 def errors_per_second(points: list[StoredPoint], bins: Bins) -> dict[str, np.ndarray]:
@@ -241,9 +256,12 @@ def render(points: list[StoredPoint], out: Path, title: str = "facematch monitor
     summary = summarize(points)
     fig, axes = plt.subplots(3, 2, figsize=(15, 13), constrained_layout=True)
     rate = 100 * summary.matches / summary.decided if summary.decided else float("nan")
-    fig.suptitle(f"{title}\n{summary.requests} requests on {len(summary.nodes)} node(s), "
-                 f"match rate {rate:.1f}% of {summary.decided} decisions, "
-                 f"{summary.errors} errors", fontsize=13)
+    fig.suptitle(
+        f"{title}\n{summary.requests} requests on {len(summary.nodes)} node(s), "
+        f"match rate {rate:.1f}% of {summary.decided} decisions, "
+        f"{summary.errors} errors",
+        fontsize=13,
+    )
     if not points:
         for ax in axes.flat:
             ax.text(0.5, 0.5, "no data in this range", ha="center", va="center")
@@ -271,8 +289,14 @@ def render(points: list[StoredPoint], out: Path, title: str = "facematch monitor
     colors = dict(zip(STAGES, ("tab:blue", "tab:orange", "tab:green")))
     styles = dict(zip(QUANTILES, (":", "--", "-")))
     for (stage, q), values in latency_quantiles(points, bins).items():
-        ax.plot(times, values, color=colors[stage], linestyle=styles[q], marker=".",
-                label=f"{stage} p{q}")
+        ax.plot(
+            times,
+            values,
+            color=colors[stage],
+            linestyle=styles[q],
+            marker=".",
+            label=f"{stage} p{q}",
+        )
     time_axis(ax, "ms", "Latency p50 / p95 / p99 by stage")
     ax.legend(fontsize=7, ncol=3)
 
@@ -284,14 +308,25 @@ def render(points: list[StoredPoint], out: Path, title: str = "facematch monitor
     ax.legend(fontsize=8)
 
     ax = axes[1, 1]
-    matched = [p.fields["distance"] for p in points
-               if "distance" in p.fields and p.fields.get("matched") == 1]
-    different = [p.fields["distance"] for p in points
-                 if "distance" in p.fields and p.fields.get("matched") == 0]
+    matched = [
+        p.fields["distance"]
+        for p in points
+        if "distance" in p.fields and p.fields.get("matched") == 1
+    ]
+    different = [
+        p.fields["distance"]
+        for p in points
+        if "distance" in p.fields and p.fields.get("matched") == 0
+    ]
     if summary.distances:
         edges = np.linspace(0, max(max(summary.distances), *summary.thresholds, 0.1) * 1.05, 41)
-        ax.hist([matched, different], bins=edges, stacked=True, label=["match", "no match"],
-                color=["tab:green", "tab:red"])
+        ax.hist(
+            [matched, different],
+            bins=edges,
+            stacked=True,
+            label=["match", "no match"],
+            color=["tab:green", "tab:red"],
+        )
     for threshold in summary.thresholds:
         ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:g}")
     ax.set_title("Distance distribution against the threshold")
@@ -300,14 +335,21 @@ def render(points: list[StoredPoint], out: Path, title: str = "facematch monitor
     ax.legend(fontsize=8)
 
     ax = axes[2, 0]
-    probabilities = {role: [p.fields[f"probability_{role}"] for p in points
-                            if f"probability_{role}" in p.fields] for role in ROLES}
+    probabilities = {
+        role: [p.fields[f"probability_{role}"] for p in points if f"probability_{role}" in p.fields]
+        for role in ROLES
+    }
     low = min([min(v) for v in probabilities.values() if v] + [0.9])
     edges = np.linspace(min(low, 0.9), 1.0, 41)
     for role, values in probabilities.items():
         if values:
-            ax.hist(values, bins=edges, histtype="step", linewidth=1.5,
-                    label=f"{role} (min {min(values):.3f})")
+            ax.hist(
+                values,
+                bins=edges,
+                histtype="step",
+                linewidth=1.5,
+                label=f"{role} (min {min(values):.3f})",
+            )
     ax.set_title("Detection probability of the face used, by photo role")
     ax.set_xlabel("probability")
     ax.set_ylabel("faces")
@@ -341,30 +383,44 @@ def parse_duration(text: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
-    parser = argparse.ArgumentParser(prog="python -m benchmarking_utils.monitoring_report",
-                                     description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarking_utils.monitoring_report", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("monitoring-report.png"))
-    parser.add_argument("--since", type=parse_duration, default=3600.0,
-                        help="how far back from now (90s, 15m, 2h, 7d; default 1h)")
+    parser.add_argument(
+        "--since",
+        type=parse_duration,
+        default=3600.0,
+        help="how far back from now (90s, 15m, 2h, 7d; default 1h)",
+    )
     parser.add_argument("--backend", choices=BACKENDS, default="influxdb")
-    parser.add_argument("--url", default=settings.influx_url,
-                        help="database URL (default FACEMATCH_INFLUX_URL)")
-    parser.add_argument("--node", action="append", default=[],
-                        help="only these nodes (repeatable; default all)")
+    parser.add_argument(
+        "--url", default=settings.influx_url, help="database URL (default FACEMATCH_INFLUX_URL)"
+    )
+    parser.add_argument(
+        "--node", action="append", default=[], help="only these nodes (repeatable; default all)"
+    )
     parser.add_argument("--title", default="facematch monitoring")
     args = parser.parse_args(argv)
     if not args.url:
         parser.error("no database URL: set FACEMATCH_INFLUX_URL or pass --url")
-    source = Source(backend=args.backend, url=args.url, token=settings.influx_token,
-                    org=settings.influx_org, bucket=settings.influx_bucket,
-                    measurement=settings.influx_measurement)
+    source = Source(
+        backend=args.backend,
+        url=args.url,
+        token=settings.influx_token,
+        org=settings.influx_org,
+        bucket=settings.influx_bucket,
+        measurement=settings.influx_measurement,
+    )
     end = time.time()
     points = read_points(source, end - args.since, end)
     if args.node:
         points = [p for p in points if p.tags.get("node") in args.node]
     summary = render(points, args.out, args.title)
-    print(f"{args.out}: {summary.requests} requests, {summary.decided} decisions "
-          f"({summary.matches} matches), {summary.errors} errors, nodes {summary.nodes}")
+    print(
+        f"{args.out}: {summary.requests} requests, {summary.decided} decisions "
+        f"({summary.matches} matches), {summary.errors} errors, nodes {summary.nodes}"
+    )
     return 0
 
 

@@ -23,7 +23,11 @@ import numpy as np
 import onnxruntime
 import torch
 from onnxruntime.quantization import (
-    CalibrationDataReader, QuantFormat, QuantType, quant_pre_process, quantize_static,
+    CalibrationDataReader,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
 )
 from PIL import Image
 from tqdm import tqdm
@@ -39,7 +43,7 @@ class Crops(CalibrationDataReader):
     """Feeds the calibration crops to the quantizer in batches."""
 
     def __init__(self, crops: np.ndarray):
-        self.batches = iter([{"x": crops[i:i + BATCH]} for i in range(0, len(crops), BATCH)])
+        self.batches = iter([{"x": crops[i : i + BATCH]} for i in range(0, len(crops), BATCH)])
 
     def get_next(self) -> dict | None:
         return next(self.batches, None)
@@ -69,26 +73,34 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.lfw / "pairsDevTrain.txt").exists():
         print(GET_LFW.format(path=args.lfw), file=sys.stderr)
         return 2
-    settings = parse_config("quantize:", embed_backend="torch", center_embeddings=False,
-                            flip_embeddings=False).settings
+    settings = parse_config(
+        "quantize:", embed_backend="torch", center_embeddings=False, flip_embeddings=False
+    ).settings
     engine = FaceEngine.from_settings(settings)
     crops = calibration_crops(engine, args.lfw, args.images, args.seed)
     out = args.out or int8_path(settings)
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        fp32.write_bytes(export_onnx(engine.embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE),
-                                     {0: "n"}))
+        fp32.write_bytes(
+            export_onnx(engine.embedder, torch.zeros(1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
+        )
         quant_pre_process(str(fp32), str(prepared))
         out.parent.mkdir(parents=True, exist_ok=True)
-        quantize_static(str(prepared), str(out), Crops(crops), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Crops(crops),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
     note = {
         "model": settings.model,
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": "python -m benchmarking_utils.quantize " + " ".join(argv or sys.argv[1:]),
         "calibration": f"{len(crops)} primary-face crops of LFW View 1 DevTrain photos, "
-                       f"seed {args.seed}, margin {settings.margin}",
+        f"seed {args.seed}, margin {settings.margin}",
         "onnxruntime": onnxruntime.__version__,
         "torch": torch.__version__,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),

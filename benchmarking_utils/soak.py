@@ -47,17 +47,30 @@ def worker_memory(master: int) -> dict[int, dict]:
 
 def calls(url: str, lfw: Path, headers: dict) -> list[tuple[str, str, dict, int]]:
     reference, sample = ((lfw / "images" / name).read_bytes() for name in PAIR)
-    stored = requests.post(url + "/embeddings", files={"photo": ("a.jpg", reference)},
-                           headers=headers, timeout=120)
+    stored = requests.post(
+        url + "/embeddings", files={"photo": ("a.jpg", reference)}, headers=headers, timeout=120
+    )
     stored.raise_for_status()
     return [
-        ("photo_match", "/photo_match",
-         {"reference": ("a.jpg", reference), "sample": ("b.jpg", sample)}, 200),
-        ("cached_match", "/cached_match",
-         {"reference": ("r.json", stored.content), "sample": ("b.jpg", sample)}, 200),
+        (
+            "photo_match",
+            "/photo_match",
+            {"reference": ("a.jpg", reference), "sample": ("b.jpg", sample)},
+            200,
+        ),
+        (
+            "cached_match",
+            "/cached_match",
+            {"reference": ("r.json", stored.content), "sample": ("b.jpg", sample)},
+            200,
+        ),
         ("embeddings", "/embeddings", {"photo": ("b.jpg", sample)}, 200),
-        ("refused", "/photo_match",
-         {"reference": ("a.jpg", reference), "sample": ("t.jpg", b"not an image")}, 415),
+        (
+            "refused",
+            "/photo_match",
+            {"reference": ("a.jpg", reference), "sample": ("t.jpg", b"not an image")},
+            415,
+        ),
     ]
 
 
@@ -76,8 +89,7 @@ def send(url: str, mix: list, count: int, clients: int, headers: dict) -> dict:
                 name, path, files, expected = mix[n % len(mix)]
                 began = time.perf_counter()
                 try:
-                    response = session.post(url + path, files=files, headers=headers,
-                                            timeout=300)
+                    response = session.post(url + path, files=files, headers=headers, timeout=300)
                 except requests.RequestException as error:
                     with lock:
                         errors.append(f"{name}: {type(error).__name__}")
@@ -99,11 +111,13 @@ def send(url: str, mix: list, count: int, clients: int, headers: dict) -> dict:
     seconds = time.perf_counter() - began
     lat = np.array(latencies or [0.0])
     return {
-        "requests": count, "seconds": round(seconds, 1),
+        "requests": count,
+        "seconds": round(seconds, 1),
         "throughput_rps": round(count / seconds, 2),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "server_errors": sum(v for k, v in statuses.items() if k >= 500),
-        "connection_errors": len(errors), "unexpected": len(unexpected),
+        "connection_errors": len(errors),
+        "unexpected": len(unexpected),
         "examples": (errors + unexpected)[:5],
         "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 90, 99)}
         | {"max": round(float(lat.max()), 1)},
@@ -112,8 +126,11 @@ def send(url: str, mix: list, count: int, clients: int, headers: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", default="soak:workers=2,threads=2",
-                        help="as in benchmarking_utils.load: NAME:key=value,...")
+    parser.add_argument(
+        "--scenario",
+        default="soak:workers=2,threads=2",
+        help="as in benchmarking_utils.load: NAME:key=value,...",
+    )
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--clients", type=int, default=4)
@@ -135,10 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         after = worker_memory(server.pid)
     finally:
         server.stop()
-    growth = {pid: round(after[pid]["rss_mib"] - before[pid]["rss_mib"], 1)
-              for pid in before if pid in after}
+    growth = {
+        pid: round(after[pid]["rss_mib"] - before[pid]["rss_mib"], 1)
+        for pid in before
+        if pid in after
+    }
     result = {
-        "scenario": args.scenario, "clients": args.clients, "warmup": warmup,
+        "scenario": args.scenario,
+        "clients": args.clients,
+        "warmup": warmup,
         "measured": measured,
         "workers_before": {str(p): m for p, m in before.items()},
         "workers_after": {str(p): m for p, m in after.items()},

@@ -20,8 +20,13 @@ import torch
 import score_service
 from benchmarking_utils.common import write_json
 from benchmarking_utils.lfw import (
-    GET_LFW, accuracy_counting_failures, choose_threshold, engine_embedder, lfw_dir,
-    pair_distances, read_pairs,
+    GET_LFW,
+    accuracy_counting_failures,
+    choose_threshold,
+    engine_embedder,
+    lfw_dir,
+    pair_distances,
+    read_pairs,
 )
 from config import Settings
 from photo_inferencing import FaceEngine
@@ -42,10 +47,12 @@ def main(argv: list[str] | None = None) -> int:
     embed = engine_embedder(engine)
     started = time.time()
     train_d, train_y, train_fail = pair_distances(
-        embed, args.lfw, read_pairs(args.lfw / "pairsDevTrain.txt"), args.metric, "DevTrain")
+        embed, args.lfw, read_pairs(args.lfw / "pairsDevTrain.txt"), args.metric, "DevTrain"
+    )
     threshold = choose_threshold(train_d, train_y)
     test_d, test_y, test_fail = pair_distances(
-        embed, args.lfw, read_pairs(args.lfw / "pairsDevTest.txt"), args.metric, "DevTest")
+        embed, args.lfw, read_pairs(args.lfw / "pairsDevTest.txt"), args.metric, "DevTest"
+    )
     result = {
         "model": settings.model,
         "metric": args.metric,
@@ -59,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         "devtest_images_without_face": test_fail,
         "seconds": round(time.time() - started, 1),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, torch threads "
-                   f"{torch.get_num_threads()}",
+        f"{torch.get_num_threads()}",
     }
     print(json.dumps(result, indent=2))
     write_json(args.out, result)

@@ -21,6 +21,7 @@ every weight constant in the graph must be used, otherwise ``ConversionError`` i
 from __future__ import annotations
 
 import re
+
 import numpy as np
 import torch
 from facenet_pytorch import InceptionResnetV1
@@ -33,8 +34,25 @@ from torch import nn
 SCOPE = "InceptionResnetV1/"
 REPEAT_MODULES = {"Repeat": "repeat_1", "Repeat_1": "repeat_2", "Repeat_2": "repeat_3"}
 KNOWN_OPS = frozenset(
-    {"Placeholder", "Const", "Conv2D", "BiasAdd", "Relu", "ConcatV2", "Mul", "Add", "MaxPool",
-     "AvgPool", "Reshape", "MatMul", "FusedBatchNorm", "Square", "Sum", "Maximum", "Rsqrt"}
+    {
+        "Placeholder",
+        "Const",
+        "Conv2D",
+        "BiasAdd",
+        "Relu",
+        "ConcatV2",
+        "Mul",
+        "Add",
+        "MaxPool",
+        "AvgPool",
+        "Reshape",
+        "MatMul",
+        "FusedBatchNorm",
+        "Square",
+        "Sum",
+        "Maximum",
+        "Rsqrt",
+    }
 )
 
 
@@ -112,7 +130,7 @@ class _StateDictBuilder:
         """Record the weights one graph node contributes."""
         if not node.name.startswith(SCOPE):
             return
-        layer = node.name[len(SCOPE):]
+        layer = node.name[len(SCOPE) :]
         if node.op == "Conv2D":
             kernel = self._const(node.input[1])
             self._conv(layer.removesuffix("/Conv2D"), "weight", kernel.permute(3, 2, 0, 1))
@@ -129,8 +147,11 @@ class _StateDictBuilder:
         """Resolve branch indices, then return the state_dict once every key is assigned."""
         for prefix, kind, tensor in self.pending:
             self._assign_conv(self._resolve(prefix), kind, tensor)
-        unused = sorted(name for name, node in self.consts.items()
-                        if name not in self.used_consts and _is_weight(node))
+        unused = sorted(
+            name
+            for name, node in self.consts.items()
+            if name not in self.used_consts and _is_weight(node)
+        )
         if unused:
             raise ConversionError(f"graph weights left unused: {unused[:5]}")
         blocks = {name for name, module in self.model.named_modules() if hasattr(module, "scale")}
@@ -146,7 +167,7 @@ class _StateDictBuilder:
         conv = node.input[0]
         if not (conv.startswith(SCOPE) and conv.endswith("/Conv2D")):
             raise ConversionError(f"{node.name} does not follow a Conv2D")
-        conv_layer = conv[len(SCOPE):].removesuffix("/Conv2D")
+        conv_layer = conv[len(SCOPE) :].removesuffix("/Conv2D")
         kind = "bn_offset" if "/BatchNorm/" in node.name else "bias"
         self._conv(conv_layer, kind, self._const(node.input[1]))
 

@@ -39,12 +39,20 @@ class Summary:
 
 def find_photos(folder: Path) -> list[Path]:
     """Every photo under ``folder`` (recursively), in a stable order."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES)
+    return sorted(
+        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_SUFFIXES
+    )
 
 
-def embed_folder(engine: FaceEngine, photos_dir: Path, out_dir: Path, fmt: str,
-                 max_pixels: int, signer: ReferenceSigner | None = None,
-                 progress: bool = True) -> Summary:
+def embed_folder(
+    engine: FaceEngine,
+    photos_dir: Path,
+    out_dir: Path,
+    fmt: str,
+    max_pixels: int,
+    signer: ReferenceSigner | None = None,
+    progress: bool = True,
+) -> Summary:
     """Embed every photo under ``photos_dir`` into ``out_dir``; returns what was written/failed."""
     summary = Summary()
     photos = find_photos(photos_dir)
@@ -74,7 +82,9 @@ def embed_folder(engine: FaceEngine, photos_dir: Path, out_dir: Path, fmt: str,
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("photos", type=Path, help="folder of reference photos (searched recursively)")
+    parser.add_argument(
+        "photos", type=Path, help="folder of reference photos (searched recursively)"
+    )
     parser.add_argument("out", type=Path, help="folder to write the embedding files into")
     parser.add_argument("--format", choices=FORMATS, default="json")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -85,8 +95,15 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings.from_env()
     engine = FaceEngine.from_settings(settings)
-    summary = embed_folder(engine, args.photos, args.out, args.format, settings.max_pixels,
-                           ReferenceSigner.from_settings(settings), progress=not args.quiet)
+    summary = embed_folder(
+        engine,
+        args.photos,
+        args.out,
+        args.format,
+        settings.max_pixels,
+        ReferenceSigner.from_settings(settings),
+        progress=not args.quiet,
+    )
     print(f"wrote {len(summary.written)} {args.format} file(s) to {args.out}", file=sys.stderr)
     for name, reason in summary.failed.items():
         print(f"skipped {name}: {reason}", file=sys.stderr)

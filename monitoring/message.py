@@ -13,7 +13,7 @@ import os
 import socket
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -50,13 +50,13 @@ class PointData:
 
 def format_timestamp(epoch_seconds: float) -> str:
     """UTC, microsecond precision, ``Z`` suffix: the schema's timestamp format."""
-    moment = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
+    moment = datetime.fromtimestamp(epoch_seconds, tz=UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_timestamp_ns(text: str) -> int:
     """Nanoseconds since the epoch for a schema timestamp (exact to the microsecond)."""
-    moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc)
+    moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     whole = int(moment.replace(microsecond=0).timestamp())
     return whole * 1_000_000_000 + moment.microsecond * 1000
 
@@ -65,8 +65,9 @@ def _number(value: float | None) -> float | None:
     return None if value is None else float(value)
 
 
-def build_message(record: RequestRecord, node: str, pid: int | None = None,
-                  host: str | None = None) -> dict[str, Any]:
+def build_message(
+    record: RequestRecord, node: str, pid: int | None = None, host: str | None = None
+) -> dict[str, Any]:
     """The version-1 message for one request record."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -169,6 +170,10 @@ def field_names() -> set[str]:
     names = {"pid", "error", "matched", "distance", "threshold"}
     names |= {f"latency_{stage}_ms" for stage in STAGES}
     for role in ROLES:
-        names |= {f"faces_{role}", f"probability_{role}", f"image_width_{role}",
-                  f"image_height_{role}"}
+        names |= {
+            f"faces_{role}",
+            f"probability_{role}",
+            f"image_width_{role}",
+            f"image_height_{role}",
+        }
     return names

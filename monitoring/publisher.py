@@ -82,8 +82,9 @@ def client_id_for(settings: Settings, pid: int) -> str:
     return f"{base}-{pid}"
 
 
-def make_client(settings: Settings, client_id: str, clean_start: bool = True,
-                manual_ack: bool = False) -> mqtt.Client:
+def make_client(
+    settings: Settings, client_id: str, clean_start: bool = True, manual_ack: bool = False
+) -> mqtt.Client:
     """A paho MQTT v5 client with the configured credentials and TLS (when a CA file is set)."""
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
@@ -176,9 +177,13 @@ class MqttPublisher:
         self._dropped += 1
         self._dropped_in_outage += 1
         if self._dropped_in_outage == 1:
-            log.warning("metrics queue full (%d): dropping the oldest messages until the broker "
-                        "at %s:%d takes them again", self._settings.mqtt_queue_size,
-                        self._settings.mqtt_host, self._settings.mqtt_port)
+            log.warning(
+                "metrics queue full (%d): dropping the oldest messages until the broker "
+                "at %s:%d takes them again",
+                self._settings.mqtt_queue_size,
+                self._settings.mqtt_host,
+                self._settings.mqtt_port,
+            )
 
     def stats(self) -> dict[str, Any]:
         """Counters of this process (each Gunicorn worker has its own)."""
@@ -217,11 +222,13 @@ class MqttPublisher:
             client.on_publish = self._on_publish
             client.max_inflight_messages_set(WINDOW)
             self._client = client
-            client.connect_async(self._settings.mqtt_host, self._settings.mqtt_port,
-                                 keepalive=KEEPALIVE_S)
+            client.connect_async(
+                self._settings.mqtt_host, self._settings.mqtt_port, keepalive=KEEPALIVE_S
+            )
             client.loop_start()
-            self._sender = threading.Thread(target=self._send_loop, name="facematch-metrics",
-                                            daemon=True)
+            self._sender = threading.Thread(
+                target=self._send_loop, name="facematch-metrics", daemon=True
+            )
             self._sender.start()
             atexit.register(self.close, 1.0)
 
@@ -255,7 +262,8 @@ class MqttPublisher:
         while True:
             with self._wake:
                 while not self._closing and not (
-                        self._queue and self._connected and len(self._unacked) < WINDOW):
+                    self._queue and self._connected and len(self._unacked) < WINDOW
+                ):
                     self._wake.wait(1.0)
                 if self._closing:
                     return
@@ -263,8 +271,9 @@ class MqttPublisher:
                 self._in_hand = 1
                 client = self._client
             try:
-                payload = encode(build_message(record, self._settings.node, os.getpid(),
-                                               self._host))
+                payload = encode(
+                    build_message(record, self._settings.node, os.getpid(), self._host)
+                )
             except Exception as exc:
                 with self._wake:
                     self._in_hand = 0
@@ -299,14 +308,20 @@ class MqttPublisher:
                 self._last_error = f"connect: {reason_code}"
                 self._connect_failures += 1
                 if self._connect_failures == 1 or self._connect_failures % 20 == 0:
-                    log.warning("metrics broker %s:%d refused the connection: %s",
-                                self._settings.mqtt_host, self._settings.mqtt_port, reason_code)
+                    log.warning(
+                        "metrics broker %s:%d refused the connection: %s",
+                        self._settings.mqtt_host,
+                        self._settings.mqtt_port,
+                        reason_code,
+                    )
                 return
             self._connected = True
             self._connect_failures = 0
             if self._dropped_in_outage:
-                log.warning("metrics broker back; %d messages were dropped while it was away",
-                            self._dropped_in_outage)
+                log.warning(
+                    "metrics broker back; %d messages were dropped while it was away",
+                    self._dropped_in_outage,
+                )
             self._dropped_in_outage = 0
             self._wake.notify_all()
 
@@ -317,8 +332,13 @@ class MqttPublisher:
             failures = self._connect_failures
             self._last_error = f"connect: {reason}"
         if failures == 1 or failures % 20 == 0:
-            log.warning("metrics broker %s:%d unreachable (%s); %d attempts, retrying",
-                        self._settings.mqtt_host, self._settings.mqtt_port, reason, failures)
+            log.warning(
+                "metrics broker %s:%d unreachable (%s); %d attempts, retrying",
+                self._settings.mqtt_host,
+                self._settings.mqtt_port,
+                reason,
+                failures,
+            )
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         with self._wake:
@@ -329,13 +349,18 @@ class MqttPublisher:
                 return
             if not was_connected:
                 if not self._refused:  # a refusal already said why in last_error
-                    self._last_error = ("connection lost before the broker accepted it: "
-                                        f"{reason_code}")
+                    self._last_error = (
+                        f"connection lost before the broker accepted it: {reason_code}"
+                    )
                 self._refused = False
             else:
                 self._last_error = f"disconnected: {reason_code}"
-                log.warning("metrics broker %s:%d disconnected (%s); reconnecting",
-                            self._settings.mqtt_host, self._settings.mqtt_port, reason_code)
+                log.warning(
+                    "metrics broker %s:%d disconnected (%s); reconnecting",
+                    self._settings.mqtt_host,
+                    self._settings.mqtt_port,
+                    reason_code,
+                )
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         """The broker acknowledged ``mid`` (QoS 0: it was written to the socket).

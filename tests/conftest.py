@@ -61,4 +61,3 @@ def face_bytes(lfw):
         return (lfw / "images" / name).read_bytes()
 
     return read
-

@@ -77,8 +77,14 @@ class _Process:
 
     def _spawn(self, argv: list[str], env: dict[str, str] | None = None) -> None:
         with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                         cwd=self.workdir, start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=self.workdir,
+                start_new_session=True,
+            )
         _RUNNING.add(self.proc)
 
     def log(self) -> str:
@@ -136,17 +142,59 @@ def make_tls(directory: Path) -> TlsFiles:
         subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
 
     for name in ("ca", "other-ca"):
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                "-keyout", f"{name}.key", "-out", f"{name}.crt", "-subj", f"/CN=facematch-{name}")
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
-            "-subj", "/CN=localhost")
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.crt",
+            "-subj",
+            f"/CN=facematch-{name}",
+        )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
     (directory / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "san.ext")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-out",
+        "server.crt",
+        "-extfile",
+        "san.ext",
+    )
     for path in directory.iterdir():
         path.chmod(0o644)
-    return TlsFiles(ca=directory / "ca.crt", cert=directory / "server.crt",
-                    key=directory / "server.key", other_ca=directory / "other-ca.crt")
+    return TlsFiles(
+        ca=directory / "ca.crt",
+        cert=directory / "server.crt",
+        key=directory / "server.key",
+        other_ca=directory / "other-ca.crt",
+    )
 
 
 # --- mosquitto ------------------------------------------------------------------------------
@@ -194,8 +242,11 @@ class Mosquitto(_Process):
             lines.append("user root")  # keep root: the temp dir is not the mosquitto user's
         if o.username:
             passwd = self.workdir / "passwd"
-            subprocess.run(["mosquitto_passwd", "-c", "-b", str(passwd), o.username, o.password],
-                           check=True, capture_output=True)
+            subprocess.run(
+                ["mosquitto_passwd", "-c", "-b", str(passwd), o.username, o.password],
+                check=True,
+                capture_output=True,
+            )
             passwd.chmod(0o600)
             lines += ["allow_anonymous false", f"password_file {passwd}"]
         else:
@@ -206,12 +257,12 @@ class Mosquitto(_Process):
         lines += o.extra
         self.config_path.write_text("\n".join(lines) + "\n")
 
-    def start(self) -> "Mosquitto":
+    def start(self) -> Mosquitto:
         self._spawn(["mosquitto", "-c", str(self.config_path)])
         wait_until(lambda: self._check_alive() and _port_open(self.port), 10, what="mosquitto")
         return self
 
-    def restart(self) -> "Mosquitto":
+    def restart(self) -> Mosquitto:
         self.stop()
         return self.start()
 
@@ -241,14 +292,21 @@ class VictoriaMetrics(_Process):
         except OSError:
             return False
 
-    def start(self) -> "VictoriaMetrics":
-        self._spawn(["victoria-metrics", f"-storageDataPath={self.data}",
-                     f"-httpListenAddr=127.0.0.1:{self.port}", "-search.latencyOffset=0s",
-                     "-loggerLevel=WARN", "-retentionPeriod=1"])
+    def start(self) -> VictoriaMetrics:
+        self._spawn(
+            [
+                "victoria-metrics",
+                f"-storageDataPath={self.data}",
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                "-search.latencyOffset=0s",
+                "-loggerLevel=WARN",
+                "-retentionPeriod=1",
+            ]
+        )
         wait_until(self._healthy, 15, what="victoria-metrics /health")
         return self
 
-    def restart(self) -> "VictoriaMetrics":
+    def restart(self) -> VictoriaMetrics:
         self.stop()
         return self.start()
 
@@ -256,7 +314,7 @@ class VictoriaMetrics(_Process):
         """Every stored series whose name matches, with values and millisecond timestamps."""
         with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=10):
             pass
-        query = urllib.parse.urlencode({"match[]": '{__name__=~"%s"}' % name_regex})
+        query = urllib.parse.urlencode({"match[]": f'{{__name__=~"{name_regex}"}}'})
         with urllib.request.urlopen(f"{self.url}/api/v1/export?{query}", timeout=30) as response:
             return [json.loads(line) for line in response.read().splitlines() if line.strip()]
 
@@ -277,15 +335,18 @@ class BridgeProcess(_Process):
         self.env = env
         self.args = args or []
 
-    def start(self, wait_subscribed: bool = True) -> "BridgeProcess":
+    def start(self, wait_subscribed: bool = True) -> BridgeProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
         env.update(self.env)
         env["PYTHONPATH"] = str(REPO)
         start = len(self.log())
         self._spawn([sys.executable, "-m", "monitoring.bridge", *self.args], env=env)
         if wait_subscribed:
-            wait_until(lambda: self._check_alive() and "subscribed" in self.log()[start:], 20,
-                       what="the bridge to subscribe")
+            wait_until(
+                lambda: self._check_alive() and "subscribed" in self.log()[start:],
+                20,
+                what="the bridge to subscribe",
+            )
         return self
 
 
@@ -298,7 +359,6 @@ def remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-
 # --- an MQTT subscriber that collects what arrives ------------------------------------------
 
 
@@ -306,8 +366,13 @@ class Subscriber:
     """Collects decoded JSON payloads from ``topic`` (QoS 1). ``persistent`` resumes its session
     after a broker restart, so messages published before it is back are kept for it."""
 
-    def __init__(self, broker: Mosquitto, topic: str = "facematch/metrics",
-                 persistent: bool = False, client_id: str = "test-subscriber"):
+    def __init__(
+        self,
+        broker: Mosquitto,
+        topic: str = "facematch/metrics",
+        persistent: bool = False,
+        client_id: str = "test-subscriber",
+    ):
         import paho.mqtt.client as mqtt
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
@@ -315,8 +380,9 @@ class Subscriber:
         self.messages: list[dict] = []
         self.raw: list[bytes] = []
         self._subscribed = False
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
+        )
         self.client.reconnect_delay_set(0.2, 1)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: setattr(self, "_subscribed", True)
@@ -324,8 +390,9 @@ class Subscriber:
         properties = Properties(PacketTypes.CONNECT)
         if persistent:
             properties.SessionExpiryInterval = 600
-        self.client.connect_async("127.0.0.1", broker.port, clean_start=not persistent,
-                                  properties=properties)
+        self.client.connect_async(
+            "127.0.0.1", broker.port, clean_start=not persistent, properties=properties
+        )
         self.client.loop_start()
         wait_until(lambda: self._subscribed, 10, what="the test subscriber")
 
@@ -337,8 +404,11 @@ class Subscriber:
             pass
 
     def wait_for(self, count: int, timeout: float = 10.0) -> list[dict]:
-        wait_until(lambda: len(self.messages) >= count, timeout,
-                   what=f"{count} messages (have {len(self.messages)})")
+        wait_until(
+            lambda: len(self.messages) >= count,
+            timeout,
+            what=f"{count} messages (have {len(self.messages)})",
+        )
         return self.messages
 
     def close(self) -> None:
@@ -358,10 +428,17 @@ def record(i: int, endpoint: str = "/photo_match"):
     from request_record import FaceSummary, Latency, RequestRecord
 
     return RequestRecord(
-        endpoint=endpoint, started=BASE + i / 100, match=i % 2 == 0,
-        distance=i / 1000, threshold=0.5, metric="cosine", model="casia-webface",
-        faces=[FaceSummary("reference", 1, 0.99, None, 250, 250),
-               FaceSummary("sample", 1, 0.98, None, 250, 250)],
+        endpoint=endpoint,
+        started=BASE + i / 100,
+        match=i % 2 == 0,
+        distance=i / 1000,
+        threshold=0.5,
+        metric="cosine",
+        model="casia-webface",
+        faces=[
+            FaceSummary("reference", 1, 0.99, None, 250, 250),
+            FaceSummary("sample", 1, 0.98, None, 250, 250),
+        ],
         latency=Latency(detection=10.0, embedding=5.0, total=20.0 + i),
     )
 
@@ -415,8 +492,9 @@ def stored(database) -> list:
 
 def samples(database, field: str = "latency_total_ms") -> list[int]:
     """Timestamps (ms) of every stored sample of ``facematch_<field>``, duplicates included."""
-    return sorted(t for series in database.export(f"facematch_{field}")
-                  for t in series["timestamps"])
+    return sorted(
+        t for series in database.export(f"facematch_{field}") for t in series["timestamps"]
+    )
 
 
 def expected_ms(indexes) -> list[int]:
@@ -443,8 +521,11 @@ def start_bridge(bridge_env):
     started: list[BridgeProcess] = []
 
     def start(args: list[str] | None = None, **env: str) -> BridgeProcess:
-        process = BridgeProcess(directory, {**bridge_env, **env},
-                                ["--retry-initial", "0.1", "--retry-max", "0.5", *(args or [])])
+        process = BridgeProcess(
+            directory,
+            {**bridge_env, **env},
+            ["--retry-initial", "0.1", "--retry-max", "0.5", *(args or [])],
+        )
         started.append(process.start())
         return process
 

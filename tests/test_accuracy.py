@@ -6,7 +6,10 @@ import pytest
 
 import score_service
 from benchmarking_utils.lfw import (
-    accuracy_counting_failures, engine_embedder, pair_distances, read_pairs,
+    accuracy_counting_failures,
+    engine_embedder,
+    pair_distances,
+    read_pairs,
 )
 
 

@@ -9,11 +9,13 @@ import zlib
 import numpy as np
 import pytest
 from PIL import Image
-
 from support import image_bytes
 
 SAME = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Aaron_Peirsol/Aaron_Peirsol_0002.jpg")
-SAME_2 = ("Abdullatif_Sener/Abdullatif_Sener_0001.jpg", "Abdullatif_Sener/Abdullatif_Sener_0002.jpg")
+SAME_2 = (
+    "Abdullatif_Sener/Abdullatif_Sener_0001.jpg",
+    "Abdullatif_Sener/Abdullatif_Sener_0002.jpg",
+)
 DIFFERENT = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Abel_Pacheco/Abel_Pacheco_0001.jpg")
 DIFFERENT_2 = ("Aaron_Guiel/Aaron_Guiel_0001.jpg", "Reese_Witherspoon/Reese_Witherspoon_0003.jpg")
 
@@ -122,6 +124,7 @@ def test_primary_face_decides_by_default(client, face_bytes):
 
 # --- client errors ---
 
+
 def test_missing_sample_is_400_missing_field(client, face_bytes):
     response = client.post("/photo_match", data=files(reference=face_bytes(SAME[0])))
     assert_error(response, 400, "missing_field")
@@ -168,11 +171,17 @@ def png_declaring(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_huge_declared_pixel_count_is_refused_before_decoding(client, face_bytes):
@@ -198,7 +207,7 @@ def test_photo_without_a_face_is_422_no_face(client, face_bytes):
 def test_other_pixel_formats_are_converted(client, face_bytes, mode):
     photo = Image.open(io.BytesIO(face_bytes(SAME[1])))
     if mode == "I;16":
-        converted = Image.fromarray((np.asarray(photo.convert("L"), np.uint16) * 257))
+        converted = Image.fromarray(np.asarray(photo.convert("L"), np.uint16) * 257)
     else:
         converted = photo.convert(mode)
     fmt = "JPEG" if mode in ("L", "CMYK") else "PNG"

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-
 from support import image_bytes
 from test_api import SAME, assert_error, files, png_declaring
 from test_gunicorn import serve, wait_until_up
@@ -38,8 +37,12 @@ def png_16bit_rgb(photo: bytes) -> bytes:
     height, width, _ = pixels.shape
     rows = b"".join(b"\0" + row.astype(">u2").tobytes() for row in pixels)
     header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(rows))
-            + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(rows))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def animated_gif(first: Image.Image, *others: Image.Image) -> bytes:
@@ -58,8 +61,11 @@ def bad_inputs(face_bytes) -> dict[str, tuple[bytes, int, str | None]]:
         "text named .jpg": (b"GIF? no, just text\n", 415, "unsupported_image"),
         "truncated jpeg": (jpeg[: len(jpeg) // 3], 415, "unsupported_image"),
         "png declaring 10^10 pixels": (png_declaring(100_000, 100_000), 413, "image_too_large"),
-        "decompression bomb": (image_bytes(Image.new("L", (8000, 8000)), "PNG", optimize=True),
-                               413, "image_too_large"),
+        "decompression bomb": (
+            image_bytes(Image.new("L", (8000, 8000)), "PNG", optimize=True),
+            413,
+            "image_too_large",
+        ),
         "1x1 png": (image_bytes(Image.new("RGB", (1, 1)), "PNG"), 422, "no_face"),
         "19 px tall strip": (image_bytes(Image.new("RGB", (400, 19), BLANK)), 422, "no_face"),
         "animated gif, face first": (animated_gif(face, blank, blank), 200, None),
@@ -79,6 +85,7 @@ def _check(response_status: int, body: dict, expected: int, code: str | None, wh
 
 # --- every photo slot of every endpoint, in-process ---
 
+
 @pytest.fixture(scope="module")
 def stored_reference(settings, engine, face_bytes) -> bytes:
     from server import create_app
@@ -94,19 +101,34 @@ def slot_requests(face_bytes, reference_json: bytes, upload: bytes):
         ("photo_match reference", "/photo_match", files(reference=upload, sample=good)),
         ("photo_match sample", "/photo_match", files(reference=good, sample=upload)),
         ("embeddings photo", "/embeddings", files(photo=upload)),
-        ("cached_match sample", "/cached_match",
-         {**files(sample=upload), "reference": reference_json.decode()}),
+        (
+            "cached_match sample",
+            "/cached_match",
+            {**files(sample=upload), "reference": reference_json.decode()},
+        ),
     ]
 
 
-NAMES = ["empty file", "text named .jpg", "truncated jpeg", "png declaring 10^10 pixels",
-         "decompression bomb", "1x1 png", "19 px tall strip", "animated gif, face first",
-         "animated gif, face later", "16-bit rgb png", "grayscale jpeg", "rgba png"]
+NAMES = [
+    "empty file",
+    "text named .jpg",
+    "truncated jpeg",
+    "png declaring 10^10 pixels",
+    "decompression bomb",
+    "1x1 png",
+    "19 px tall strip",
+    "animated gif, face first",
+    "animated gif, face later",
+    "16-bit rgb png",
+    "grayscale jpeg",
+    "rgba png",
+]
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_each_odd_image_gets_its_defined_answer_in_every_photo_slot(client, face_bytes,
-                                                                    stored_reference, name):
+def test_each_odd_image_gets_its_defined_answer_in_every_photo_slot(
+    client, face_bytes, stored_reference, name
+):
     table = bad_inputs(face_bytes)
     assert sorted(table) == sorted(NAMES)
     upload, status, code = table[name]
@@ -127,33 +149,48 @@ def test_animated_gif_is_judged_by_its_first_frame(client, face_bytes):
 
 # --- the request itself is wrong ---
 
-@pytest.mark.parametrize("content_type,body", [
-    ("text/plain", b"reference=a.jpg"),
-    ("application/octet-stream", b"\xff\xd8\xff\xe0" * 100),
-    ("application/x-www-form-urlencoded", b"sample=abc&photo=def&threshold=0.5"),
-    ("multipart/form-data", b"--x\r\nContent-Disposition: form-data; name=\"sample\"\r\n\r\n1\r\n--x--"),
-    ("multipart/form-data; boundary=x", b"--x\r\nthis is not a part\r\n"),
-])
+
+@pytest.mark.parametrize(
+    "content_type,body",
+    [
+        ("text/plain", b"reference=a.jpg"),
+        ("application/octet-stream", b"\xff\xd8\xff\xe0" * 100),
+        ("application/x-www-form-urlencoded", b"sample=abc&photo=def&threshold=0.5"),
+        (
+            "multipart/form-data",
+            b'--x\r\nContent-Disposition: form-data; name="sample"\r\n\r\n1\r\n--x--',
+        ),
+        ("multipart/form-data; boundary=x", b"--x\r\nthis is not a part\r\n"),
+    ],
+)
 @pytest.mark.parametrize("path", ["/photo_match", "/cached_match", "/embeddings"])
-def test_body_that_is_not_a_usable_multipart_form_is_400_missing_field(client, path,
-                                                                        content_type, body):
+def test_body_that_is_not_a_usable_multipart_form_is_400_missing_field(
+    client, path, content_type, body
+):
     response = client.post(path, data=body, headers={"Content-Type": content_type})
     assert_error(response, 400, "missing_field")
 
 
 def test_part_content_type_is_ignored_and_the_bytes_decide(client, face_bytes):
-    data = {"reference": (io.BytesIO(face_bytes(SAME[0])), "ref.png", "image/png"),
-            "sample": (io.BytesIO(face_bytes(SAME[1])), "notes.txt", "text/plain")}
+    data = {
+        "reference": (io.BytesIO(face_bytes(SAME[0])), "ref.png", "image/png"),
+        "sample": (io.BytesIO(face_bytes(SAME[1])), "notes.txt", "text/plain"),
+    }
     response = client.post("/photo_match", data=data)
     assert response.status_code == 200
     assert response.json["match"] is True
 
 
 @pytest.mark.parametrize("threshold", ["abc", "-1", " ", "0x1", "1e400"])
-def test_unusable_threshold_on_cached_match_and_euclidean_is_400(client, face_bytes,
-                                                                  stored_reference, threshold):
-    form = {**files(sample=face_bytes(SAME[1])), "reference": stored_reference.decode(),
-            "threshold": threshold, "metric": "euclidean"}
+def test_unusable_threshold_on_cached_match_and_euclidean_is_400(
+    client, face_bytes, stored_reference, threshold
+):
+    form = {
+        **files(sample=face_bytes(SAME[1])),
+        "reference": stored_reference.decode(),
+        "threshold": threshold,
+        "metric": "euclidean",
+    }
     response = client.post("/cached_match", data=form)
     if threshold == " ":  # blank means "the default", by design
         assert response.status_code == 200
@@ -161,13 +198,16 @@ def test_unusable_threshold_on_cached_match_and_euclidean_is_400(client, face_by
         assert_error(response, 400, "invalid_parameter")
 
 
-@pytest.mark.parametrize("reference", [
-    json.dumps({"embedding": [0.1] * 511 + [float("nan")]}),
-    json.dumps({"embedding": [0.1] * 511, "model": "casia-webface"}),
-    json.dumps({"embedding": [True] * 512}),
-    json.dumps({"embedding": [[0.1]] * 512}),
-    "[" * 100_000 + "]" * 100_000,
-])
+@pytest.mark.parametrize(
+    "reference",
+    [
+        json.dumps({"embedding": [0.1] * 511 + [float("nan")]}),
+        json.dumps({"embedding": [0.1] * 511, "model": "casia-webface"}),
+        json.dumps({"embedding": [True] * 512}),
+        json.dumps({"embedding": [[0.1]] * 512}),
+        "[" * 100_000 + "]" * 100_000,
+    ],
+)
 def test_hostile_json_object_references_are_400(client, face_bytes, reference):
     form = {**files(sample=face_bytes(SAME[1])), "reference": reference}
     response = client.post("/cached_match", data=form)
@@ -175,6 +215,7 @@ def test_hostile_json_object_references_are_400(client, face_bytes, reference):
 
 
 # --- all of it through Gunicorn: no 5xx, no dropped connection ---
+
 
 @pytest.fixture(scope="module")
 def gunicorn_url():
@@ -189,13 +230,15 @@ def gunicorn_url():
 
 def test_every_bad_input_through_gunicorn_gets_its_answer(gunicorn_url, face_bytes):
     good = face_bytes(SAME[0])
-    reference = requests.post(gunicorn_url + "/embeddings", files={"photo": ("a.jpg", good)},
-                              timeout=60).content
+    reference = requests.post(
+        gunicorn_url + "/embeddings", files={"photo": ("a.jpg", good)}, timeout=60
+    ).content
     seen = []
     for name, (upload, status, code) in bad_inputs(face_bytes).items():
-        for path, form in [("/photo_match", {"reference": ("r.jpg", good), "sample": ("s.jpg", upload)}),
-                           ("/cached_match", {"reference": ("r.json", reference),
-                                              "sample": ("s.jpg", upload)})]:
+        for path, form in [
+            ("/photo_match", {"reference": ("r.jpg", good), "sample": ("s.jpg", upload)}),
+            ("/cached_match", {"reference": ("r.json", reference), "sample": ("s.jpg", upload)}),
+        ]:
             response = requests.post(gunicorn_url + path, files=form, timeout=60)
             body = response.json()
             _check(response.status_code, body, status, code, f"{name} on {path}")
@@ -206,8 +249,9 @@ def test_every_bad_input_through_gunicorn_gets_its_answer(gunicorn_url, face_byt
 def test_upload_over_the_limit_through_gunicorn_is_a_clean_413(gunicorn_url):
     big = b"\xff" * (3 * 1024 * 1024)  # the server above allows 2 MB
     for _ in range(3):
-        response = requests.post(gunicorn_url + "/embeddings", files={"photo": ("p.jpg", big)},
-                                 timeout=60)
+        response = requests.post(
+            gunicorn_url + "/embeddings", files={"photo": ("p.jpg", big)}, timeout=60
+        )
         assert response.status_code == 413
         assert response.json()["error"]["code"] == "payload_too_large"
     assert requests.get(gunicorn_url + "/ping", timeout=10).status_code == 200

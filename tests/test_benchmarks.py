@@ -23,9 +23,22 @@ def run_command(command: str, lfw: Path, out: Path, *args: str) -> dict:
     """Run ``benchmarking_utils.<command>`` and return the JSON it wrote to ``out``."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(
-        [sys.executable, "-m", f"benchmarking_utils.{command}", "--lfw", str(lfw),
-         "--out", str(out), *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            f"benchmarking_utils.{command}",
+            "--lfw",
+            str(lfw),
+            "--out",
+            str(out),
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     return json.loads(out.read_text())
 
@@ -35,9 +48,21 @@ def assert_ordered(stats: dict) -> None:
 
 
 def test_latency_reports_each_stage_after_the_warmup_for_both_routes(lfw, tmp_path):
-    report = run_command("latency", lfw, tmp_path / "latency.json", "--sizes", "lfw",
-                         "--endpoint", "both", "--requests", "3", "--warmup", "1",
-                         "--plot", str(tmp_path / "latency.png"))
+    report = run_command(
+        "latency",
+        lfw,
+        tmp_path / "latency.json",
+        "--sizes",
+        "lfw",
+        "--endpoint",
+        "both",
+        "--requests",
+        "3",
+        "--warmup",
+        "1",
+        "--plot",
+        str(tmp_path / "latency.png"),
+    )
     assert [r["endpoint"] for r in report["results"]] == ["photo_match", "cached_match"]
     for result in report["results"]:
         assert result["image_sizes"] == ["250x250"] and result["errors"] == 0
@@ -49,8 +74,19 @@ def test_latency_reports_each_stage_after_the_warmup_for_both_routes(lfw, tmp_pa
 
 
 def test_compare_times_the_baseline_and_the_service_on_the_same_pairs(lfw, tmp_path):
-    report = run_command("compare", lfw, tmp_path / "compare.json", "--sizes", "lfw",
-                         "--pairs", "2", "--warmup", "1", "--plot", str(tmp_path / "compare.png"))
+    report = run_command(
+        "compare",
+        lfw,
+        tmp_path / "compare.json",
+        "--sizes",
+        "lfw",
+        "--pairs",
+        "2",
+        "--warmup",
+        "1",
+        "--plot",
+        str(tmp_path / "compare.png"),
+    )
     (result,) = report["results"]
     wall = result["wall_ms"]
     for name in ("baseline", "current /photo_match", "current /cached_match"):
@@ -58,17 +94,31 @@ def test_compare_times_the_baseline_and_the_service_on_the_same_pairs(lfw, tmp_p
         assert_ordered(wall[name])
     ratios = result["candidates"]["current"]
     assert ratios["speedup_photo_match"] == pytest.approx(
-        wall["baseline"]["median"] / wall["current /photo_match"]["median"], rel=0.01)
+        wall["baseline"]["median"] / wall["current /photo_match"]["median"], rel=0.01
+    )
     rate = report["embedding_rate"]
     assert rate["matmul_peak_gflops"] > 0 and rate["per_face"]["baseline batch 1"]["ms"] > 0
     assert (tmp_path / "compare.png").stat().st_size > 0
 
 
 def test_load_drives_a_real_gunicorn_and_reports_throughput_and_worker_memory(lfw, tmp_path):
-    report = run_command("load", lfw, tmp_path / "load.json",
-                         "--scenario", "current:workers=1,threads=1", "--clients", "2",
-                         "--seconds", "3", "--warmup", "1", "--pairs", "2",
-                         "--plot", str(tmp_path / "load.png"))
+    report = run_command(
+        "load",
+        lfw,
+        tmp_path / "load.json",
+        "--scenario",
+        "current:workers=1,threads=1",
+        "--clients",
+        "2",
+        "--seconds",
+        "3",
+        "--warmup",
+        "1",
+        "--pairs",
+        "2",
+        "--plot",
+        str(tmp_path / "load.png"),
+    )
     scenario = report["scenarios"]["current"]
     assert scenario["requests"] > 0 and scenario["errors"] == 0
     assert scenario["throughput_rps"] > 0

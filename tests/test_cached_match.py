@@ -9,7 +9,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-
 from test_api import DIFFERENT, SAME, assert_error, files, photo_match
 
 
@@ -90,9 +89,11 @@ def _relocate_storage(saved: bytes, location: str) -> bytes:
         for item in source.infolist():
             data = source.read(item)
             if item.filename.endswith("data.pkl"):
-                old, new = "cpu".encode(), location.encode()
-                data = data.replace(b"X" + len(old).to_bytes(4, "little") + old,
-                                    b"X" + len(new).to_bytes(4, "little") + new)
+                old, new = b"cpu", location.encode()
+                data = data.replace(
+                    b"X" + len(old).to_bytes(4, "little") + old,
+                    b"X" + len(new).to_bytes(4, "little") + new,
+                )
                 assert new in data
             target.writestr(item, data)
     return out.getvalue()
@@ -126,18 +127,21 @@ def test_npy_with_object_dtype_is_refused(client, face_bytes):
     assert_error(response, 400, "invalid_embedding")
 
 
-@pytest.mark.parametrize("reference", [
-    json.dumps([0.1] * 511),
-    json.dumps([0.1] * 513),
-    json.dumps([[0.1] * 512, [0.1] * 512]),
-    "[" + ",".join(["0.1"] * 511 + ["NaN"]) + "]",
-    "[" + ",".join(["0.1"] * 511 + ["1e999"]) + "]",
-    json.dumps(["0.1"] * 512),
-    json.dumps([0.0] * 512),
-    json.dumps({"vector": [0.1] * 512}),
-    "not json at all",
-    "",
-])
+@pytest.mark.parametrize(
+    "reference",
+    [
+        json.dumps([0.1] * 511),
+        json.dumps([0.1] * 513),
+        json.dumps([[0.1] * 512, [0.1] * 512]),
+        "[" + ",".join(["0.1"] * 511 + ["NaN"]) + "]",
+        "[" + ",".join(["0.1"] * 511 + ["1e999"]) + "]",
+        json.dumps(["0.1"] * 512),
+        json.dumps([0.0] * 512),
+        json.dumps({"vector": [0.1] * 512}),
+        "not json at all",
+        "",
+    ],
+)
 def test_malformed_reference_embedding_is_400(client, face_bytes, reference):
     response = cached_match(client, reference, face_bytes(SAME[1]), as_file=False)
     assert_error(response, 400, "invalid_embedding")
@@ -154,5 +158,7 @@ def test_missing_reference_is_400_missing_field(client, face_bytes):
 
 
 def test_unknown_embedding_format_is_400(client, face_bytes):
-    response = client.post("/embeddings", data={**files(photo=face_bytes(SAME[0])), "format": "pkl"})
+    response = client.post(
+        "/embeddings", data={**files(photo=face_bytes(SAME[0])), "format": "pkl"}
+    )
     assert_error(response, 400, "invalid_parameter")

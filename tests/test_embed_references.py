@@ -10,17 +10,18 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
-from server import create_app
 from support import image_bytes
 from test_api import SAME, assert_error, files, photo_match
+
+from server import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("fmt", ["json", "pt"])
 def test_folder_of_photos_becomes_embeddings_that_cached_match_accepts(
-        client, face_bytes, tmp_path, fmt):
+    client, face_bytes, tmp_path, fmt
+):
     photos = tmp_path / "photos"
     (photos / "staff").mkdir(parents=True)
     (photos / "staff" / "aaron.jpg").write_bytes(face_bytes(SAME[0]))
@@ -36,23 +37,41 @@ def test_folder_of_photos_becomes_embeddings_that_cached_match_accepts(
     written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert written == [f"staff/aaron.{fmt}"]
     reference = (out / "staff" / f"aaron.{fmt}").read_bytes()
-    cached = client.post("/cached_match", data={
-        "reference": (io.BytesIO(reference), f"aaron.{fmt}"), **files(sample=face_bytes(SAME[1]))})
+    cached = client.post(
+        "/cached_match",
+        data={
+            "reference": (io.BytesIO(reference), f"aaron.{fmt}"),
+            **files(sample=face_bytes(SAME[1])),
+        },
+    )
     expected = photo_match(client, face_bytes(SAME[0]), face_bytes(SAME[1])).json
     assert cached.json["distance"] == pytest.approx(expected["distance"], abs=1e-5)
 
 
 def run_cli(photos: Path, out: Path, fmt: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "deployment_utils.embed_references", str(photos), str(out),
-         "--format", fmt, "--quiet"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, env={**os.environ, **env},
+        [
+            sys.executable,
+            "-m",
+            "deployment_utils.embed_references",
+            str(photos),
+            str(out),
+            "--format",
+            fmt,
+            "--quiet",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
     )
 
 
 @pytest.mark.parametrize("fmt", ["json", "npy"])
-def test_references_are_signed_when_signing_keys_are_set(settings, engine, face_bytes, tmp_path,
-                                                         fmt):
+def test_references_are_signed_when_signing_keys_are_set(
+    settings, engine, face_bytes, tmp_path, fmt
+):
     key = "k" * 32
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -60,7 +79,10 @@ def test_references_are_signed_when_signing_keys_are_set(settings, engine, face_
     assert run_cli(photos, tmp_path / "out", fmt, FACEMATCH_SIGNING_KEYS=key).returncode == 0
     reference = (tmp_path / "out" / f"aaron.{fmt}").read_bytes()
     signed = create_app(settings.replace(signing_keys=key), engine=engine).test_client()
-    form = {"reference": (io.BytesIO(reference), f"aaron.{fmt}"), **files(sample=face_bytes(SAME[1]))}
+    form = {
+        "reference": (io.BytesIO(reference), f"aaron.{fmt}"),
+        **files(sample=face_bytes(SAME[1])),
+    }
     if fmt != "json":
         form["signature"] = (tmp_path / "out" / f"aaron.{fmt}.sig").read_text().strip()
     assert signed.post("/cached_match", data=form).json["match"] is True

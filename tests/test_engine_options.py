@@ -13,7 +13,11 @@ from PIL import Image
 from benchmarking_utils.inputs import place_on_canvas
 from deployment_utils.weights import load_state_dict, resolve_weights
 from photo_inferencing import (
-    EMBEDDING_CENTERS, FaceEngine, combine_flipped, decode_center, int8_path,
+    EMBEDDING_CENTERS,
+    FaceEngine,
+    combine_flipped,
+    decode_center,
+    int8_path,
 )
 
 PHOTO = "Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
@@ -113,7 +117,8 @@ def pil_engine(state_dict):
 
 @pytest.mark.parametrize("name", [PHOTO, OTHER])
 def test_pillow_detector_finds_the_torch_faces_within_its_resampling_jitter(
-        torch_engine, pil_engine, lfw, name):
+    torch_engine, pil_engine, lfw, name
+):
     """The ONNX path resamples with Pillow's exact-area filter, facenet-pytorch with whole-pixel
     windows; boxes move by up to a few percent of their side (the chin edge most), as MTCNN's do
     between image scales. LFW accuracy with each is in the README."""
@@ -161,11 +166,19 @@ def test_unknown_backend_is_refused(state_dict):
 
 
 def test_settings_choose_the_backends_and_detection_sizes(settings):
-    chosen = settings.replace(embed_backend="onnx", detect_backend="torch", detect_max_side=800,
-                              min_face_size=40, torch_threads=1)
+    chosen = settings.replace(
+        embed_backend="onnx",
+        detect_backend="torch",
+        detect_max_side=800,
+        min_face_size=40,
+        torch_threads=1,
+    )
     engine = FaceEngine.from_settings(chosen)
     assert (engine.embed_backend, engine.detect_backend, engine.detect_max_side) == (
-        "onnx", "torch", 800)
+        "onnx",
+        "torch",
+        800,
+    )
     assert engine.min_face_size == 40
     assert engine.onnx_embedder is not None and engine.embedder is None
 
@@ -175,8 +188,9 @@ def _embed_in_child(engine: FaceEngine, crop: torch.Tensor, queue) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_an_onnx_engine_built_before_a_fork_works_in_the_child(state_dict, torch_engine, photo,
-                                                               threads):
+def test_an_onnx_engine_built_before_a_fork_works_in_the_child(
+    state_dict, torch_engine, photo, threads
+):
     """As under Gunicorn's preload: built in the parent, first used in the forked worker."""
     engine = build(state_dict, embed_backend="onnx", detect_backend="onnx", threads=threads)
     crop = torch_engine.detect(photo).primary.crop
@@ -191,11 +205,11 @@ def test_an_onnx_engine_built_before_a_fork_works_in_the_child(state_dict, torch
 
 
 def test_int8_embedder_stays_within_a_small_angle_of_float(settings, torch_engine, photo, other):
-    int8 = settings.replace(embed_backend="onnx-int8", detect_backend="torch", torch_threads=1,
-                            center_embeddings=False)
+    int8 = settings.replace(
+        embed_backend="onnx-int8", detect_backend="torch", torch_threads=1, center_embeddings=False
+    )
     if not int8_path(int8).is_file():
-        pytest.skip(f"no int8 embedder at {int8_path(int8)}: "
-                    "python -m benchmarking_utils.quantize")
+        pytest.skip(f"no int8 embedder at {int8_path(int8)}: python -m benchmarking_utils.quantize")
     crops = [torch_engine.detect(photo).primary.crop, torch_engine.detect(other).primary.crop]
     got = FaceEngine.from_settings(int8).embed(crops).vectors
     expected = torch_engine.embed(crops).vectors
@@ -207,8 +221,9 @@ def test_int8_backend_without_its_graph_is_refused(state_dict):
         build(state_dict, embed_backend="onnx-int8")
 
 
-def test_centred_embeddings_are_unit_vectors_with_the_centre_removed(state_dict, torch_engine,
-                                                                     photo):
+def test_centred_embeddings_are_unit_vectors_with_the_centre_removed(
+    state_dict, torch_engine, photo
+):
     crop = torch_engine.detect(photo).primary.crop
     center = decode_center(EMBEDDING_CENTERS["casia-webface"])
     centred = build(state_dict, center=center).embed([crop]).vectors[0]
@@ -233,8 +248,10 @@ def test_a_face_below_min_face_size_is_found_by_the_search_at_20(torch_engine, p
 def test_detections_match_facenet_pytorch_mtcnn(torch_engine, photo):
     boxes, probs, points = torch_engine.detector.detect(photo, landmarks=True)  # largest first
     found = torch_engine.find_faces(photo)
-    order = np.argsort(-(found.boxes[:, 2] - found.boxes[:, 0]) *
-                       (found.boxes[:, 3] - found.boxes[:, 1]), kind="stable")
+    order = np.argsort(
+        -(found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1]),
+        kind="stable",
+    )
     assert np.allclose(found.boxes[order], np.asarray(boxes, dtype=float), atol=1e-3)
     assert np.allclose(found.probs[order], np.asarray(probs, dtype=float), atol=1e-6)
     assert np.allclose(found.landmarks[order], np.asarray(points, dtype=float), atol=1e-3)

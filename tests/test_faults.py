@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from support import free_port
 from test_api import SAME
+
 from tests.servers import Subscriber, samples, wait_until
 
 pytestmark = pytest.mark.slow
@@ -38,6 +38,7 @@ RSS_GROWTH_BOUND_MB = 64
 
 # --- a Gunicorn we can look inside ---
 
+
 class Gunicorn:
     """``gunicorn -c gunicorn.conf.py wsgi:app`` on a free loopback port, output to a file."""
 
@@ -46,15 +47,32 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"gunicorn-{self.port}.log"
         environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
-        for keep in ("FACEMATCH_DATA_DIR", "FACEMATCH_WEIGHTS", "FACEMATCH_THRESHOLD",
-                     "FACEMATCH_LFW_DIR"):
+        for keep in (
+            "FACEMATCH_DATA_DIR",
+            "FACEMATCH_WEIGHTS",
+            "FACEMATCH_THRESHOLD",
+            "FACEMATCH_LFW_DIR",
+        ):
             if os.environ.get(keep):
                 environ[keep] = os.environ[keep]
-        environ.update({"FACEMATCH_HOST": "127.0.0.1", "FACEMATCH_PORT": str(self.port),
-                        "FACEMATCH_WORKERS": "1", "FACEMATCH_THREADS": "2", **env})
+        environ.update(
+            {
+                "FACEMATCH_HOST": "127.0.0.1",
+                "FACEMATCH_PORT": str(self.port),
+                "FACEMATCH_WORKERS": "1",
+                "FACEMATCH_THREADS": "2",
+                **env,
+            }
+        )
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(GUNICORN, cwd=REPO, env=environ, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                GUNICORN,
+                cwd=REPO,
+                env=environ,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.wait_until_up()
 
     def log(self) -> str:
@@ -76,8 +94,9 @@ class Gunicorn:
         with open(f"/proc/{pid}/task/{pid}/children") as children:
             return {int(child) for child in children.read().split()}
 
-    def wait_for_workers(self, count: int, other_than: set[int] = frozenset(),
-                         seconds: float = 60) -> set[int]:
+    def wait_for_workers(
+        self, count: int, other_than: set[int] = frozenset(), seconds: float = 60
+    ) -> set[int]:
         def ready():
             pids = self.workers() - set(other_than)
             log = self.log()
@@ -122,6 +141,7 @@ def gunicorn(tmp_path):
 
 # --- concurrent clients ---
 
+
 @dataclass
 class Call:
     name: str
@@ -148,11 +168,13 @@ class LoadResult:
 
     def summary(self) -> dict:
         return {
-            "requests": self.requests, "seconds": round(self.seconds, 1),
+            "requests": self.requests,
+            "seconds": round(self.seconds, 1),
             "throughput_rps": round(self.requests / self.seconds, 2),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "server_errors": sum(v for k, v in self.statuses.items() if k >= 500),
-            "connection_errors": len(self.errors), "unexpected": len(self.unexpected),
+            "connection_errors": len(self.errors),
+            "unexpected": len(self.unexpected),
             "latency_ms": {f"p{q}": round(self.percentile(q), 1) for q in (50, 90, 99)}
             | {"max": round(max(self.latencies_ms), 1)},
         }
@@ -182,8 +204,9 @@ def drive(url: str, calls: list[Call], clients: int, seconds: float) -> LoadResu
             with lock:
                 result.statuses[response.status_code] += 1
                 if response.status_code != call.expected:
-                    result.unexpected.append(f"{call.name}: {response.status_code} "
-                                             f"{response.text[:200]}")
+                    result.unexpected.append(
+                        f"{call.name}: {response.status_code} {response.text[:200]}"
+                    )
                 else:
                     result.latencies_ms.append(elapsed)
         session.close()
@@ -201,17 +224,28 @@ def drive(url: str, calls: list[Call], clients: int, seconds: float) -> LoadResu
 def standard_calls(url: str, face_bytes) -> list[Call]:
     """What the load sends in turn: both match kinds, an embedding, and a refused upload."""
     reference, sample = face_bytes(SAME[0]), face_bytes(SAME[1])
-    stored = requests.post(url + "/embeddings", files={"photo": ("a.jpg", reference)},
-                           timeout=60)
+    stored = requests.post(url + "/embeddings", files={"photo": ("a.jpg", reference)}, timeout=60)
     assert stored.status_code == 200, stored.text
     return [
-        Call("photo_match", "/photo_match",
-             {"reference": ("a.jpg", reference), "sample": ("b.jpg", sample)}, 200),
-        Call("cached_match", "/cached_match",
-             {"reference": ("r.json", stored.content), "sample": ("b.jpg", sample)}, 200),
+        Call(
+            "photo_match",
+            "/photo_match",
+            {"reference": ("a.jpg", reference), "sample": ("b.jpg", sample)},
+            200,
+        ),
+        Call(
+            "cached_match",
+            "/cached_match",
+            {"reference": ("r.json", stored.content), "sample": ("b.jpg", sample)},
+            200,
+        ),
         Call("embeddings", "/embeddings", {"photo": ("b.jpg", sample)}, 200),
-        Call("not an image", "/photo_match",
-             {"reference": ("a.jpg", reference), "sample": ("t.jpg", b"text")}, 415),
+        Call(
+            "not an image",
+            "/photo_match",
+            {"reference": ("a.jpg", reference), "sample": ("t.jpg", b"text")},
+            415,
+        ),
     ]
 
 
@@ -221,9 +255,14 @@ def report(name: str, figures: dict) -> None:
     print(f"\n{name}: {json.dumps(figures)}")
 
 
-def warm_up_until_rss_settles(url: str, calls: list[Call], workers: list[int],
-                              rounds: int = 8, seconds: float = 5, settled_mb: float = 8
-                              ) -> dict[int, float]:
+def warm_up_until_rss_settles(
+    url: str,
+    calls: list[Call],
+    workers: list[int],
+    rounds: int = 8,
+    seconds: float = 5,
+    settled_mb: float = 8,
+) -> dict[int, float]:
     """Drive load in rounds until no worker's RSS moves more than ``settled_mb`` in a round.
 
     A worker's first concurrent inferences on each route grow its allocator arenas and ONNX
@@ -248,17 +287,24 @@ def assert_clean(load: LoadResult) -> None:
 
 # --- load ---
 
+
 def test_concurrent_clients_get_no_5xx_no_dropped_connection_and_bounded_worker_rss(
-        gunicorn, face_bytes):
+    gunicorn, face_bytes
+):
     server = gunicorn(FACEMATCH_WORKERS="2", FACEMATCH_THREADS="2")
     workers = server.wait_for_workers(2)
     calls = standard_calls(server.url, face_bytes)
     before = warm_up_until_rss_settles(server.url, calls, workers)
     load = drive(server.url, calls, clients=4, seconds=20)
     after = {pid: rss_mb(pid) for pid in workers}
-    figures = {**load.summary(), "clients": 4, "workers": 2, "threads": 2,
-               "rss_mb_before": {str(p): round(v, 1) for p, v in before.items()},
-               "rss_mb_after": {str(p): round(v, 1) for p, v in after.items()}}
+    figures = {
+        **load.summary(),
+        "clients": 4,
+        "workers": 2,
+        "threads": 2,
+        "rss_mb_before": {str(p): round(v, 1) for p, v in before.items()},
+        "rss_mb_after": {str(p): round(v, 1) for p, v in after.items()},
+    }
     report("load", figures)
     assert_clean(load)
     assert load.requests >= 8, figures
@@ -269,8 +315,10 @@ def test_concurrent_clients_get_no_5xx_no_dropped_connection_and_bounded_worker_
 
 # --- graceful shutdown ---
 
+
 def test_sigterm_lets_in_flight_requests_finish_and_new_connections_are_refused(
-        gunicorn, face_bytes):
+    gunicorn, face_bytes
+):
     """The in-flight requests are also the first ones of a fresh worker, 4 at once on 2 threads
     (they once raced torch's thread-pool rebuild into a 500; see gunicorn_hooks.py)."""
     server = gunicorn()
@@ -285,9 +333,15 @@ def test_sigterm_lets_in_flight_requests_finish_and_new_connections_are_refused(
         except requests.RequestException as error:
             finished.append((type(error).__name__, time.monotonic()))
 
-    senders = [threading.Thread(target=send, args=args) for args in [
-        ("/photo_match", pair), ("/embeddings", {"photo": ("a.jpg", reference)}),
-        ("/photo_match", pair), ("/embeddings", {"photo": ("b.jpg", sample)})]]
+    senders = [
+        threading.Thread(target=send, args=args)
+        for args in [
+            ("/photo_match", pair),
+            ("/embeddings", {"photo": ("a.jpg", reference)}),
+            ("/photo_match", pair),
+            ("/embeddings", {"photo": ("b.jpg", sample)}),
+        ]
+    ]
     for sender in senders:
         sender.start()
     wait_until(lambda: _established(server) >= 4, 10, interval=0.01, what="4 connections")
@@ -307,10 +361,13 @@ def test_sigterm_lets_in_flight_requests_finish_and_new_connections_are_refused(
     for sender in senders:
         sender.join(60)
     exit_code = server.process.wait(60)
-    figures = {"in_flight": [status for status, _ in finished],
-               "finished_after_sigterm_s": [round(t - terminated, 2) for _, t in finished],
-               "new_after_sigterm": late, "exit_code": exit_code,
-               "shutdown_s": round(time.monotonic() - terminated, 1)}
+    figures = {
+        "in_flight": [status for status, _ in finished],
+        "finished_after_sigterm_s": [round(t - terminated, 2) for _, t in finished],
+        "new_after_sigterm": late,
+        "exit_code": exit_code,
+        "shutdown_s": round(time.monotonic() - terminated, 1),
+    }
     report("sigterm", figures)
     assert [status for status, _ in finished] == [200] * 4, figures
     assert any(t > terminated for _, t in finished), "nothing was in flight at SIGTERM"
@@ -327,6 +384,7 @@ def _established(server: Gunicorn) -> int:
 
 
 # --- a worker that dies or hangs ---
+
 
 @pytest.fixture(scope="module")
 def resilient(tmp_path_factory):
@@ -347,7 +405,8 @@ def test_killed_worker_is_replaced_and_the_next_requests_succeed(resilient, face
 
 
 def test_hung_worker_is_killed_after_the_timeout_and_waiting_requests_are_served(
-        resilient, face_bytes):
+    resilient, face_bytes
+):
     calls = standard_calls(resilient.url, face_bytes)
     (victim,) = resilient.wait_for_workers(1)
     os.kill(victim, signal.SIGSTOP)  # alive but silent: no heartbeat reaches the master
@@ -356,9 +415,14 @@ def test_hung_worker_is_killed_after_the_timeout_and_waiting_requests_are_served
     (replacement,) = resilient.wait_for_workers(1, other_than={victim}, seconds=60)
     replaced_after = time.monotonic() - frozen
     load = drive(resilient.url, calls, clients=2, seconds=4)
-    figures = {"hung": victim, "replacement": replacement, "timeout_s": 4,
-               "replaced_after_s": round(replaced_after, 1), "waiting": waiting.summary(),
-               "after": load.summary()}
+    figures = {
+        "hung": victim,
+        "replacement": replacement,
+        "timeout_s": 4,
+        "replaced_after_s": round(replaced_after, 1),
+        "waiting": waiting.summary(),
+        "after": load.summary(),
+    }
     report("worker_hung", figures)
     assert "WORKER TIMEOUT" in resilient.log()
     assert_clean(waiting)
@@ -368,16 +432,22 @@ def test_hung_worker_is_killed_after_the_timeout_and_waiting_requests_are_served
 
 # --- the metrics broker or the database down while requests keep coming ---
 
+
 def health_metrics(url: str) -> dict:
     return requests.get(url + "/health", timeout=10).json()["metrics"]
 
 
 def test_broker_down_under_load_loses_no_request_and_counts_every_message(
-        gunicorn, face_bytes, broker):
+    gunicorn, face_bytes, broker
+):
     listener = Subscriber(broker, persistent=True, client_id="faults-listener")
     try:
-        server = gunicorn(FACEMATCH_MQTT_HOST="127.0.0.1", FACEMATCH_MQTT_PORT=str(broker.port),
-                          FACEMATCH_MQTT_QUEUE_SIZE="10", FACEMATCH_NODE="faults")
+        server = gunicorn(
+            FACEMATCH_MQTT_HOST="127.0.0.1",
+            FACEMATCH_MQTT_PORT=str(broker.port),
+            FACEMATCH_MQTT_QUEUE_SIZE="10",
+            FACEMATCH_NODE="faults",
+        )
         calls = standard_calls(server.url, face_bytes)
         before = drive(server.url, calls, clients=2, seconds=4)
         wait_until(lambda: health_metrics(server.url)["queued"] == 0, 10, what="sent")
@@ -394,12 +464,14 @@ def test_broker_down_under_load_loses_no_request_and_counts_every_message(
         delivered = len({json.dumps(m, sort_keys=True) for m in listener.messages})
     finally:
         listener.close()
-    figures = {"requests_ok_before": before.statuses[200], "requests_during_outage":
-               during.summary(), "during_outage": {k: outage[k] for k in (
-                   "published", "sent", "queued", "dropped")},
-               "after_recovery": {k: after[k] for k in ("published", "sent", "queued",
-                                                        "dropped")},
-               "delivered_distinct": delivered, "queue_size": 10}
+    figures = {
+        "requests_ok_before": before.statuses[200],
+        "requests_during_outage": during.summary(),
+        "during_outage": {k: outage[k] for k in ("published", "sent", "queued", "dropped")},
+        "after_recovery": {k: after[k] for k in ("published", "sent", "queued", "dropped")},
+        "delivered_distinct": delivered,
+        "queue_size": 10,
+    }
     report("broker_down", figures)
     assert_clean(before)
     assert_clean(during)
@@ -411,10 +483,14 @@ def test_broker_down_under_load_loses_no_request_and_counts_every_message(
 
 
 def test_database_down_under_load_loses_no_request_and_no_message(
-        gunicorn, face_bytes, broker, database, start_bridge):
+    gunicorn, face_bytes, broker, database, start_bridge
+):
     start_bridge()
-    server = gunicorn(FACEMATCH_MQTT_HOST="127.0.0.1", FACEMATCH_MQTT_PORT=str(broker.port),
-                      FACEMATCH_NODE="faults-db")
+    server = gunicorn(
+        FACEMATCH_MQTT_HOST="127.0.0.1",
+        FACEMATCH_MQTT_PORT=str(broker.port),
+        FACEMATCH_NODE="faults-db",
+    )
     calls = standard_calls(server.url, face_bytes)
     before = drive(server.url, calls, clients=2, seconds=4)
     wait_until(lambda: len(samples(database)) >= 1 + before.requests, 20, what="first points")
@@ -423,14 +499,17 @@ def test_database_down_under_load_loses_no_request_and_no_message(
     outage = health_metrics(server.url)
     database.start()
     published = outage["published"]
-    wait_until(lambda: len(samples(database)) >= published, 60, interval=0.5,
-               what=f"{published} points")
+    wait_until(
+        lambda: len(samples(database)) >= published, 60, interval=0.5, what=f"{published} points"
+    )
     time.sleep(1)
     stored_points = len(samples(database))
-    figures = {"requests_ok_before": before.statuses[200], "requests_during_outage":
-               during.summary(), "publisher": {k: outage[k] for k in (
-                   "published", "sent", "queued", "dropped")},
-               "points_stored": stored_points}
+    figures = {
+        "requests_ok_before": before.statuses[200],
+        "requests_during_outage": during.summary(),
+        "publisher": {k: outage[k] for k in ("published", "sent", "queued", "dropped")},
+        "points_stored": stored_points,
+    }
     report("database_down", figures)
     assert_clean(before)
     assert_clean(during)

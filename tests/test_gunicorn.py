@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from support import free_port
 from test_api import SAME
 
@@ -21,10 +20,18 @@ GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:ap
 
 def serve(**env: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    environ = {**os.environ, "FACEMATCH_HOST": "127.0.0.1", "FACEMATCH_PORT": str(port),
-               "FACEMATCH_WORKERS": "1", "FACEMATCH_THREADS": "2", "FACEMATCH_MQTT_HOST": "", **env}
-    process = subprocess.Popen(GUNICORN, cwd=REPO, env=environ, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    environ = {
+        **os.environ,
+        "FACEMATCH_HOST": "127.0.0.1",
+        "FACEMATCH_PORT": str(port),
+        "FACEMATCH_WORKERS": "1",
+        "FACEMATCH_THREADS": "2",
+        "FACEMATCH_MQTT_HOST": "",
+        **env,
+    }
+    process = subprocess.Popen(
+        GUNICORN, cwd=REPO, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     return process, f"http://127.0.0.1:{port}"
 
 
@@ -55,8 +62,12 @@ def gunicorn_url():
 def test_gunicorn_serves_ping_and_photo_match(gunicorn_url, face_bytes):
     assert requests.get(gunicorn_url + "/ping", timeout=5).json() == {"status": "ok"}
     response = requests.post(
-        gunicorn_url + "/photo_match", timeout=60,
-        files={"reference": ("a.jpg", face_bytes(SAME[0])), "sample": ("b.jpg", face_bytes(SAME[1]))},
+        gunicorn_url + "/photo_match",
+        timeout=60,
+        files={
+            "reference": ("a.jpg", face_bytes(SAME[0])),
+            "sample": ("b.jpg", face_bytes(SAME[1])),
+        },
     )
     assert response.status_code == 200
     assert response.json()["match"] is True
@@ -90,8 +101,9 @@ def test_sigterm_stops_every_preloaded_worker_with_a_clean_exit(face_bytes):
     try:
         wait_until_up(process, url)
         for _ in range(4):
-            response = requests.post(url + "/embeddings", timeout=60,
-                                     files={"photo": ("a.jpg", face_bytes(SAME[0]))})
+            response = requests.post(
+                url + "/embeddings", timeout=60, files={"photo": ("a.jpg", face_bytes(SAME[0]))}
+            )
             assert response.status_code == 200
     finally:
         terminated = time.monotonic()

@@ -42,7 +42,9 @@ def test_dockerfile_has_no_hadolint_findings(dockerfile):
 
 
 def test_hadolint_reports_findings_in_a_bad_dockerfile():
-    result = _run([_tool("hadolint"), "--no-color", "-"], stdin="FROM debian\nRUN apt-get install curl\n")
+    result = _run(
+        [_tool("hadolint"), "--no-color", "-"], stdin="FROM debian\nRUN apt-get install curl\n"
+    )
     assert result.returncode != 0
     assert "DL3008" in result.stdout
 
@@ -71,7 +73,10 @@ def test_workflow_has_no_actionlint_findings(workflow):
 
 
 def test_actionlint_reports_a_deprecated_action_version():
-    bad = "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n    steps:\n      - uses: actions/checkout@v4\n"
+    bad = (
+        "on: push\njobs:\n  a:\n    runs-on: ubuntu-24.04\n"
+        "    steps:\n      - uses: actions/checkout@v4\n"
+    )
     result = _run([_tool("actionlint"), "-color=false", "-"], stdin=bad)
     assert result.returncode != 0
     assert "actions/checkout@v4" in result.stdout
@@ -80,7 +85,7 @@ def test_actionlint_reports_a_deprecated_action_version():
 @pytest.mark.parametrize("dockerfile", DOCKERFILES)
 def test_image_runs_as_non_root_on_the_default_port_with_a_ping_healthcheck(dockerfile):
     text = (REPO / dockerfile).read_text()
-    runtime = text[text.rindex("\nFROM "):]
+    runtime = text[text.rindex("\nFROM ") :]
     assert re.search(r"^USER 10001:10001$", runtime, re.M)
     assert re.search(rf"^EXPOSE {Settings().port}$", runtime, re.M)
     assert re.search(rf"FACEMATCH_PORT={Settings().port}\b", runtime)

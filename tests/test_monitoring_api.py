@@ -40,8 +40,12 @@ def blank_jpeg() -> bytes:
 @pytest.fixture
 def monitored_app(settings, engine, broker):
     def make(**changes):
-        app = create_app(settings.replace(mqtt_host="127.0.0.1", mqtt_port=broker.port,
-                                          node="node-api", **changes), engine=engine)
+        app = create_app(
+            settings.replace(
+                mqtt_host="127.0.0.1", mqtt_port=broker.port, node="node-api", **changes
+            ),
+            engine=engine,
+        )
         made.append(app)
         return app
 
@@ -69,8 +73,9 @@ def run_requests(client, face_bytes) -> list[tuple[str, int, dict]]:
         results.append((endpoint, response.status_code, response.json))
         if endpoint == "/embeddings" and response.status_code == 200:
             reference = json.dumps(response.json)
-            response = client.post("/cached_match", data={"reference": reference,
-                                                          "sample": upload(same[1])})
+            response = client.post(
+                "/cached_match", data={"reference": reference, "sample": upload(same[1])}
+            )
             results.append(("/cached_match", response.status_code, response.json))
         time.sleep(0.005)  # distinct millisecond timestamps in the database
     assert client.get("/health").status_code == 200  # not a recorded endpoint
@@ -78,7 +83,8 @@ def run_requests(client, face_bytes) -> list[tuple[str, int, dict]]:
 
 
 def test_every_api_request_becomes_one_point_with_the_response_values(
-        monitored_app, face_bytes, start_bridge, database):
+    monitored_app, face_bytes, start_bridge, database
+):
     start_bridge()
     client = monitored_app().test_client()
     results = run_requests(client, face_bytes)
@@ -102,12 +108,15 @@ def test_every_api_request_becomes_one_point_with_the_response_values(
         assert point.fields["latency_total_ms"] >= body["latency_ms"]["total"] > 0
         for stage in ("detection", "embedding"):
             assert point.fields[f"latency_{stage}_ms"] == pytest.approx(
-                body["latency_ms"][stage], abs=0.01)
+                body["latency_ms"][stage], abs=0.01
+            )
         for role, face in body["faces"].items():
             assert point.fields[f"faces_{role}"] == face["count"]
             assert point.fields[f"probability_{role}"] == pytest.approx(face["probability"])
-            assert [point.fields[f"image_width_{role}"],
-                    point.fields[f"image_height_{role}"]] == face["image_size"]
+            assert [
+                point.fields[f"image_width_{role}"],
+                point.fields[f"image_height_{role}"],
+            ] == face["image_size"]
         if endpoint == "/embeddings":
             assert point.tags["match"] == "none" and "distance" not in point.fields
             continue
@@ -116,8 +125,7 @@ def test_every_api_request_becomes_one_point_with_the_response_values(
         assert point.fields["distance"] == pytest.approx(body["distance"])
         assert point.fields["threshold"] == pytest.approx(body["threshold"])
     metrics = client.get("/health").json["metrics"]
-    assert (metrics["enabled"], metrics["published"], metrics["dropped"]) == (
-        True, len(results), 0)
+    assert (metrics["enabled"], metrics["published"], metrics["dropped"]) == (True, len(results), 0)
 
 
 def timed_embeddings(client, photo: bytes, count: int) -> list[float]:
@@ -131,7 +139,8 @@ def timed_embeddings(client, photo: bytes, count: int) -> list[float]:
 
 
 def test_requests_stay_fast_while_the_broker_is_down_and_held_messages_arrive_after(
-        monitored_app, face_bytes, broker, start_bridge, database):
+    monitored_app, face_bytes, broker, start_bridge, database
+):
     start_bridge()
     client = monitored_app(mqtt_queue_size=3).test_client()
     photo = face_bytes(SAME[0])
@@ -139,12 +148,19 @@ def test_requests_stay_fast_while_the_broker_is_down_and_held_messages_arrive_af
     wait_until(lambda: len(set(samples(database))) == 3, 15, what="the first 3 points")
 
     broker.stop()
-    wait_until(lambda: not client.get("/health").json["metrics"]["connected"], 5,
-               what="the publisher to notice")
+    wait_until(
+        lambda: not client.get("/health").json["metrics"]["connected"],
+        5,
+        what="the publisher to notice",
+    )
     during = timed_embeddings(client, photo, 6)
     metrics = client.get("/health").json["metrics"]
     assert (metrics["published"], metrics["sent"], metrics["queued"], metrics["dropped"]) == (
-        9, 3, 3, 3)
+        9,
+        3,
+        3,
+        3,
+    )
     assert statistics.median(during) < 2 * statistics.median(baseline) + 0.2, (baseline, during)
     assert max(during) < 3 * max(baseline) + 0.5, (baseline, during)
 
@@ -168,20 +184,33 @@ def worker_pids(master: int) -> set[int]:
 def test_gunicorn_workers_forked_after_preload_each_publish_their_requests(broker, face_bytes):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
-    env.update({
-        "FACEMATCH_HOST": "127.0.0.1", "FACEMATCH_PORT": str(port), "FACEMATCH_WORKERS": "2",
-        "FACEMATCH_THREADS": "1", "FACEMATCH_PRELOAD": "true", "FACEMATCH_NODE": "node-gunicorn",
-        "FACEMATCH_MQTT_HOST": "127.0.0.1", "FACEMATCH_MQTT_PORT": str(broker.port),
-        "FACEMATCH_DATA_DIR": os.environ.get("FACEMATCH_DATA_DIR", ""),
-    })
+    env.update(
+        {
+            "FACEMATCH_HOST": "127.0.0.1",
+            "FACEMATCH_PORT": str(port),
+            "FACEMATCH_WORKERS": "2",
+            "FACEMATCH_THREADS": "1",
+            "FACEMATCH_PRELOAD": "true",
+            "FACEMATCH_NODE": "node-gunicorn",
+            "FACEMATCH_MQTT_HOST": "127.0.0.1",
+            "FACEMATCH_MQTT_PORT": str(broker.port),
+            "FACEMATCH_DATA_DIR": os.environ.get("FACEMATCH_DATA_DIR", ""),
+        }
+    )
     env = {k: v for k, v in env.items() if v}
     listener = Subscriber(broker, client_id="gunicorn-listener")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"], cwd=REPO,
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True)
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
+
         def up() -> bool:
             if process.poll() is not None:
                 pytest.fail(f"gunicorn exited: {process.stdout.read()}")
@@ -194,8 +223,9 @@ def test_gunicorn_workers_forked_after_preload_each_publish_their_requests(broke
         photo = face_bytes(SAME[0])
         sessions = [requests.Session() for _ in range(6)]  # new connections spread the workers
         for session in sessions:
-            response = session.post(url + "/embeddings", files={"photo": ("a.jpg", photo)},
-                                    timeout=60)
+            response = session.post(
+                url + "/embeddings", files={"photo": ("a.jpg", photo)}, timeout=60
+            )
             assert response.status_code == 200
         messages = listener.wait_for(6, timeout=20)
         time.sleep(0.3)

@@ -20,8 +20,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def publisher(broker):
-    made = create_publisher(Settings(mqtt_host="127.0.0.1", mqtt_port=broker.port,
-                                     node="node-b"))
+    made = create_publisher(Settings(mqtt_host="127.0.0.1", mqtt_port=broker.port, node="node-b"))
     yield made
     made.close(timeout=1)
 
@@ -33,8 +32,9 @@ def raw_client(broker) -> mqtt.Client:
     return client
 
 
-def test_every_published_record_becomes_one_point_with_its_values(database, start_bridge,
-                                                                  publisher):
+def test_every_published_record_becomes_one_point_with_its_values(
+    database, start_bridge, publisher
+):
     start_bridge()
     for i in range(30):
         publisher.publish(record(i, endpoint="/cached_match" if i % 3 else "/photo_match"))
@@ -43,8 +43,14 @@ def test_every_published_record_becomes_one_point_with_its_values(database, star
     assert len(samples(database)) == 30
     assert sorted(points) == expected_ms(range(30))
     for i in range(30):
-        want = to_point(build_message(record(i, endpoint="/cached_match" if i % 3 else
-                                             "/photo_match"), node="node-b", pid=1, host="h"))
+        want = to_point(
+            build_message(
+                record(i, endpoint="/cached_match" if i % 3 else "/photo_match"),
+                node="node-b",
+                pid=1,
+                host="h",
+            )
+        )
         got = points[int(round(record(i).started * 1000))]
         assert got.tags == want.tags
         assert got.fields == pytest.approx({**want.fields, "pid": got.fields["pid"]})
@@ -70,7 +76,8 @@ def test_database_outage_loses_and_doubles_nothing(database, start_bridge, publi
 
 
 def test_messages_published_while_the_bridge_is_away_are_written_when_it_returns(
-        database, start_bridge, publisher):
+    database, start_bridge, publisher
+):
     bridge = start_bridge()
     publisher.publish(record(0))
     wait_until(lambda: len(samples(database)) == 1, 15, what="the first point")
@@ -85,8 +92,9 @@ def test_messages_published_while_the_bridge_is_away_are_written_when_it_returns
     assert samples(database) == expected_ms(range(21))
 
 
-def test_messages_held_by_a_killed_bridge_are_redelivered_and_written(database, start_bridge,
-                                                                      publisher):
+def test_messages_held_by_a_killed_bridge_are_redelivered_and_written(
+    database, start_bridge, publisher
+):
     """Not acknowledged before written: a bridge killed while the database is down loses
     nothing."""
     bridge = start_bridge()
@@ -104,13 +112,18 @@ def test_messages_held_by_a_killed_bridge_are_redelivered_and_written(database, 
 
 
 def test_bad_messages_are_logged_and_skipped_without_stopping_the_bridge(
-        broker, database, start_bridge, publisher):
+    broker, database, start_bridge, publisher
+):
     bridge = start_bridge()
     client = raw_client(broker)
     try:
         good = build_message(record(0), node="node-b")
         bad_payloads = [
-            b"not json at all", b"\xff\xfe\x00", b"{}", b"[]", b"null",
+            b"not json at all",
+            b"\xff\xfe\x00",
+            b"{}",
+            b"[]",
+            b"null",
             encode({**good, "schema_version": 99}),
             encode({**good, "status": "teapot"}),
             encode({**good, "embedding": [0.1] * 512}),
@@ -135,8 +148,9 @@ def test_bad_messages_are_logged_and_skipped_without_stopping_the_bridge(
 
 
 def test_sigterm_flushes_the_points_the_bridge_holds(database, start_bridge, publisher):
-    bridge = start_bridge(FACEMATCH_INFLUX_FLUSH_INTERVAL_MS="600000",
-                          FACEMATCH_INFLUX_BATCH_SIZE="1000")
+    bridge = start_bridge(
+        FACEMATCH_INFLUX_FLUSH_INTERVAL_MS="600000", FACEMATCH_INFLUX_BATCH_SIZE="1000"
+    )
     for i in range(7):
         publisher.publish(record(i))
     wait_until(lambda: publisher.stats()["sent"] == 7, 10, what="the broker to take them")

@@ -52,8 +52,13 @@ def test_api_bridge_broker_and_grafana_agree_on_credentials_and_database(compose
     api, bridge = services["api"]["environment"], services["bridge"]["environment"]
     broker, influx = services["mosquitto"]["environment"], services["influxdb"]["environment"]
     grafana = services["grafana"]["environment"]
-    for variable in ("FACEMATCH_MQTT_HOST", "FACEMATCH_MQTT_PORT", "FACEMATCH_MQTT_USERNAME",
-                     "FACEMATCH_MQTT_PASSWORD", "FACEMATCH_MQTT_TOPIC"):
+    for variable in (
+        "FACEMATCH_MQTT_HOST",
+        "FACEMATCH_MQTT_PORT",
+        "FACEMATCH_MQTT_USERNAME",
+        "FACEMATCH_MQTT_PASSWORD",
+        "FACEMATCH_MQTT_TOPIC",
+    ):
         assert api[variable] == bridge[variable], variable
     assert api["FACEMATCH_MQTT_HOST"] == "mosquitto"
     for variable in ("FACEMATCH_MQTT_USERNAME", "FACEMATCH_MQTT_PASSWORD"):
@@ -61,8 +66,12 @@ def test_api_bridge_broker_and_grafana_agree_on_credentials_and_database(compose
     assert bridge["FACEMATCH_INFLUX_TOKEN"] == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
     assert bridge["FACEMATCH_INFLUX_ORG"] == influx["DOCKER_INFLUXDB_INIT_ORG"]
     assert bridge["FACEMATCH_INFLUX_BUCKET"] == influx["DOCKER_INFLUXDB_INIT_BUCKET"]
-    for variable in ("FACEMATCH_INFLUX_URL", "FACEMATCH_INFLUX_TOKEN", "FACEMATCH_INFLUX_ORG",
-                     "FACEMATCH_INFLUX_BUCKET"):
+    for variable in (
+        "FACEMATCH_INFLUX_URL",
+        "FACEMATCH_INFLUX_TOKEN",
+        "FACEMATCH_INFLUX_ORG",
+        "FACEMATCH_INFLUX_BUCKET",
+    ):
         assert grafana[variable] == bridge[variable], variable
     assert bridge["FACEMATCH_INFLUX_URL"] == "http://influxdb:8086"
     assert len(default_of(influx["DOCKER_INFLUXDB_INIT_PASSWORD"])) >= 8  # influx setup's rule
@@ -84,17 +93,22 @@ def compose_broker(compose):
     server = Mosquitto(directory)
     shipped = (REPO / "monitoring" / "mosquitto" / "mosquitto.conf").read_text()
     assert "listener 1883\n" in shipped and "password_file /mosquitto/data/passwd" in shipped
-    config = shipped.replace("/mosquitto/data/", f"{directory}/").replace(
-        "listener 1883\n", f"listener {server.port} 127.0.0.1\n").replace(
-        "log_dest stdout", f"log_dest file {server.log_path}")
+    config = (
+        shipped.replace("/mosquitto/data/", f"{directory}/")
+        .replace("listener 1883\n", f"listener {server.port} 127.0.0.1\n")
+        .replace("log_dest stdout", f"log_dest file {server.log_path}")
+    )
     if os.geteuid() == 0:
         config += "user root\n"
     server.config_path.write_text(config)
     env = compose["services"]["mosquitto"]["environment"]
     user = default_of(env["FACEMATCH_MQTT_USERNAME"])
     password = default_of(env["FACEMATCH_MQTT_PASSWORD"])
-    subprocess.run(["mosquitto_passwd", "-c", "-b", str(directory / "passwd"), user, password],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["mosquitto_passwd", "-c", "-b", str(directory / "passwd"), user, password],
+        check=True,
+        capture_output=True,
+    )
     (directory / "passwd").chmod(0o600)
     server.start()
     try:
@@ -105,8 +119,7 @@ def compose_broker(compose):
 
 
 @pytest.mark.parametrize("with_credentials", [True, False], ids=["compose-login", "anonymous"])
-def test_shipped_broker_config_requires_the_password_file_login(compose_broker,
-                                                                with_credentials):
+def test_shipped_broker_config_requires_the_password_file_login(compose_broker, with_credentials):
     server, user, password = compose_broker
     settings = Settings(mqtt_host="127.0.0.1", mqtt_port=server.port, node="compose")
     if with_credentials:

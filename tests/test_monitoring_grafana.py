@@ -27,8 +27,9 @@ MISSING = "run scripts/test-deps/monitoring.sh (scripts/test.sh does) to install
 def load_yaml(path: Path):
     """Parse YAML with js-yaml (installed beside the schema; the venv has no YAML parser)."""
     assert JS_YAML.exists(), MISSING.format("js-yaml")
-    result = subprocess.run(["node", str(JS_YAML), str(path)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        ["node", str(JS_YAML), str(path)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, f"{path}: {result.stderr}"
     return json.loads(result.stdout)
 
@@ -62,12 +63,16 @@ def test_dashboard_validates_against_grafanas_dashboard_schema(validator, dashbo
     assert errors == []
 
 
-@pytest.mark.parametrize("breakage", [
-    lambda d: d["panels"][0].update(options=None),
-    lambda d: d["panels"][0]["gridPos"].pop("h"),
-    lambda d: d.pop("schemaVersion"),
-    lambda d: d["templating"]["list"][1].update(type="dropdown"),
-], ids=["null-options", "gridpos-without-height", "no-schema-version", "unknown-variable-type"])
+@pytest.mark.parametrize(
+    "breakage",
+    [
+        lambda d: d["panels"][0].update(options=None),
+        lambda d: d["panels"][0]["gridPos"].pop("h"),
+        lambda d: d.pop("schemaVersion"),
+        lambda d: d["templating"]["list"][1].update(type="dropdown"),
+    ],
+    ids=["null-options", "gridpos-without-height", "no-schema-version", "unknown-variable-type"],
+)
 def test_the_schema_check_catches_a_broken_dashboard(validator, dashboard, breakage):
     broken = copy.deepcopy(dashboard)
     breakage(broken)
@@ -117,26 +122,37 @@ def test_queries_use_only_fields_and_tags_the_bridge_writes(dashboard):
                 assert column in TAGS or column == "_field", column
 
 
-@pytest.mark.parametrize("title, fields", [
-    ("Requests per second by node", {"latency_total_ms"}),
-    ("Latency by stage (p50 / p95 / p99)",
-     {"latency_detection_ms", "latency_embedding_ms", "latency_total_ms"}),
-    ("Match rate by node", {"matched"}),
-    ("Distance against the threshold", {"distance", "threshold"}),
-    ("Distance distribution", {"distance"}),
-    ("Detection probability by photo role",
-     {"probability_reference", "probability_sample", "probability_photo"}),
-    ("Errors per second by error code", {"error"}),
-])
+@pytest.mark.parametrize(
+    "title, fields",
+    [
+        ("Requests per second by node", {"latency_total_ms"}),
+        (
+            "Latency by stage (p50 / p95 / p99)",
+            {"latency_detection_ms", "latency_embedding_ms", "latency_total_ms"},
+        ),
+        ("Match rate by node", {"matched"}),
+        ("Distance against the threshold", {"distance", "threshold"}),
+        ("Distance distribution", {"distance"}),
+        (
+            "Detection probability by photo role",
+            {"probability_reference", "probability_sample", "probability_photo"},
+        ),
+        ("Errors per second by error code", {"error"}),
+    ],
+)
 def test_dashboard_has_the_panels_operators_watch(dashboard, title, fields):
     panel = next((p for p in dashboard["panels"] if p["title"] == title), None)
     assert panel is not None, title
-    used = {name for t in panel["targets"] for name in re.findall(r'r\._field == "([^"]+)"',
-                                                                     t["query"])}
+    used = {
+        name for t in panel["targets"] for name in re.findall(r'r\._field == "([^"]+)"', t["query"])
+    }
     assert used == fields
     if title.startswith("Latency"):
-        assert [re.search(r"quantile\(q: ([0-9.]+)", t["query"])[1] for t in panel["targets"]] \
-            == ["0.5", "0.95", "0.99"]
+        assert [re.search(r"quantile\(q: ([0-9.]+)", t["query"])[1] for t in panel["targets"]] == [
+            "0.5",
+            "0.95",
+            "0.99",
+        ]
 
 
 def test_dashboard_provider_loads_the_folder_compose_mounts():

@@ -17,7 +17,8 @@ from tests.servers import Subscriber, record, wait_until
 
 def settings_for(broker, **changes) -> Settings:
     return Settings(mqtt_host="127.0.0.1", mqtt_port=broker.port, node="node-test").replace(
-        **changes)
+        **changes
+    )
 
 
 @pytest.fixture
@@ -65,8 +66,7 @@ def test_start_connects_without_a_publish_and_sends_nothing(broker, subscriber, 
     assert len(subscriber.wait_for(1)) == 1
 
 
-def test_each_record_becomes_one_valid_message_with_its_values(broker, subscriber,
-                                                               make_publisher):
+def test_each_record_becomes_one_valid_message_with_its_values(broker, subscriber, make_publisher):
     publisher = make_publisher(settings_for(broker))
     for i in range(40):
         publisher.publish(record(i))
@@ -77,18 +77,26 @@ def test_each_record_becomes_one_valid_message_with_its_values(broker, subscribe
         validate(message)
     assert sorted(round(msg["distance"] * 1000) for msg in messages) == list(range(40))
     first = next(msg for msg in messages if msg["distance"] == 0)
-    assert (first["node"], first["pid"], first["endpoint"]) == ("node-test", os.getpid(),
-                                                                "/photo_match")
+    assert (first["node"], first["pid"], first["endpoint"]) == (
+        "node-test",
+        os.getpid(),
+        "/photo_match",
+    )
     assert first["latency_ms"]["total"] == 20.0
     wait_until(lambda: publisher.stats()["sent"] == 40, 5, what="40 acknowledgements")
     stats = publisher.stats()
     assert (stats["published"], stats["dropped"], stats["queued"], stats["connected"]) == (
-        40, 0, 0, True)
+        40,
+        0,
+        0,
+        True,
+    )
 
 
 @pytest.mark.parametrize("parent_published", [False, True], ids=["preload", "parent-running"])
-def test_forked_children_publish_with_their_own_client_and_pid(broker, subscriber, make_publisher,
-                                                               parent_published):
+def test_forked_children_publish_with_their_own_client_and_pid(
+    broker, subscriber, make_publisher, parent_published
+):
     """Gunicorn preload: the publisher is made in the parent and used in forked workers; a
     parent that had already started its client does not leak it into the children."""
     publisher = make_publisher(settings_for(broker))

@@ -29,32 +29,52 @@ def records() -> list[tuple[str, RequestRecord]]:
         node = "node-a" if i % 2 == 0 else "node-b"
         started = START + i
         if i % 10 == 9:
-            rec = RequestRecord(endpoint="/photo_match", started=started, status=422,
-                                error_code="no_face", model="casia-webface",
-                                faces=[FaceSummary("reference", 1, 0.999, None, 250, 250),
-                                       FaceSummary("sample", 0, None, None, 250, 250)],
-                                latency=Latency(detection=30.0, total=35.0))
+            rec = RequestRecord(
+                endpoint="/photo_match",
+                started=started,
+                status=422,
+                error_code="no_face",
+                model="casia-webface",
+                faces=[
+                    FaceSummary("reference", 1, 0.999, None, 250, 250),
+                    FaceSummary("sample", 0, None, None, 250, 250),
+                ],
+                latency=Latency(detection=30.0, total=35.0),
+            )
         elif i % 15 == 14:
-            rec = RequestRecord(endpoint="/embeddings", started=started, model="casia-webface",
-                                faces=[FaceSummary("photo", 1, 0.95, None, 200, 200)],
-                                latency=Latency(detection=20.0, embedding=10.0, total=32.0))
+            rec = RequestRecord(
+                endpoint="/embeddings",
+                started=started,
+                model="casia-webface",
+                faces=[FaceSummary("photo", 1, 0.95, None, 200, 200)],
+                latency=Latency(detection=20.0, embedding=10.0, total=32.0),
+            )
         else:
             matched = (i % 3 != 0) if node == "node-a" else (i % 3 == 0)
-            rec = RequestRecord(endpoint="/photo_match", started=started, match=matched,
-                                distance=0.3 if matched else 0.9, threshold=0.63,
-                                metric="cosine", model="casia-webface",
-                                faces=[FaceSummary("reference", 1, 0.99, None, 250, 250),
-                                       FaceSummary("sample", 1, 0.97, None, 250, 250)],
-                                latency=Latency(detection=40.0 + i, embedding=20.0,
-                                                total=70.0 + i))
+            rec = RequestRecord(
+                endpoint="/photo_match",
+                started=started,
+                match=matched,
+                distance=0.3 if matched else 0.9,
+                threshold=0.63,
+                metric="cosine",
+                model="casia-webface",
+                faces=[
+                    FaceSummary("reference", 1, 0.99, None, 250, 250),
+                    FaceSummary("sample", 1, 0.97, None, 250, 250),
+                ],
+                latency=Latency(detection=40.0 + i, embedding=20.0, total=70.0 + i),
+            )
         out.append((node, rec))
     return out
 
 
 @pytest.fixture
 def filled(database):
-    points = [influx_point(to_point(build_message(rec, node=node)), "facematch")
-              for node, rec in records()]
+    points = [
+        influx_point(to_point(build_message(rec, node=node)), "facematch")
+        for node, rec in records()
+    ]
     with InfluxDBClient(url=database.url, token="test", org="facematch") as client:
         client.write_api(write_options=SYNCHRONOUS).write(bucket="facematch", record=points)
     database.export("facematch_pid")  # flush
@@ -62,8 +82,9 @@ def filled(database):
 
 
 def test_reader_rebuilds_every_point_with_its_tags_and_fields(filled):
-    source = report.Source("victoria-metrics", filled.url, "", "facematch", "facematch",
-                           "facematch")
+    source = report.Source(
+        "victoria-metrics", filled.url, "", "facematch", "facematch", "facematch"
+    )
     points = report.read_points(source, START - 1, time.time())
     expected = [to_point(build_message(rec, node=node)) for node, rec in records()]
     assert len(points) == 60
@@ -74,20 +95,25 @@ def test_reader_rebuilds_every_point_with_its_tags_and_fields(filled):
 
 
 def test_panel_numbers_match_what_was_written(filled):
-    source = report.Source("victoria-metrics", filled.url, "", "facematch", "facematch",
-                           "facematch")
+    source = report.Source(
+        "victoria-metrics", filled.url, "", "facematch", "facematch", "facematch"
+    )
     points = report.read_points(source, START - 1, time.time())
     summary = report.summarize(points)
     decided = [(node, rec) for node, rec in records() if rec.match is not None]
     assert (summary.requests, summary.nodes, summary.errors) == (60, ["node-a", "node-b"], 6)
     assert (summary.decided, summary.matches) == (
-        len(decided), sum(rec.match for _, rec in decided))
+        len(decided),
+        sum(rec.match for _, rec in decided),
+    )
     assert summary.thresholds == [0.63]
 
     bins = report.Bins.over(points)
     rates = report.requests_per_second(points, bins)
     assert {node: round(float(v.sum() * bins.width)) for node, v in rates.items()} == {
-        "node-a": 30, "node-b": 30}
+        "node-a": 30,
+        "node-b": 30,
+    }
     errors = report.errors_per_second(points, bins)
     assert list(errors) == ["no_face"]
     assert round(float(errors["no_face"].sum() * bins.width)) == 6
@@ -95,20 +121,39 @@ def test_panel_numbers_match_what_was_written(filled):
     for node in ("node-a", "node-b"):
         mine = [rec.match for n, rec in decided if n == node]
         assert overall[node][0] == pytest.approx(sum(mine) / len(mine))
-    quantiles = report.latency_quantiles(points, report.Bins(edges=np.array([START - 1,
-                                                                           START + 100])))
+    quantiles = report.latency_quantiles(
+        points, report.Bins(edges=np.array([START - 1, START + 100]))
+    )
     totals = [rec.latency.total for _, rec in records()]
     assert quantiles[("total", 50)][0] == pytest.approx(np.percentile(totals, 50))
 
 
 def test_command_renders_the_report_png(filled, tmp_path):
     out = tmp_path / "report.png"
-    env = {"PATH": "/usr/bin:/bin", "FACEMATCH_INFLUX_URL": filled.url,
-           "FACEMATCH_INFLUX_MEASUREMENT": "facematch", "MPLCONFIGDIR": str(tmp_path)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FACEMATCH_INFLUX_URL": filled.url,
+        "FACEMATCH_INFLUX_MEASUREMENT": "facematch",
+        "MPLCONFIGDIR": str(tmp_path),
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarking_utils.monitoring_report", "--backend",
-         "victoria-metrics", "--since", "1h", "--out", str(out)],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "benchmarking_utils.monitoring_report",
+            "--backend",
+            "victoria-metrics",
+            "--since",
+            "1h",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "60 requests" in result.stdout and "6 errors" in result.stdout
     import matplotlib.image
@@ -120,12 +165,27 @@ def test_command_renders_the_report_png(filled, tmp_path):
 
 def test_command_with_no_points_in_range_still_renders(database, tmp_path):
     out = tmp_path / "empty.png"
-    env = {"PATH": "/usr/bin:/bin", "FACEMATCH_INFLUX_URL": database.url,
-           "MPLCONFIGDIR": str(tmp_path)}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "FACEMATCH_INFLUX_URL": database.url,
+        "MPLCONFIGDIR": str(tmp_path),
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarking_utils.monitoring_report", "--backend",
-         "victoria-metrics", "--out", str(out)], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "benchmarking_utils.monitoring_report",
+            "--backend",
+            "victoria-metrics",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert "0 requests" in result.stdout
     assert out.stat().st_size > 1000

@@ -10,7 +10,15 @@ import pytest
 from config import Settings
 from monitoring.publisher import create_publisher
 from tests.servers import (
-    BridgeProcess, Mosquitto, MosquittoOptions, make_tls, record, remove, wait_until, workdir)
+    BridgeProcess,
+    Mosquitto,
+    MosquittoOptions,
+    make_tls,
+    record,
+    remove,
+    wait_until,
+    workdir,
+)
 
 USER, PASSWORD = "facematch", "s3cret-pass"
 
@@ -29,9 +37,14 @@ def secure_broker():
 
 
 def secure_settings(broker, **changes) -> Settings:
-    return Settings(mqtt_host="localhost", mqtt_port=broker.port, mqtt_username=USER,
-                    mqtt_password=PASSWORD, mqtt_ca_file=str(broker.options.tls.ca),
-                    node="node-tls").replace(**changes)
+    return Settings(
+        mqtt_host="localhost",
+        mqtt_port=broker.port,
+        mqtt_username=USER,
+        mqtt_password=PASSWORD,
+        mqtt_ca_file=str(broker.options.tls.ca),
+        node="node-tls",
+    ).replace(**changes)
 
 
 def test_publisher_with_the_right_password_and_ca_delivers(secure_broker):
@@ -45,12 +58,16 @@ def test_publisher_with_the_right_password_and_ca_delivers(secure_broker):
         publisher.close(timeout=1)
 
 
-@pytest.mark.parametrize("changes, reason", [
-    ({"mqtt_password": "wrong"}, "Not authorized"),
-    ({"mqtt_username": "", "mqtt_password": ""}, "Not authorized"),
-    ({"mqtt_ca_file": "OTHER_CA"}, "CERTIFICATE_VERIFY_FAILED"),
-    ({"mqtt_ca_file": ""}, "connection lost before the broker accepted it"),
-], ids=["wrong-password", "no-credentials", "untrusted-ca", "plain-text-to-tls"])
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"mqtt_password": "wrong"}, "Not authorized"),
+        ({"mqtt_username": "", "mqtt_password": ""}, "Not authorized"),
+        ({"mqtt_ca_file": "OTHER_CA"}, "CERTIFICATE_VERIFY_FAILED"),
+        ({"mqtt_ca_file": ""}, "connection lost before the broker accepted it"),
+    ],
+    ids=["wrong-password", "no-credentials", "untrusted-ca", "plain-text-to-tls"],
+)
 def test_publisher_is_refused_with_bad_credentials_or_ca(secure_broker, changes, reason):
     if changes.get("mqtt_ca_file") == "OTHER_CA":
         changes = {**changes, "mqtt_ca_file": str(secure_broker.options.tls.other_ca)}
@@ -66,29 +83,38 @@ def test_publisher_is_refused_with_bad_credentials_or_ca(secure_broker, changes,
         publisher.close(timeout=0.2)
 
 
-def test_bridge_connects_with_credentials_and_ca_and_is_refused_without(secure_broker,
-                                                                        database, tmp_path):
+def test_bridge_connects_with_credentials_and_ca_and_is_refused_without(
+    secure_broker, database, tmp_path
+):
     env = {
-        "FACEMATCH_MQTT_HOST": "localhost", "FACEMATCH_MQTT_PORT": str(secure_broker.port),
-        "FACEMATCH_MQTT_USERNAME": USER, "FACEMATCH_MQTT_PASSWORD": PASSWORD,
+        "FACEMATCH_MQTT_HOST": "localhost",
+        "FACEMATCH_MQTT_PORT": str(secure_broker.port),
+        "FACEMATCH_MQTT_USERNAME": USER,
+        "FACEMATCH_MQTT_PASSWORD": PASSWORD,
         "FACEMATCH_MQTT_CA_FILE": str(secure_broker.options.tls.ca),
-        "FACEMATCH_INFLUX_URL": database.url, "FACEMATCH_INFLUX_FLUSH_INTERVAL_MS": "100",
+        "FACEMATCH_INFLUX_URL": database.url,
+        "FACEMATCH_INFLUX_FLUSH_INTERVAL_MS": "100",
     }
-    refused = BridgeProcess(tmp_path, {**env, "FACEMATCH_MQTT_PASSWORD": "wrong"},
-                            ["--client-id", "bridge-refused"])
+    refused = BridgeProcess(
+        tmp_path, {**env, "FACEMATCH_MQTT_PASSWORD": "wrong"}, ["--client-id", "bridge-refused"]
+    )
     good = BridgeProcess(tmp_path / "good", env, ["--client-id", "bridge-tls"])
     (tmp_path / "good").mkdir()
     publisher = create_publisher(secure_settings(secure_broker))
     try:
         refused.start(wait_subscribed=False)
-        wait_until(lambda: "refused the connection" in refused.log(), 10,
-                   what="the refused bridge's log")
+        wait_until(
+            lambda: "refused the connection" in refused.log(), 10, what="the refused bridge's log"
+        )
         assert "subscribed" not in refused.log()
         good.start()
         for i in range(4):
             publisher.publish(record(i))
-        wait_until(lambda: database.count_samples("facematch_latency_total_ms") >= 4, 15,
-                   what="4 points through the TLS broker")
+        wait_until(
+            lambda: database.count_samples("facematch_latency_total_ms") >= 4,
+            15,
+            what="4 points through the TLS broker",
+        )
     finally:
         publisher.close(timeout=1)
         refused.stop()

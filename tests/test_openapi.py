@@ -17,11 +17,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks as openapi_checks
-
-from server import create_app
 from test_api import DIFFERENT, SAME, files, photo_match, png_declaring
 from test_cached_match import cached_match, embedding_of
 from test_security import KEY_A, SIGN_NEW, dumps
+
+from server import create_app
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENT = json.loads((REPO / "openapi.json").read_text())
@@ -52,7 +52,8 @@ def test_document_is_valid_openapi_3():
 def test_every_route_is_documented_and_every_documented_route_exists(app):
     served = {
         (rule.rule, method.lower())
-        for rule in app.url_map.iter_rules() if rule.endpoint != "static"
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
         for method in rule.methods - {"HEAD", "OPTIONS"}
     }
     documented = {(path, method) for path, item in DOCUMENT["paths"].items() for method in item}
@@ -62,8 +63,11 @@ def test_every_route_is_documented_and_every_documented_route_exists(app):
 def test_every_error_code_the_server_can_raise_is_documented():
     import errors
 
-    codes = {cls.code for cls in vars(errors).values()
-             if isinstance(cls, type) and issubclass(cls, errors.ApiError)}
+    codes = {
+        cls.code
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.ApiError)
+    }
     text = json.dumps(DOCUMENT["components"]["responses"])
     assert not [code for code in codes | {"internal_error"} if f"`{code}`" not in text]
 
@@ -77,7 +81,8 @@ def assert_conforms(document_schema, path: str, method: str, response) -> None:
     """The status is documented for this operation and the body and headers match it."""
     operation = document_schema[path][method]
     assert str(response.status_code) in DOCUMENT["paths"][path][method.lower()]["responses"], (
-        f"{method} {path} answered an undocumented {response.status_code}")
+        f"{method} {path} answered an undocumented {response.status_code}"
+    )
     operation.validate_response(response)
 
 
@@ -86,8 +91,9 @@ def signing_client(settings, engine):
     return create_app(settings.replace(signing_keys=SIGN_NEW), engine=engine).test_client()
 
 
-def test_real_success_responses_match_the_document(client, signing_client, face_bytes,
-                                                    document_schema):
+def test_real_success_responses_match_the_document(
+    client, signing_client, face_bytes, document_schema
+):
     reference, sample = face_bytes(SAME[0]), face_bytes(SAME[1])
     assert_conforms(document_schema, "/ping", "GET", client.get("/ping"))
     assert_conforms(document_schema, "/health", "GET", client.get("/health"))
@@ -95,16 +101,25 @@ def test_real_success_responses_match_the_document(client, signing_client, face_
     for pair in (SAME, DIFFERENT):
         response = photo_match(client, face_bytes(pair[0]), face_bytes(pair[1]))
         assert_conforms(document_schema, "/photo_match", "POST", response)
-    canvas_response = photo_match(client, reference, _two_faces(face_bytes), sample_faces="all",
-                                  metric="euclidean", threshold="1.1")
+    canvas_response = photo_match(
+        client,
+        reference,
+        _two_faces(face_bytes),
+        sample_faces="all",
+        metric="euclidean",
+        threshold="1.1",
+    )
     assert "sample_faces" in canvas_response.json
     assert_conforms(document_schema, "/photo_match", "POST", canvas_response)
     for app_client in (client, signing_client):
         for fmt in ("json", "npy", "pt"):
             stored = embedding_of(app_client, reference, fmt)
             assert_conforms(document_schema, "/embeddings", "POST", stored)
-            form = {"signature": stored.headers["X-Facematch-Signature"]} if (
-                fmt != "json" and "X-Facematch-Signature" in stored.headers) else {}
+            form = (
+                {"signature": stored.headers["X-Facematch-Signature"]}
+                if (fmt != "json" and "X-Facematch-Signature" in stored.headers)
+                else {}
+            )
             matched = cached_match(app_client, stored.get_data(), sample, **form)
             assert matched.status_code == 200
             assert_conforms(document_schema, "/cached_match", "POST", matched)
@@ -112,7 +127,6 @@ def test_real_success_responses_match_the_document(client, signing_client, face_
 
 def _two_faces(face_bytes) -> bytes:
     from PIL import Image
-
     from support import image_bytes
 
     canvas = Image.new("RGB", (500, 250), (128, 128, 128))
@@ -121,8 +135,9 @@ def _two_faces(face_bytes) -> bytes:
     return image_bytes(canvas)
 
 
-def test_real_error_responses_match_the_document(settings, engine, client, signing_client,
-                                                  face_bytes, document_schema):
+def test_real_error_responses_match_the_document(
+    settings, engine, client, signing_client, face_bytes, document_schema
+):
     sample = face_bytes(SAME[1])
     keyed = create_app(settings.replace(api_keys=KEY_A), engine=engine).test_client()
     small = create_app(settings.replace(max_upload_mb=0.05), engine=engine).test_client()
@@ -141,13 +156,32 @@ def test_real_error_responses_match_the_document(settings, engine, client, signi
         ("/embeddings", "POST", 400, client.post("/embeddings", data={"format": "pkl"})),
         ("/embeddings", "POST", 422, client.post("/embeddings", data=files(photo=blank))),
         ("/cached_match", "POST", 400, cached_match(client, b"[1, 2]", sample)),
-        ("/cached_match", "POST", 400, cached_match(signing_client, dumps(signed["embedding"]),
-                                                    sample)),
-        ("/cached_match", "POST", 403, cached_match(signing_client, dumps(
-            {**signed, "embedding": signed["embedding"][::-1]}), sample)),
-        ("/cached_match", "POST", 422, cached_match(signing_client, dumps(
-            {**signed, "model": "vggface2", "signature": _signed_for_other_model(signed)}),
-            sample)),
+        (
+            "/cached_match",
+            "POST",
+            400,
+            cached_match(signing_client, dumps(signed["embedding"]), sample),
+        ),
+        (
+            "/cached_match",
+            "POST",
+            403,
+            cached_match(
+                signing_client, dumps({**signed, "embedding": signed["embedding"][::-1]}), sample
+            ),
+        ),
+        (
+            "/cached_match",
+            "POST",
+            422,
+            cached_match(
+                signing_client,
+                dumps(
+                    {**signed, "model": "vggface2", "signature": _signed_for_other_model(signed)}
+                ),
+                sample,
+            ),
+        ),
     ]
     for path, method, status, response in cases:
         assert response.status_code == status, (path, status, response.get_data(as_text=True))
@@ -156,7 +190,6 @@ def test_real_error_responses_match_the_document(settings, engine, client, signi
 
 def _blank_jpeg() -> bytes:
     from PIL import Image
-
     from support import image_bytes
 
     return image_bytes(Image.new("RGB", (250, 250), (200, 180, 160)))
@@ -184,8 +217,13 @@ def test_a_response_that_breaks_the_document_is_caught(client, document_schema):
 # (A plain loop over the operations: schemathesis' pytest plugin does not run under pytest 9.2.)
 
 OPERATIONS = [(path, method.upper()) for path, item in DOCUMENT["paths"].items() for method in item]
-_FUZZ_SETTINGS = hypothesis_settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
-                          derandomize=True, suppress_health_check=list(HealthCheck))
+_FUZZ_SETTINGS = hypothesis_settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 def operation_for(app, path: str, method: str):
@@ -213,11 +251,11 @@ def test_generated_requests_get_documented_answers_and_no_5xx(app, path, method)
 def test_generated_requests_do_catch_a_server_error(settings, engine):
     """The fuzzing can fail: an engine that breaks on every photo is found within the bound."""
     from schemathesis.core.failures import FailureGroup
-
     from test_security import _FailingEngine
 
-    operation = operation_for(create_app(settings, engine=_FailingEngine(engine)),
-                              "/embeddings", "POST")
+    operation = operation_for(
+        create_app(settings, engine=_FailingEngine(engine)), "/embeddings", "POST"
+    )
 
     @_FUZZ_SETTINGS
     @given(case=operation.as_strategy())
@@ -229,8 +267,9 @@ def test_generated_requests_do_catch_a_server_error(settings, engine):
 
 
 @pytest.mark.parametrize("path,method", OPERATIONS, ids=[f"{m} {p}" for p, m in OPERATIONS])
-def test_generated_requests_without_a_key_are_all_401_when_keys_are_on(settings, engine, path,
-                                                                       method):
+def test_generated_requests_without_a_key_are_all_401_when_keys_are_on(
+    settings, engine, path, method
+):
     app = create_app(settings.replace(api_keys=KEY_A), engine=engine)
     operation = operation_for(app, path, method)
     expected = 200 if path == "/ping" else 401

@@ -10,21 +10,27 @@ import signal
 import numpy as np
 import pytest
 import requests
+from test_api import SAME, assert_error, files
+from test_cached_match import cached_match, embedding_of
+from test_gunicorn import serve, wait_until_up
 
 from config import ConfigError
 from errors import BadSignature, Unauthorized, UnsignedReference, WrongModel
 from security import ApiKeyCheck, ReferenceSigner, key_id, reference_claims
 from server import create_app
-from test_api import SAME, assert_error, files
-from test_cached_match import cached_match, embedding_of
-from test_gunicorn import serve, wait_until_up
 
 KEY_A = "key-a-0123456789abcdef"
 KEY_B = "key-b-0123456789abcdef"
 SIGN_OLD = "signing-old-0123456789abcdef"
 SIGN_NEW = "signing-new-0123456789abcdef"
-PROTECTED = [("GET", "/health"), ("GET", "/openapi.json"), ("POST", "/photo_match"),
-             ("POST", "/cached_match"), ("POST", "/embeddings"), ("GET", "/nowhere")]
+PROTECTED = [
+    ("GET", "/health"),
+    ("GET", "/openapi.json"),
+    ("POST", "/photo_match"),
+    ("POST", "/cached_match"),
+    ("POST", "/embeddings"),
+    ("GET", "/nowhere"),
+]
 
 
 def dumps(value) -> bytes:
@@ -38,6 +44,7 @@ def unit_vector(seed: int = 0) -> np.ndarray:
 
 # --- ApiKeyCheck ---
 
+
 def test_no_configured_key_lets_every_request_through():
     check = ApiKeyCheck([])
     assert not check.enabled
@@ -47,8 +54,9 @@ def test_no_configured_key_lets_every_request_through():
 def test_keys_come_from_the_comma_separated_variable_and_the_file(settings, tmp_path):
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"# production keys\n\n  {KEY_B}  \n")
-    check = ApiKeyCheck.from_settings(settings.replace(api_keys=f" {KEY_A} , ",
-                                                       api_keys_file=str(keys_file)))
+    check = ApiKeyCheck.from_settings(
+        settings.replace(api_keys=f" {KEY_A} , ", api_keys_file=str(keys_file))
+    )
     assert len(check) == 2
     assert check.is_valid(KEY_A) and check.is_valid(KEY_B)
     assert not check.is_valid(KEY_A[:-1]) and not check.is_valid(KEY_A + "x")
@@ -71,16 +79,19 @@ def test_short_keys_are_refused_without_echoing_them(settings):
     assert "#2" in str(raised.value) and "hunter2" not in str(raised.value)
 
 
-@pytest.mark.parametrize("headers,valid", [
-    ({"Authorization": f"Bearer {KEY_A}"}, True),
-    ({"Authorization": f"bearer   {KEY_A} "}, True),
-    ({"X-API-Key": KEY_A}, True),
-    ({"Authorization": f"Basic {KEY_A}"}, False),
-    ({"Authorization": KEY_A}, False),
-    ({"Authorization": "Bearer "}, False),
-    ({"X-API-Key": KEY_B}, False),
-    ({}, False),
-])
+@pytest.mark.parametrize(
+    "headers,valid",
+    [
+        ({"Authorization": f"Bearer {KEY_A}"}, True),
+        ({"Authorization": f"bearer   {KEY_A} "}, True),
+        ({"X-API-Key": KEY_A}, True),
+        ({"Authorization": f"Basic {KEY_A}"}, False),
+        ({"Authorization": KEY_A}, False),
+        ({"Authorization": "Bearer "}, False),
+        ({"X-API-Key": KEY_B}, False),
+        ({}, False),
+    ],
+)
 def test_key_is_accepted_as_bearer_token_or_x_api_key(headers, valid):
     check = ApiKeyCheck([KEY_A])
     if valid:
@@ -91,6 +102,7 @@ def test_key_is_accepted_as_bearer_token_or_x_api_key(headers, valid):
 
 
 # --- ReferenceSigner ---
+
 
 def test_signed_reference_verifies_and_json_floats_round_trip():
     signer = ReferenceSigner([SIGN_NEW])
@@ -111,10 +123,17 @@ def test_one_changed_value_breaks_the_signature():
         signer.verify(tampered, "casia-webface", token)
 
 
-@pytest.mark.parametrize("token", [
-    "garbage", "v1..", "v2.00000000." + "A" * 43, "v1.00000000." + "A" * 43,
-    "v1.%s.%s" % (key_id(SIGN_NEW), "A" * 42), "v1.%s.%s" % (key_id(SIGN_NEW), "A" * 43),
-])
+@pytest.mark.parametrize(
+    "token",
+    [
+        "garbage",
+        "v1..",
+        "v2.00000000." + "A" * 43,
+        "v1.00000000." + "A" * 43,
+        "v1.{}.{}".format(key_id(SIGN_NEW), "A" * 42),
+        "v1.{}.{}".format(key_id(SIGN_NEW), "A" * 43),
+    ],
+)
 def test_malformed_or_forged_tokens_are_bad_signatures(token):
     with pytest.raises(BadSignature):
         ReferenceSigner([SIGN_NEW]).verify(unit_vector(), "casia-webface", token)
@@ -164,6 +183,7 @@ def test_claims_are_read_only_from_a_json_object():
 
 # --- the app with API keys ---
 
+
 @pytest.fixture
 def keyed(settings, engine, tmp_path):
     keys_file = tmp_path / "keys"
@@ -177,17 +197,30 @@ def test_ping_needs_no_key(keyed):
 
 
 @pytest.mark.parametrize("method,path", PROTECTED)
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong-key-0123456789"},
-                                     {"X-API-Key": KEY_A[:-1]}, {"Authorization": f"Token {KEY_A}"}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong-key-0123456789"},
+        {"X-API-Key": KEY_A[:-1]},
+        {"Authorization": f"Token {KEY_A}"},
+    ],
+)
 def test_every_other_route_is_401_without_a_valid_key(keyed, method, path, headers):
     response = keyed.open(path, method=method, headers=headers)
     assert_error(response, 401, "unauthorized")
 
 
 def test_401_is_the_same_whatever_part_was_wrong(keyed):
-    bodies = {keyed.get("/health", headers=h).get_data() for h in (
-        {}, {"X-API-Key": "x" * 20}, {"Authorization": "Bearer " + KEY_A + "x"},
-        {"Authorization": "Basic " + KEY_A})}
+    bodies = {
+        keyed.get("/health", headers=h).get_data()
+        for h in (
+            {},
+            {"X-API-Key": "x" * 20},
+            {"Authorization": "Bearer " + KEY_A + "x"},
+            {"Authorization": "Basic " + KEY_A},
+        )
+    }
     assert len(bodies) == 1
 
 
@@ -200,6 +233,7 @@ def test_configured_keys_from_variable_and_file_open_the_api(keyed, face_bytes, 
 
 
 # --- the app with signing ---
+
 
 def signing_client(settings, engine, *keys: str):
     return create_app(settings.replace(signing_keys=",".join(keys)), engine=engine).test_client()
@@ -223,8 +257,9 @@ def test_signed_json_from_embeddings_is_accepted_unchanged(signing, face_bytes):
     response = cached_match(signing, stored.get_data(), face_bytes(SAME[1]))
     assert response.status_code == 200, response.json
     assert response.json["match"] is True
-    as_text = cached_match(signing, stored.get_data(as_text=True), face_bytes(SAME[1]),
-                           as_file=False)
+    as_text = cached_match(
+        signing, stored.get_data(as_text=True), face_bytes(SAME[1]), as_file=False
+    )
     assert as_text.status_code == 200
 
 
@@ -232,8 +267,13 @@ def test_signed_json_from_embeddings_is_accepted_unchanged(signing, face_bytes):
 def test_binary_reference_carries_its_signature_in_a_form_field(signing, face_bytes, fmt):
     stored = embedding_of(signing, face_bytes(SAME[0]), fmt)
     signature = stored.headers["X-Facematch-Signature"]
-    response = cached_match(signing, stored.get_data(), face_bytes(SAME[1]), signature=signature,
-                            reference_model=stored.headers["X-Facematch-Model"])
+    response = cached_match(
+        signing,
+        stored.get_data(),
+        face_bytes(SAME[1]),
+        signature=signature,
+        reference_model=stored.headers["X-Facematch-Model"],
+    )
     assert response.status_code == 200, response.json
     assert response.json["match"] is True
     unsigned = cached_match(signing, stored.get_data(), face_bytes(SAME[1]))
@@ -256,8 +296,7 @@ def test_reference_of_another_face_under_a_real_signature_is_403(signing, face_b
     response = cached_match(signing, dumps(forged), face_bytes(SAME[1]))
     assert_error(response, 403, "bad_signature")
     nudged = {**victim, "embedding": [v * 1.0001 for v in victim["embedding"]]}
-    assert_error(cached_match(signing, dumps(nudged), face_bytes(SAME[1])), 403,
-                 "bad_signature")
+    assert_error(cached_match(signing, dumps(nudged), face_bytes(SAME[1])), 403, "bad_signature")
 
 
 def test_signature_is_checked_before_the_sample_is_decoded(signing, face_bytes):
@@ -267,8 +306,9 @@ def test_signature_is_checked_before_the_sample_is_decoded(signing, face_bytes):
     assert_error(response, 403, "bad_signature")
 
 
-def test_reference_signed_by_a_key_this_server_does_not_hold_is_403(settings, engine, signing,
-                                                                     face_bytes):
+def test_reference_signed_by_a_key_this_server_does_not_hold_is_403(
+    settings, engine, signing, face_bytes
+):
     foreign = signing_client(settings, engine, "someone-elses-key-0123456789")
     stored = embedding_of(foreign, face_bytes(SAME[0]), "json").get_data()
     assert_error(cached_match(signing, stored, face_bytes(SAME[1])), 403, "bad_signature")
@@ -277,13 +317,17 @@ def test_reference_signed_by_a_key_this_server_does_not_hold_is_403(settings, en
 def test_reference_signed_for_another_model_is_422_wrong_model(signing, face_bytes):
     body = embedding_of(signing, face_bytes(SAME[0]), "json").json
     vector = np.asarray(body["embedding"], np.float32)
-    other = {**body, "model": "vggface2",
-             "signature": ReferenceSigner([SIGN_NEW]).sign(vector, "vggface2")}
+    other = {
+        **body,
+        "model": "vggface2",
+        "signature": ReferenceSigner([SIGN_NEW]).sign(vector, "vggface2"),
+    }
     response = cached_match(signing, dumps(other), face_bytes(SAME[1]))
     assert_error(response, 422, "wrong_model")
     relabelled = {**body, "model": "vggface2"}
-    assert_error(cached_match(signing, dumps(relabelled), face_bytes(SAME[1])), 403,
-                 "bad_signature")
+    assert_error(
+        cached_match(signing, dumps(relabelled), face_bytes(SAME[1])), 403, "bad_signature"
+    )
 
 
 def test_key_rotation_end_to_end(settings, engine, face_bytes):
@@ -300,6 +344,7 @@ def test_key_rotation_end_to_end(settings, engine, face_bytes):
 
 # --- nothing sensitive leaves through responses, logs or the disk ---
 
+
 class _FailingEngine:
     """The real engine, except that detection raises an error naming a file path."""
 
@@ -313,8 +358,7 @@ class _FailingEngine:
         raise RuntimeError("boom in /opt/facematch/secret/weights.pt")
 
 
-def test_unexpected_error_is_a_bare_500_without_trace_or_path(settings, engine, face_bytes,
-                                                               caplog):
+def test_unexpected_error_is_a_bare_500_without_trace_or_path(settings, engine, face_bytes, caplog):
     app = create_app(settings, engine=_FailingEngine(engine))
     response = app.test_client().post("/embeddings", data=files(photo=face_bytes(SAME[0])))
     assert response.status_code == 500
@@ -326,8 +370,9 @@ def test_large_uploads_are_kept_in_memory(app):
     from flask import request
 
     big = b"\xff" * (2 * 1024 * 1024)
-    with app.test_request_context("/embeddings", method="POST",
-                                  data={"photo": (io.BytesIO(big), "p.jpg")}):
+    with app.test_request_context(
+        "/embeddings", method="POST", data={"photo": (io.BytesIO(big), "p.jpg")}
+    ):
         stream = request.files["photo"].stream
         assert isinstance(stream, io.BytesIO)
         assert stream.getbuffer().nbytes == len(big)
@@ -339,7 +384,9 @@ def test_embeddings_and_images_never_reach_the_log(signing, face_bytes, caplog):
     body = embedding_of(signing, photo, "json").json
     cached_match(signing, dumps(body), face_bytes(SAME[1]))
     cached_match(signing, dumps({**body, "signature": "v1.x"}), face_bytes(SAME[1]))
-    values = [repr(v) for v in body["embedding"][:32]] + [f"{v:.6f}" for v in body["embedding"][:32]]
+    values = [repr(v) for v in body["embedding"][:32]] + [
+        f"{v:.6f}" for v in body["embedding"][:32]
+    ]
     assert not [v for v in values if v in caplog.text]
     assert body["signature"] not in caplog.text
     assert photo[200:232].hex() not in caplog.text and repr(photo[200:232]) not in caplog.text
@@ -347,19 +394,34 @@ def test_embeddings_and_images_never_reach_the_log(signing, face_bytes, caplog):
 
 # --- a real Gunicorn configured through the environment ---
 
+
 def test_gunicorn_reads_keys_and_signing_keys_from_the_environment(face_bytes):
-    process, url = serve(FACEMATCH_API_KEYS=f"{KEY_A},{KEY_B}",
-                         FACEMATCH_SIGNING_KEYS=f"{SIGN_NEW},{SIGN_OLD}", FACEMATCH_LOG_LEVEL="debug")
+    process, url = serve(
+        FACEMATCH_API_KEYS=f"{KEY_A},{KEY_B}",
+        FACEMATCH_SIGNING_KEYS=f"{SIGN_NEW},{SIGN_OLD}",
+        FACEMATCH_LOG_LEVEL="debug",
+    )
     try:
         wait_until_up(process, url)
         auth = {"Authorization": f"Bearer {KEY_B}"}
         assert requests.get(url + "/health", timeout=10).status_code == 401
         assert requests.get(url + "/health", headers={"X-API-Key": KEY_A}, timeout=10).ok
-        stored = requests.post(url + "/embeddings", headers=auth, timeout=60,
-                               files={"photo": ("a.jpg", face_bytes(SAME[0]))})
+        stored = requests.post(
+            url + "/embeddings",
+            headers=auth,
+            timeout=60,
+            files={"photo": ("a.jpg", face_bytes(SAME[0]))},
+        )
         assert stored.json()["signature"].split(".")[1] == key_id(SIGN_NEW)
-        response = requests.post(url + "/cached_match", headers=auth, timeout=60, files={
-            "reference": ("ref.json", stored.content), "sample": ("b.jpg", face_bytes(SAME[1]))})
+        response = requests.post(
+            url + "/cached_match",
+            headers=auth,
+            timeout=60,
+            files={
+                "reference": ("ref.json", stored.content),
+                "sample": ("b.jpg", face_bytes(SAME[1])),
+            },
+        )
         assert response.status_code == 200 and response.json()["match"] is True
     finally:
         process.send_signal(signal.SIGTERM)

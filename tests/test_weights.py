@@ -207,8 +207,13 @@ def test_vggface2_build_from_local_file_drops_the_classifier(casia_state, tmp_pa
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "deployment_utils.weights", *args], cwd=REPO,
-                          capture_output=True, text=True, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "deployment_utils.weights", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 @pytest.mark.slow
