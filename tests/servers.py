@@ -1,4 +1,4 @@
-"""Real servers for the monitoring tests: mosquitto, victoria-metrics, the bridge process.
+"""Real servers for the tests: facematch under Gunicorn, mosquitto, victoria-metrics, the bridge.
 
 Each runs from its own temporary directory on a free 127.0.0.1 port, is waited for until it
 answers, and is stopped by the fixture that started it (``stop`` is idempotent; an ``atexit``
@@ -25,14 +25,10 @@ from pathlib import Path
 
 import pytest
 
+from deployment_utils.local_gunicorn import GunicornFailed, LocalGunicorn, free_port
+
 REPO = Path(__file__).resolve().parents[1]
 _RUNNING: set[subprocess.Popen] = set()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _kill_leftovers() -> None:
@@ -533,3 +529,44 @@ def start_bridge(bridge_env):
     for process in started:
         process.stop()
     remove(directory)
+
+
+@pytest.fixture
+def gunicorn(tmp_path):
+    """Start facematch under a real Gunicorn: ``gunicorn(wait=True, **FACEMATCH_vars)`` returns a
+    ``LocalGunicorn`` (1 worker, 2 threads, metrics off unless set); all are stopped after the
+    test. With ``wait=False`` it returns at once (for servers expected to refuse to start)."""
+    started: list[LocalGunicorn] = []
+
+    def start(wait: bool = True, **env: str) -> LocalGunicorn:
+        server = LocalGunicorn(tmp_path / f"gunicorn-{len(started)}.log", env)
+        started.append(server)
+        if wait:
+            try:
+                server.wait_until_up()
+            except GunicornFailed as error:
+                pytest.fail(str(error))
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_gunicorn(tmp_path_factory):
+    """Like ``gunicorn``, for a server that a whole test module shares."""
+    started: list[LocalGunicorn] = []
+
+    def start(**env: str) -> LocalGunicorn:
+        log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
+        server = LocalGunicorn(log, env)
+        started.append(server)
+        try:
+            return server.wait_until_up()
+        except GunicornFailed as error:
+            pytest.fail(str(error))
+
+    yield start
+    for server in started:
+        server.stop()

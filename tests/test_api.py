@@ -3,36 +3,22 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
-from support import image_bytes
 
-SAME = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Aaron_Peirsol/Aaron_Peirsol_0002.jpg")
-SAME_2 = (
-    "Abdullatif_Sener/Abdullatif_Sener_0001.jpg",
-    "Abdullatif_Sener/Abdullatif_Sener_0002.jpg",
+from tests.support import (
+    DIFFERENT,
+    DIFFERENT_2,
+    SAME,
+    SAME_2,
+    assert_error,
+    files,
+    image_bytes,
+    photo_match,
+    png_declaring,
 )
-DIFFERENT = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Abel_Pacheco/Abel_Pacheco_0001.jpg")
-DIFFERENT_2 = ("Aaron_Guiel/Aaron_Guiel_0001.jpg", "Reese_Witherspoon/Reese_Witherspoon_0003.jpg")
-
-
-def files(**named: bytes) -> dict:
-    return {key: (io.BytesIO(value), f"{key}.jpg") for key, value in named.items()}
-
-
-def photo_match(client, reference: bytes, sample: bytes, **form):
-    return client.post("/photo_match", data={**files(reference=reference, sample=sample), **form})
-
-
-def assert_error(response, status: int, code: str) -> None:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.is_json
-    assert response.json["error"]["code"] == code
-    assert response.json["error"]["message"]
 
 
 def test_ping_answers_ok(client):
@@ -165,23 +151,6 @@ def test_upload_over_the_size_limit_is_413(settings, engine, face_bytes):
     small = create_app(settings.replace(max_upload_mb=0.05), engine=engine).test_client()
     response = photo_match(small, face_bytes(SAME[0]), b"\xff" * 100_000)
     assert_error(response, 413, "payload_too_large")
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims ``width`` x ``height`` pixels."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-        + chunk(b"IEND", b"")
-    )
 
 
 def test_huge_declared_pixel_count_is_refused_before_decoding(client, face_bytes):

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import signal
 import struct
 import zlib
 
@@ -20,9 +19,14 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
-from support import image_bytes
-from test_api import SAME, assert_error, files, png_declaring
-from test_gunicorn import serve, wait_until_up
+
+from tests.support import (
+    SAME,
+    assert_error,
+    files,
+    image_bytes,
+    png_declaring,
+)
 
 BLANK = (200, 180, 160)
 
@@ -218,14 +222,8 @@ def test_hostile_json_object_references_are_400(client, face_bytes, reference):
 
 
 @pytest.fixture(scope="module")
-def gunicorn_url():
-    process, url = serve(FACEMATCH_MAX_UPLOAD_MB="2", FACEMATCH_THREADS="2")
-    try:
-        wait_until_up(process, url)
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=30)
+def gunicorn_url(module_gunicorn):
+    return module_gunicorn(FACEMATCH_MAX_UPLOAD_MB="2", FACEMATCH_THREADS="2").url
 
 
 def test_every_bad_input_through_gunicorn_gets_its_answer(gunicorn_url, face_bytes):

@@ -9,21 +9,16 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from test_api import DIFFERENT, SAME, assert_error, files, photo_match
 
-
-def embedding_of(client, photo: bytes, fmt: str):
-    response = client.post("/embeddings", data={**files(photo=photo), "format": fmt})
-    assert response.status_code == 200, response.get_data(as_text=True)
-    return response
-
-
-def cached_match(client, reference, sample: bytes, as_file: bool = True, **form):
-    if as_file:
-        data = {"reference": (io.BytesIO(reference), "reference.bin")}
-    else:
-        data = {"reference": reference}
-    return client.post("/cached_match", data={**data, **files(sample=sample), **form})
+from tests.support import (
+    DIFFERENT,
+    SAME,
+    assert_error,
+    cached_match,
+    embedding_of,
+    files,
+    photo_match,
+)
 
 
 def torch_bytes(value) -> bytes:

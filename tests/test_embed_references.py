@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from support import image_bytes
-from test_api import SAME, assert_error, files, photo_match
 
 from server import create_app
+from tests.support import SAME, assert_error, files, image_bytes, photo_match
 
 REPO = Path(__file__).resolve().parents[1]
 

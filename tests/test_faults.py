@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -22,99 +20,17 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import free_port
-from test_api import SAME
 
+from deployment_utils.local_gunicorn import LocalGunicorn
 from tests.servers import Subscriber, samples, wait_until
+from tests.support import SAME
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmark_results" / "faults"
-GUNICORN = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"]
 #: RSS a worker may gain over the measured phase of the load test (after a warm-up phase).
 RSS_GROWTH_BOUND_MB = 64
-
-
-# --- a Gunicorn we can look inside ---
-
-
-class Gunicorn:
-    """``gunicorn -c gunicorn.conf.py wsgi:app`` on a free loopback port, output to a file."""
-
-    def __init__(self, log_dir: Path, **env: str):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"gunicorn-{self.port}.log"
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
-        for keep in (
-            "FACEMATCH_DATA_DIR",
-            "FACEMATCH_WEIGHTS",
-            "FACEMATCH_THRESHOLD",
-            "FACEMATCH_LFW_DIR",
-        ):
-            if os.environ.get(keep):
-                environ[keep] = os.environ[keep]
-        environ.update(
-            {
-                "FACEMATCH_HOST": "127.0.0.1",
-                "FACEMATCH_PORT": str(self.port),
-                "FACEMATCH_WORKERS": "1",
-                "FACEMATCH_THREADS": "2",
-                **env,
-            }
-        )
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                GUNICORN,
-                cwd=REPO,
-                env=environ,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.wait_until_up()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_until_up(self, seconds: float = 120) -> None:
-        def up() -> bool:
-            if self.process.poll() is not None:
-                pytest.fail(f"gunicorn exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                return requests.get(self.url + "/ping", timeout=2).ok
-            except requests.RequestException:
-                return False
-
-        wait_until(up, seconds, interval=0.3, what="gunicorn to answer /ping")
-
-    def workers(self) -> set[int]:
-        pid = self.process.pid
-        with open(f"/proc/{pid}/task/{pid}/children") as children:
-            return {int(child) for child in children.read().split()}
-
-    def wait_for_workers(
-        self, count: int, other_than: set[int] = frozenset(), seconds: float = 60
-    ) -> set[int]:
-        def ready():
-            pids = self.workers() - set(other_than)
-            log = self.log()
-            booted = all(f"Booting worker with pid: {pid}" in log for pid in pids)
-            return pids if len(pids) == count and booted else None
-
-        return wait_until(ready, seconds, interval=0.2, what=f"{count} new workers")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGCONT)
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(45)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        return self.process.returncode
 
 
 def rss_mb(pid: int) -> float:
@@ -123,20 +39,6 @@ def rss_mb(pid: int) -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for {pid}")
-
-
-@pytest.fixture
-def gunicorn(tmp_path):
-    started: list[Gunicorn] = []
-
-    def start(**env: str) -> Gunicorn:
-        server = Gunicorn(tmp_path, **env)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 # --- concurrent clients ---
@@ -375,7 +277,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_new_connections_are_refused(
     assert exit_code == 0
 
 
-def _established(server: Gunicorn) -> int:
+def _established(server: LocalGunicorn) -> int:
     """Established TCP connections whose local end is the server's port."""
     port_hex = f":{server.port:04X}"
     with open("/proc/net/tcp") as table:
@@ -387,8 +289,8 @@ def _established(server: Gunicorn) -> int:
 
 
 @pytest.fixture(scope="module")
-def resilient(tmp_path_factory):
-    server = Gunicorn(tmp_path_factory.mktemp("gunicorn"), FACEMATCH_TIMEOUT="4")
+def resilient(module_gunicorn):
+    server = module_gunicorn(FACEMATCH_TIMEOUT="4")
     yield server
     server.stop()
 

@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,12 +15,10 @@ import requests
 from PIL import Image
 
 from server import create_app
-from tests.servers import REPO, Subscriber, free_port, samples, stored, wait_until
+from tests.servers import Subscriber, samples, stored, wait_until
+from tests.support import DIFFERENT, SAME
 
 pytestmark = pytest.mark.slow
-
-SAME = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Aaron_Peirsol/Aaron_Peirsol_0002.jpg")
-DIFFERENT = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Abel_Pacheco/Abel_Pacheco_0001.jpg")
 
 
 def upload(data: bytes, name: str = "photo.jpg"):
@@ -176,74 +170,37 @@ def test_requests_stay_fast_while_the_broker_is_down_and_held_messages_arrive_af
     assert (metrics["queued"], metrics["connected"]) == (0, True)
 
 
-def worker_pids(master: int) -> set[int]:
-    with open(f"/proc/{master}/task/{master}/children") as children:
-        return {int(pid) for pid in children.read().split()}
-
-
-def test_gunicorn_workers_forked_after_preload_each_publish_their_requests(broker, face_bytes):
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
-    env.update(
-        {
-            "FACEMATCH_HOST": "127.0.0.1",
-            "FACEMATCH_PORT": str(port),
-            "FACEMATCH_WORKERS": "2",
-            "FACEMATCH_THREADS": "1",
-            "FACEMATCH_PRELOAD": "true",
-            "FACEMATCH_NODE": "node-gunicorn",
-            "FACEMATCH_MQTT_HOST": "127.0.0.1",
-            "FACEMATCH_MQTT_PORT": str(broker.port),
-            "FACEMATCH_DATA_DIR": os.environ.get("FACEMATCH_DATA_DIR", ""),
-        }
-    )
-    env = {k: v for k, v in env.items() if v}
+def test_gunicorn_workers_forked_after_preload_each_publish_their_requests(
+    gunicorn, broker, face_bytes
+):
     listener = Subscriber(broker, client_id="gunicorn-listener")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
     try:
-
-        def up() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"gunicorn exited: {process.stdout.read()}")
-            try:
-                return requests.get(url + "/ping", timeout=1).ok
-            except requests.ConnectionError:
-                return False
-
-        wait_until(up, 120, interval=0.3, what="gunicorn")
+        server = gunicorn(
+            FACEMATCH_WORKERS="2",
+            FACEMATCH_THREADS="1",
+            FACEMATCH_PRELOAD="true",
+            FACEMATCH_NODE="node-gunicorn",
+            FACEMATCH_MQTT_HOST="127.0.0.1",
+            FACEMATCH_MQTT_PORT=str(broker.port),
+        )
         photo = face_bytes(SAME[0])
         sessions = [requests.Session() for _ in range(6)]  # new connections spread the workers
         for session in sessions:
             response = session.post(
-                url + "/embeddings", files={"photo": ("a.jpg", photo)}, timeout=60
+                server.url + "/embeddings", files={"photo": ("a.jpg", photo)}, timeout=60
             )
             assert response.status_code == 200
         messages = listener.wait_for(6, timeout=20)
         time.sleep(0.3)
         assert len(messages) == 6
         pids = {message["pid"] for message in messages}
-        workers = worker_pids(process.pid)
+        workers = server.workers()
         assert len(workers) == 2
         assert pids <= workers  # published by the forked workers, never by the master
         assert {message["node"] for message in messages} == {"node-gunicorn"}
         # whichever worker answers is connected, whether or not it served a request (it
         # connects at boot)
-        health = requests.get(url + "/health", timeout=5).json()["metrics"]
+        health = requests.get(server.url + "/health", timeout=5).json()["metrics"]
         assert health["connected"] is True and health["pid"] in workers
     finally:
         listener.close()
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()

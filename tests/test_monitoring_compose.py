@@ -14,7 +14,7 @@ import pytest
 from config import Settings
 from monitoring.publisher import create_publisher
 from tests.servers import Mosquitto, record, remove, wait_until, workdir
-from tests.test_monitoring_grafana import load_yaml
+from tests.support import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = {f"FACEMATCH_{f.name.upper()}" for f in dataclasses.fields(Settings)}

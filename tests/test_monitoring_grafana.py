@@ -7,13 +7,13 @@ from __future__ import annotations
 import copy
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import jsonschema
 import pytest
 
 from monitoring.message import TAGS, field_names
+from tests.support import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 GRAFANA = REPO / "monitoring" / "grafana"
@@ -22,16 +22,6 @@ TOOLS = REPO / ".tools" / "grafana-schema"
 SCHEMA = TOOLS / "dashboard.schema.json"
 JS_YAML = TOOLS / "node_modules" / "js-yaml" / "bin" / "js-yaml.js"
 MISSING = "run scripts/test-deps/monitoring.sh (scripts/test.sh does) to install {}"
-
-
-def load_yaml(path: Path):
-    """Parse YAML with js-yaml (installed beside the schema; the venv has no YAML parser)."""
-    assert JS_YAML.exists(), MISSING.format("js-yaml")
-    result = subprocess.run(
-        ["node", str(JS_YAML), str(path)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, f"{path}: {result.stderr}"
-    return json.loads(result.stdout)
 
 
 @pytest.fixture(scope="module")

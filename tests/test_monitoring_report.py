@@ -16,7 +16,7 @@ from benchmarking_utils import monitoring_report as report
 from monitoring.bridge import influx_point
 from monitoring.message import build_message, to_point
 from request_record import FaceSummary, Latency, RequestRecord
-from tests.servers import REPO
+from tests.support import REPO
 
 START = time.time() - 300
 

@@ -17,11 +17,20 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks as openapi_checks
-from test_api import DIFFERENT, SAME, files, photo_match, png_declaring
-from test_cached_match import cached_match, embedding_of
-from test_security import KEY_A, SIGN_NEW, dumps
 
 from server import create_app
+from tests.support import (
+    DIFFERENT,
+    KEY_A,
+    SAME,
+    SIGN_NEW,
+    cached_match,
+    dumps,
+    embedding_of,
+    files,
+    photo_match,
+    png_declaring,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DOCUMENT = json.loads((REPO / "openapi.json").read_text())

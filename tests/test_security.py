@@ -5,24 +5,28 @@ from __future__ import annotations
 import io
 import json
 import logging
-import signal
 
 import numpy as np
 import pytest
 import requests
-from test_api import SAME, assert_error, files
-from test_cached_match import cached_match, embedding_of
-from test_gunicorn import serve, wait_until_up
 
 from config import ConfigError
 from errors import BadSignature, Unauthorized, UnsignedReference, WrongModel
 from security import ApiKeyCheck, ReferenceSigner, key_id, reference_claims
 from server import create_app
+from tests.support import (
+    KEY_A,
+    KEY_B,
+    SAME,
+    SIGN_NEW,
+    SIGN_OLD,
+    assert_error,
+    cached_match,
+    dumps,
+    embedding_of,
+    files,
+)
 
-KEY_A = "key-a-0123456789abcdef"
-KEY_B = "key-b-0123456789abcdef"
-SIGN_OLD = "signing-old-0123456789abcdef"
-SIGN_NEW = "signing-new-0123456789abcdef"
 PROTECTED = [
     ("GET", "/health"),
     ("GET", "/openapi.json"),
@@ -31,10 +35,6 @@ PROTECTED = [
     ("POST", "/embeddings"),
     ("GET", "/nowhere"),
 ]
-
-
-def dumps(value) -> bytes:
-    return json.dumps(value).encode()
 
 
 def unit_vector(seed: int = 0) -> np.ndarray:
@@ -395,14 +395,14 @@ def test_embeddings_and_images_never_reach_the_log(signing, face_bytes, caplog):
 # --- a real Gunicorn configured through the environment ---
 
 
-def test_gunicorn_reads_keys_and_signing_keys_from_the_environment(face_bytes):
-    process, url = serve(
+def test_gunicorn_reads_keys_and_signing_keys_from_the_environment(gunicorn, face_bytes):
+    server = gunicorn(
         FACEMATCH_API_KEYS=f"{KEY_A},{KEY_B}",
         FACEMATCH_SIGNING_KEYS=f"{SIGN_NEW},{SIGN_OLD}",
         FACEMATCH_LOG_LEVEL="debug",
     )
+    url = server.url
     try:
-        wait_until_up(process, url)
         auth = {"Authorization": f"Bearer {KEY_B}"}
         assert requests.get(url + "/health", timeout=10).status_code == 401
         assert requests.get(url + "/health", headers={"X-API-Key": KEY_A}, timeout=10).ok
@@ -424,15 +424,15 @@ def test_gunicorn_reads_keys_and_signing_keys_from_the_environment(face_bytes):
         )
         assert response.status_code == 200 and response.json()["match"] is True
     finally:
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=30)
+        server.stop()
+    output = server.log()
     for secret in (KEY_A, KEY_B, SIGN_NEW, SIGN_OLD, stored.json()["signature"]):
         assert secret not in output
     assert repr(stored.json()["embedding"][0]) not in output
 
 
-def test_gunicorn_refuses_to_start_with_a_missing_key_file(tmp_path):
-    process, _ = serve(FACEMATCH_API_KEYS_FILE=str(tmp_path / "absent"))
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode != 0
+def test_gunicorn_refuses_to_start_with_a_missing_key_file(gunicorn, tmp_path):
+    server = gunicorn(wait=False, FACEMATCH_API_KEYS_FILE=str(tmp_path / "absent"))
+    assert server.wait_exit() != 0
+    output = server.log()
     assert "cannot start" in output and "FACEMATCH_API_KEYS_FILE" in output
