@@ -20,10 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -37,6 +33,7 @@ from benchmarking_utils.common import machine, write_json
 from benchmarking_utils.inputs import Photo, pair_photos, parse_size
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from config import PREFIX, Settings
+from deployment_utils.local_gunicorn import GunicornFailed, LocalGunicorn
 
 REPO = Path(__file__).resolve().parents[1]
 APPS = {"service": "wsgi:app", "baseline": "benchmarking_utils.baseline:create_app()"}
@@ -49,23 +46,12 @@ class Server:
     name: str
     url: str
     pid: int | None = None
-    process: subprocess.Popen | None = None
+    gunicorn: LocalGunicorn | None = None
     settings: dict = field(default_factory=dict)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)  # the workers too, not only the master
-                self.process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        if self.gunicorn is not None:
+            self.gunicorn.stop(grace=40)
 
 
 def start(scenario: str, log_dir: Path) -> Server:
@@ -77,51 +63,18 @@ def start(scenario: str, log_dir: Path) -> Server:
     unknown = set(values) - known
     if unknown:
         raise SystemExit(f"unknown settings {sorted(unknown)} in scenario {scenario!r}")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(PREFIX)}
-    env.update({PREFIX + k.upper(): v for k, v in values.items()})
-    env.update(
-        {
-            f"{PREFIX}HOST": "127.0.0.1",
-            f"{PREFIX}PORT": str(port),
-            f"{PREFIX}MQTT_HOST": "",
-            f"{PREFIX}LOG_LEVEL": "warning",
-            "PYTHONPATH": str(REPO),
-        }
+    env = {PREFIX + k.upper(): v for k, v in values.items()}
+    env[f"{PREFIX}LOG_LEVEL"] = "warning"
+    gunicorn = LocalGunicorn(
+        log_dir / f"gunicorn-{name}.log", env, app=app, extra_args=["--access-logfile", "/dev/null"]
     )
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"gunicorn-{name}.log"
-    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "gunicorn.conf.py",
-                "--access-logfile",
-                "/dev/null",
-                app,
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(name, f"http://127.0.0.1:{port}", process.pid, process, {"app": app, **values})
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"gunicorn for {name} exited; see {log_path}")
-        try:
-            if requests.get(server.url + "/ping", timeout=2).ok:
-                return server
-        except requests.RequestException:
-            pass
-        time.sleep(1)
-    server.stop()
-    raise SystemExit(f"gunicorn for {name} did not answer /ping in 300 s; see {log_path}")
+    server = Server(name, gunicorn.url, gunicorn.pid, gunicorn, {"app": app, **values})
+    try:
+        gunicorn.wait_until_up(seconds=300)
+    except GunicornFailed as error:
+        server.stop()
+        raise SystemExit(f"gunicorn for {name}: {error}") from None
+    return server
 
 
 def memory(pid: int) -> dict:

@@ -37,7 +37,7 @@ def free_port() -> int:
 
 
 class LocalGunicorn:
-    """One Gunicorn master and its workers; defaults: 1 worker, 2 threads, metrics off."""
+    """One Gunicorn master and its workers, at facematch's defaults but with metrics off."""
 
     def __init__(
         self,
@@ -55,8 +55,6 @@ class LocalGunicorn:
             {
                 "FACEMATCH_HOST": "127.0.0.1",
                 "FACEMATCH_PORT": str(self.port),
-                "FACEMATCH_WORKERS": "1",
-                "FACEMATCH_THREADS": "2",
                 "FACEMATCH_MQTT_HOST": "",
                 "PYTHONPATH": str(REPO),
                 **(env or {}),

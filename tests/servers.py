@@ -531,6 +531,10 @@ def start_bridge(bridge_env):
     remove(directory)
 
 
+#: Test servers run one worker with two threads unless a test asks for more.
+SMALL = {"FACEMATCH_WORKERS": "1", "FACEMATCH_THREADS": "2"}
+
+
 @pytest.fixture
 def gunicorn(tmp_path):
     """Start facematch under a real Gunicorn: ``gunicorn(wait=True, **FACEMATCH_vars)`` returns a
@@ -539,7 +543,7 @@ def gunicorn(tmp_path):
     started: list[LocalGunicorn] = []
 
     def start(wait: bool = True, **env: str) -> LocalGunicorn:
-        server = LocalGunicorn(tmp_path / f"gunicorn-{len(started)}.log", env)
+        server = LocalGunicorn(tmp_path / f"gunicorn-{len(started)}.log", {**SMALL, **env})
         started.append(server)
         if wait:
             try:
@@ -560,7 +564,7 @@ def module_gunicorn(tmp_path_factory):
 
     def start(**env: str) -> LocalGunicorn:
         log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-        server = LocalGunicorn(log, env)
+        server = LocalGunicorn(log, {**SMALL, **env})
         started.append(server)
         try:
             return server.wait_until_up()
