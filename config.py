@@ -57,6 +57,10 @@ class Settings:
     # Decision
     threshold: float | None = None
     metric: str = "cosine"
+    # Decision policy (decision_policy.py): a request may tighten, never loosen
+    max_threshold: float | None = None  # loosest threshold a request may ask; None: threshold
+    max_sample_faces: int = 10  # sample faces embedded and compared at most (best-ranked)
+    allow_all_faces: bool = False  # whether a request may ask for sample_faces=all
 
     # Input limits
     max_upload_mb: float = 10.0

@@ -82,3 +82,24 @@ class WrongModel(ApiError):
 
     status = 422
     code = "wrong_model"
+
+
+class ThresholdNotAllowed(ApiError):
+    """A request asked for a threshold looser than the operator's policy allows."""
+
+    status = 403
+    code = "threshold_not_allowed"
+
+
+class SampleFacesNotAllowed(ApiError):
+    """A request asked to compare every sample face and the operator has turned that off."""
+
+    status = 403
+    code = "sample_faces_not_allowed"
+
+
+class TooManyParts(ApiError):
+    """A multipart form with more parts than the server reads (Werkzeug's ``max_form_parts``)."""
+
+    status = 413
+    code = "too_many_parts"

@@ -8,7 +8,6 @@ chosen on LFW View 1 ``pairsDevTrain.txt`` and checked on ``pairsDevTest.txt`` w
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,13 +60,6 @@ def distance(a: np.ndarray, b: np.ndarray, metric: str = "cosine") -> float:
 def default_threshold(metric: str = "cosine") -> float:
     """The threshold chosen on LFW DevTrain for ``metric``."""
     return DEFAULT_THRESHOLDS[metric]
-
-
-def check_threshold(value: float, metric: str) -> float:
-    """Return ``value`` if it is a usable threshold for ``metric``, else raise ``ValueError``."""
-    if not math.isfinite(value) or not 0.0 <= value <= 2.0:
-        raise ValueError(f"a {metric} distance threshold must be a number between 0 and 2")
-    return float(value)
 
 
 def decide(a: np.ndarray, b: np.ndarray, threshold: float, metric: str = "cosine") -> MatchResult:

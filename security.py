@@ -23,7 +23,8 @@
     written from float32 round-trip exactly).
 
 Both classes are pure: they take strings and bytes, raise ``errors.ApiError`` subclasses, and
-never log a key, a signature or an embedding.
+never log a key, a signature or an embedding. ``init_app(app, settings)`` attaches them to a
+Flask app the way Flask extensions do: the API-key check runs before every request.
 """
 
 from __future__ import annotations
@@ -32,12 +33,14 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from flask import Flask, request
 
 from config import ConfigError, Settings
 from errors import BadSignature, Unauthorized, UnsignedReference, WrongModel
@@ -47,6 +50,7 @@ MIN_KEY_LENGTH = 16
 SIGNATURE_VERSION = "v1"
 _SIGNED_PREFIX = b"facematch-reference-v1\0"
 _TOKEN = re.compile(r"^v1\.([0-9a-f]{8})\.([A-Za-z0-9_-]{43})$")
+log = logging.getLogger(__name__)
 _UNAUTHORIZED_MESSAGE = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
 
 
@@ -208,6 +212,10 @@ class ReferenceSigner:
         if key is None:
             raise BadSignature(_BAD_SIGNATURE)
         presented = base64.urlsafe_b64decode(match.group(2) + "=")
+        if base64.urlsafe_b64encode(presented).rstrip(b"=").decode() != match.group(2):
+            # 43 characters carry 258 bits for a 256-bit mac: the last one's low 2 bits are
+            # padding, so 4 spellings decode to the same mac. Only the one sign() writes counts.
+            raise BadSignature(_BAD_SIGNATURE)
         model = claimed_model if claimed_model is not None else serving_model
         if not hmac.compare_digest(presented, self._mac(key, vector, model)):
             raise BadSignature(_BAD_SIGNATURE)
@@ -246,3 +254,31 @@ def reference_claims(data: bytes) -> tuple[str | None, str | None]:
         signature if isinstance(signature, str) else None,
         model if isinstance(model, str) else None,
     )
+
+
+def init_app(
+    app: Flask, settings: Settings, open_endpoints: Iterable[str] = ()
+) -> ReferenceSigner | None:
+    """Attach the configured API keys and reference signer to ``app``.
+
+    Every request to an endpoint not in ``open_endpoints`` then needs a configured key (401
+    ``unauthorized`` otherwise; no keys configured: everything passes, with a warning at start).
+    Both objects are kept in ``app.extensions["facematch_security"]``; returns the signer, or
+    None when signing is off. Raises ``ConfigError`` for unusable keys.
+    """
+    keys = ApiKeyCheck.from_settings(settings)
+    signer = ReferenceSigner.from_settings(settings)
+    if not keys.enabled:
+        log.warning(
+            "API keys are off (FACEMATCH_API_KEYS unset): anyone who can reach this "
+            "port can use the API; set keys in production"
+        )
+    app.extensions["facematch_security"] = {"api_keys": keys, "signer": signer}
+    open_endpoints = frozenset(open_endpoints)
+
+    @app.before_request
+    def require_api_key() -> None:
+        if request.endpoint not in open_endpoints:
+            keys.check(request.headers)
+
+    return signer

@@ -1,9 +1,11 @@
 """The facematch HTTP API: an app factory, one blueprint of routes, JSON errors.
 
 Data flows one way per request: read the upload, decode it (``image_decoding``), find and crop
-faces and embed them (``photo_inferencing``), score (``score_service``), respond. What the
-request did is collected in a ``RequestRecord`` and handed to the metrics publisher once, after
-the response is built.
+faces and embed them (``photo_inferencing``), score (``score_service``) under the operator's
+policy (``decision_policy``), respond. What the request did is kept in an ``Outcome``
+(``request_outcome``); the JSON answer is built from it, and so is the metrics record, which
+the monitoring extension (``request_metrics``) publishes after the response. API keys and
+reference signing attach themselves the same way (``security.init_app``).
 """
 
 from __future__ import annotations
@@ -13,31 +15,36 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
-from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+from PIL import Image
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
+import request_metrics
 import score_service
+import security
 from config import Settings
+from decision_policy import Decision, DecisionPolicy
 from embedding_codec import FORMATS, encode_embedding, parse_embedding
-from errors import ApiError, InvalidParameter, MissingField, NoFace, PayloadTooLarge
+from errors import ApiError, InvalidParameter, MissingField, NoFace, PayloadTooLarge, TooManyParts
 from image_decoding import decode_image
-from monitoring.publisher import create_publisher
+from monitoring.publisher import Publisher
 from photo_inferencing import FaceEngine, PhotoFaces
-from request_record import FaceSummary, RequestRecord
-from security import ApiKeyCheck, ReferenceSigner, reference_claims
+from request_outcome import InputPhoto, Outcome
+from security import ReferenceSigner, reference_claims
 
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
-_RECORDED_ENDPOINTS = ("api.photo_match", "api.cached_match", "api.embeddings")
-SAMPLE_FACES = ("primary", "all")
 OPEN_ENDPOINTS = ("api.ping",)  # answered without an API key
 OPENAPI_PATH = Path(__file__).resolve().with_name("openapi.json")
+#: Werkzeug's default cap on multipart parts, named here for the 413 that reports it.
+MAX_FORM_PARTS = 1000
+_DRAIN_CHUNK = 64 * 1024
 
 
 def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | None = None) -> Flask:
@@ -45,47 +52,41 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
 
     ``config`` is a ``Settings`` or a mapping of overrides on top of the environment; ``engine``
     lets a caller share one loaded ``FaceEngine`` (tests do); otherwise the configured weights are
-    loaded here, and a missing or wrong weights file raises ``WeightsError``.
+    loaded here, and a missing or wrong weights file raises ``WeightsError``. Unusable settings
+    raise ``ConfigError``.
     """
     settings = config if isinstance(config, Settings) else Settings.from_env(**dict(config or {}))
-    app = Flask(__name__)
-    app.request_class = _InMemoryRequest
-    app.extensions["facematch_api_keys"] = ApiKeyCheck.from_settings(settings)
-    app.extensions["facematch_signer"] = ReferenceSigner.from_settings(settings)
-    if not app.extensions["facematch_api_keys"].enabled:
-        log.warning(
-            "API keys are off (FACEMATCH_API_KEYS unset): anyone who can reach this "
-            "port can use the API; set keys in production"
-        )
+    policy = DecisionPolicy.from_settings(settings)
+    app = _App(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
         MAX_FORM_MEMORY_SIZE=settings.max_upload_bytes,
+        MAX_FORM_PARTS=MAX_FORM_PARTS,
     )
     app.json.sort_keys = False
-    app.extensions["facematch"] = _Services(
-        settings=settings,
-        engine=engine or FaceEngine.from_settings(settings),
-        publisher=create_publisher(settings),
-        threshold=_configured_threshold(settings),
-    )
-    app.register_blueprint(bp)
+    engine = engine or FaceEngine.from_settings(settings)
+    publisher = request_metrics.init_app(app, settings, engine.model_name)
+    app.register_blueprint(bp)  # its hooks run before the API-key check: 401s are recorded
+    signer = security.init_app(app, settings, OPEN_ENDPOINTS)
+    app.extensions["facematch"] = Services(settings, engine, policy, signer, publisher)
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
 
 
-class _Services:
-    """What the routes share: settings, the loaded engine, the metrics publisher."""
+@dataclass(frozen=True)
+class Services:
+    """What the routes share, reached only through ``_services()``."""
 
-    def __init__(self, settings: Settings, engine: FaceEngine, publisher, threshold: float):
-        self.settings = settings
-        self.engine = engine
-        self.publisher = publisher
-        self.threshold = threshold
+    settings: Settings
+    engine: FaceEngine
+    policy: DecisionPolicy
+    signer: ReferenceSigner | None  # None: signing is off
+    publisher: Publisher  # also started by gunicorn_hooks in each worker
 
 
-def _services() -> _Services:
+def _services() -> Services:
     return current_app.extensions["facematch"]
 
 
@@ -99,43 +100,48 @@ class _InMemoryRequest(Request):
         return io.BytesIO()
 
 
-def _configured_threshold(settings: Settings) -> float:
-    if settings.metric not in score_service.METRICS:
-        raise ValueError(f"FACEMATCH_METRIC must be one of {score_service.METRICS}")
-    if settings.threshold is None:
-        return score_service.default_threshold(settings.metric)
-    return score_service.check_threshold(settings.threshold, settings.metric)
+class _App(Flask):
+    """Flask with in-memory uploads and a bodiless ``204`` for ``OPTIONS`` (Flask's own answer
+    is a 200 with an empty ``text/html`` body)."""
+
+    request_class = _InMemoryRequest
+
+    def make_default_options_response(self) -> Response:
+        allowed = super().make_default_options_response().headers["Allow"]
+        response = Response(status=204, headers={"Allow": allowed})
+        del response.headers["Content-Type"]
+        return response
 
 
-# --- request lifecycle: one record per verifying request, published after the response ---
+# --- request lifecycle ---
 
 
 @bp.before_app_request
-def _start_record() -> None:
-    g.started = time.perf_counter()
-    if request.endpoint in _RECORDED_ENDPOINTS:
-        g.record = RequestRecord(endpoint=request.path, model=_services().engine.model_name)
+def _begin_outcome() -> None:
+    g.outcome = Outcome()
 
 
 @bp.after_app_request
-def _publish_record(response: Response) -> Response:
-    record: RequestRecord | None = g.pop("record", None)
-    if record is not None:
-        record.status = response.status_code
-        record.latency.total = _elapsed_ms()
-        _services().publisher.publish(record)
+def _read_rest_of_body(response: Response) -> Response:
+    """Read what the app left of a request body within the upload cap (a form refused for too
+    many parts, a 401 before the form was read), so the connection stays usable.
+
+    Gunicorn's gthread worker drains at most 64 KiB of an unread body after the response and
+    otherwise closes the connection, although the response already said ``keep-alive``: the
+    client's next request on it then fails. A body over the cap is not read (Werkzeug refuses
+    it from its Content-Length)."""
+    length = request.content_length
+    if length and length <= current_app.config["MAX_CONTENT_LENGTH"]:
+        try:
+            while request.stream.read(_DRAIN_CHUNK):
+                pass
+        except (OSError, ClientDisconnected):
+            pass  # the client is gone; Gunicorn closes the connection
     return response
 
 
-@bp.before_app_request
-def _require_api_key() -> None:
-    """401 unless the request carries a configured API key (when keys are on); /ping is open."""
-    if request.endpoint not in OPEN_ENDPOINTS:
-        current_app.extensions["facematch_api_keys"].check(request.headers)
-
-
-def _elapsed_ms() -> float:
-    return (time.perf_counter() - g.started) * 1000
+def _outcome() -> Outcome:
+    return g.outcome
 
 
 # --- routes ---
@@ -164,8 +170,8 @@ def health():
         "status": "ok",
         "model": services.engine.model_name,
         "device": str(services.engine.device),
-        "threshold": services.threshold,
-        "metric": services.settings.metric,
+        "threshold": services.policy.threshold,
+        "metric": services.policy.metric,
         "metrics": services.publisher.stats(),
     }
 
@@ -173,28 +179,28 @@ def health():
 @bp.post("/photo_match")
 def photo_match():
     """Compare the primary face of ``reference`` with the face(s) of ``sample``."""
-    metric, threshold = _decision_params()
-    sample_mode = _sample_faces_param()
+    decision = _decision()
     reference_image = _image_field("reference")
     sample_image = _image_field("sample")
     reference = _detect("reference", reference_image)
     sample = _detect("sample", sample_image)
-    sample_crops = _sample_crops(sample, sample_mode)
-    embedded = _embed([reference.primary.crop, *sample_crops])
-    return _match_response(embedded[0], embedded[1:], sample, metric, threshold, sample_mode)
+    compared = _sample_faces(sample, decision)
+    embedded = _embed([reference.primary.crop, *(face.crop for face in compared)])
+    _score(embedded[0], embedded[1:], decision)
+    return _match_json(_outcome())
 
 
 @bp.post("/cached_match")
 def cached_match():
     """Compare a precomputed reference embedding with the face(s) of ``sample``."""
-    metric, threshold = _decision_params()
-    sample_mode = _sample_faces_param()
+    decision = _decision()
     reference_bytes = _bytes_field("reference", allow_text=True)
     reference_vector = parse_embedding(reference_bytes, _services().engine.device)
     _verify_reference(reference_bytes, reference_vector)
     sample = _detect("sample", _image_field("sample"))
-    embedded = _embed(_sample_crops(sample, sample_mode))
-    return _match_response(reference_vector, embedded, sample, metric, threshold, sample_mode)
+    compared = _sample_faces(sample, decision)
+    _score(reference_vector, _embed([face.crop for face in compared]), decision)
+    return _match_json(_outcome())
 
 
 @bp.post("/embeddings")
@@ -205,13 +211,14 @@ def embeddings():
         raise InvalidParameter(f"'format' must be one of {', '.join(FORMATS)}")
     photo = _detect("photo", _image_field("photo"))
     vector = _embed([photo.primary.crop])[0]
+    outcome = _outcome()
     model = _services().engine.model_name
-    faces = {"photo": _face_json(g.record.faces[0])}
-    signer: ReferenceSigner | None = current_app.extensions["facematch_signer"]
+    faces = _faces_json(outcome)
+    signer = _services().signer
     signed = {"signature": signer.sign(vector, model)} if signer else {}
     if fmt == "json":
         body = json.loads(encode_embedding(vector, "json", {"model": model, **signed}))
-        return {**body, "faces": faces, "latency_ms": _latency_json()}
+        return {**body, "faces": faces, "latency_ms": _latency_json(outcome)}
     response = Response(encode_embedding(vector, fmt), mimetype="application/octet-stream")
     response.headers["Content-Disposition"] = f'attachment; filename="embedding.{fmt}"'
     response.headers["X-Facematch-Model"] = model
@@ -222,6 +229,14 @@ def embeddings():
 
 
 # --- steps of the request path ---
+
+
+def _decision() -> Decision:
+    """The operator's policy applied to this request's ``metric``, ``threshold`` and
+    ``sample_faces`` (every deciding route starts here)."""
+    decision = _services().policy.for_request(request.form)
+    _outcome().decision = decision
+    return decision
 
 
 def _bytes_field(name: str, allow_text: bool = False) -> bytes:
@@ -242,7 +257,7 @@ def _verify_reference(data: bytes, vector: np.ndarray) -> None:
     (how a .npy, .pt or array reference carries them), else from the JSON object's own
     ``signature`` and ``model`` keys (so /embeddings' JSON is accepted unchanged).
     """
-    signer: ReferenceSigner | None = current_app.extensions["facematch_signer"]
+    signer = _services().signer
     if signer is None:
         return
     signature, model = reference_claims(data)
@@ -251,86 +266,70 @@ def _verify_reference(data: bytes, vector: np.ndarray) -> None:
     signer.verify(vector, _services().engine.model_name, signature, model)
 
 
-def _image_field(name: str):
+def _image_field(name: str) -> Image.Image:
+    """The upload ``name`` decoded into an RGB image (noted in the outcome)."""
     data = _bytes_field(name)
     start = time.perf_counter()
     image = decode_image(data, _services().settings.max_pixels, name)
-    g.record.latency.decode += (time.perf_counter() - start) * 1000
-    g.record.faces.append(
-        FaceSummary(role=name, count=0, image_width=image.width, image_height=image.height)
-    )
+    outcome = _outcome()
+    outcome.times.decode += (time.perf_counter() - start) * 1000
+    outcome.photos[name] = InputPhoto(image.width, image.height)
     return image
 
 
-def _detect(role: str, image) -> PhotoFaces:
-    """Detect faces, note them in the record, and refuse a photo without any (422)."""
+def _detect(role: str, image: Image.Image) -> PhotoFaces:
+    """Detect faces, note them in the outcome, and refuse a photo without any (422)."""
     found = _services().engine.detect(image)
-    g.record.latency.detection += found.detection_ms
-    summary = next(s for s in g.record.faces if s.role == role)
-    summary.count = len(found.faces)
+    outcome = _outcome()
+    outcome.times.detection += found.detection_ms
+    outcome.photos[role].found = found
     if found.primary is None:
         raise NoFace(f"no face was found in '{role}'")
-    summary.probability = found.primary.probability
-    summary.box = [round(v, 1) for v in found.primary.box]
     return found
+
+
+def _sample_faces(sample: PhotoFaces, decision: Decision) -> list:
+    """The sample faces to embed and compare: the primary one, or for ``all`` at most the
+    policy's bound, best-ranked first."""
+    compared = sample.faces[: decision.max_sample_faces]
+    _outcome().compared = compared
+    return compared
 
 
 def _embed(crops) -> np.ndarray:
     embedded = _services().engine.embed(list(crops))
-    g.record.latency.embedding += embedded.embedding_ms
+    _outcome().times.embedding += embedded.embedding_ms
     return embedded.vectors
 
 
-def _sample_crops(sample: PhotoFaces, mode: str):
-    return [face.crop for face in sample.faces] if mode == "all" else [sample.primary.crop]
-
-
-def _decision_params() -> tuple[str, float]:
-    """Metric and threshold for this request: form fields ``metric`` and ``threshold``."""
-    services = _services()
-    metric = request.form.get("metric", services.settings.metric)
-    if metric not in score_service.METRICS:
-        raise InvalidParameter(f"'metric' must be one of {', '.join(score_service.METRICS)}")
-    raw = request.form.get("threshold")
-    if raw is None or raw.strip() == "":
-        if metric == services.settings.metric:
-            return metric, services.threshold
-        return metric, score_service.default_threshold(metric)
-    try:
-        return metric, score_service.check_threshold(float(raw), metric)
-    except ValueError:
-        raise InvalidParameter("'threshold' must be a number between 0 and 2") from None
-
-
-def _sample_faces_param() -> str:
-    mode = request.form.get("sample_faces", "primary")
-    if mode not in SAMPLE_FACES:
-        raise InvalidParameter(f"'sample_faces' must be one of {', '.join(SAMPLE_FACES)}")
-    return mode
-
-
-def _match_response(
-    reference_vector, sample_vectors, sample: PhotoFaces, metric: str, threshold: float, mode: str
-) -> dict:
-    """Score the reference against each sample face; the primary (or, for ``all``, the closest)
-    decides."""
+def _score(reference_vector, sample_vectors, decision: Decision) -> None:
+    """Score the reference against each compared face; the primary (or, for ``all``, the
+    closest) decides."""
     start = time.perf_counter()
-    results = [score_service.decide(reference_vector, v, threshold, metric) for v in sample_vectors]
-    decided_by = min(range(len(results)), key=lambda i: results[i].distance) if mode == "all" else 0
-    result = results[decided_by]
-    record: RequestRecord = g.record
-    record.latency.scoring = (time.perf_counter() - start) * 1000
-    record.match, record.distance = result.match, result.distance
-    record.threshold, record.metric = result.threshold, result.metric
+    results = [
+        score_service.decide(reference_vector, v, decision.threshold, decision.metric)
+        for v in sample_vectors
+    ]
+    outcome = _outcome()
+    outcome.results = results
+    outcome.decided_by = min(range(len(results)), key=lambda i: results[i].distance)
+    outcome.times.scoring = (time.perf_counter() - start) * 1000
+
+
+# --- responses, built from the outcome ---
+
+
+def _match_json(outcome: Outcome) -> dict:
+    result = outcome.result
     body = {
         "match": result.match,
         "distance": result.distance,
         "threshold": result.threshold,
         "metric": result.metric,
-        "model": record.model,
-        "faces": {s.role: _face_json(s) for s in record.faces},
+        "model": _services().engine.model_name,
+        "faces": _faces_json(outcome),
     }
-    if mode == "all":
+    if outcome.decision.sample_faces == "all":
         body["sample_faces"] = [
             {
                 "index": i,
@@ -339,43 +338,60 @@ def _match_response(
                 "distance": r.distance,
                 "match": r.match,
             }
-            for i, (face, r) in enumerate(zip(sample.faces, results))
+            for i, (face, r) in enumerate(zip(outcome.compared, outcome.results))
         ]
-        body["decided_by"] = decided_by
-    body["latency_ms"] = _latency_json()
+        body["decided_by"] = outcome.decided_by
+    body["latency_ms"] = _latency_json(outcome)
     return body
 
 
-def _face_json(summary: FaceSummary) -> dict:
+def _faces_json(outcome: Outcome) -> dict:
     return {
-        "count": summary.count,
-        "probability": summary.probability,
-        "box": summary.box,
-        "image_size": [summary.image_width, summary.image_height],
+        role: {
+            "count": photo.count,
+            "probability": photo.primary.probability if photo.primary else None,
+            "box": [round(v, 1) for v in photo.primary.box] if photo.primary else None,
+            "image_size": [photo.width, photo.height],
+        }
+        for role, photo in outcome.photos.items()
     }
 
 
-def _latency_json() -> dict:
-    latency = g.record.latency
-    latency.total = _elapsed_ms()
-    return {k: round(v, 2) for k, v in asdict(latency).items()}
+def _latency_json(outcome: Outcome) -> dict:
+    stages = {**asdict(outcome.times), "total": outcome.elapsed_ms()}
+    return {k: round(v, 2) for k, v in stages.items()}
 
 
 # --- errors: always JSON ---
 
 
 def _api_error(error: ApiError):
-    if "record" in g:
-        g.record.error_code = error.code
+    outcome: Outcome | None = g.get("outcome")
+    if outcome is not None:
+        outcome.error_code = error.code
     return jsonify(error.to_dict()), error.status
 
 
 def _http_error(error: HTTPException):
     if isinstance(error, RequestEntityTooLarge):
-        limit = _services().settings.max_upload_mb
-        return _api_error(PayloadTooLarge(f"the upload exceeds the {limit:g} MB limit"))
+        return _api_error(_too_large())
     code = (error.name or "http_error").lower().replace(" ", "_")
     return _api_error(ApiError(error.description or error.name, code=code, status=error.code))
+
+
+def _too_large() -> ApiError:
+    """What a Werkzeug 413 was about: the body's bytes, or the number of form parts."""
+    limit = _services().settings.max_upload_mb
+    length = request.content_length
+    stream = request.__dict__.get("stream")  # only when Werkzeug got as far as reading
+    streamed_past_cap = length is None and getattr(stream, "is_exhausted", True)
+    if (length is not None and length > current_app.config["MAX_CONTENT_LENGTH"]) or (
+        streamed_past_cap
+    ):
+        return PayloadTooLarge(f"the upload exceeds the {limit:g} MB limit")
+    return TooManyParts(
+        f"the form has more than {MAX_FORM_PARTS} parts; send only the fields this route reads"
+    )
 
 
 def _unexpected_error(error: Exception):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from server import create_app
 from tests.support import (
     DIFFERENT,
     DIFFERENT_2,
@@ -59,20 +60,34 @@ def test_response_reports_faces_model_and_stage_latencies(client, face_bytes):
     assert latency["total"] >= latency["detection"] + latency["embedding"]
 
 
-def test_threshold_field_overrides_the_default(client, face_bytes):
+def test_threshold_field_may_tighten_the_default(client, face_bytes):
     reference, sample = face_bytes(SAME[0]), face_bytes(SAME[1])
+    default = photo_match(client, reference, sample).json
     strict = photo_match(client, reference, sample, threshold="0").json
-    lenient = photo_match(client, reference, sample, threshold="2").json
+    assert default["match"] is True
     assert strict["threshold"] == 0.0 and strict["match"] is False
+
+
+def test_threshold_looser_than_the_configured_one_is_403_naming_the_limit(client, face_bytes):
+    response = photo_match(client, face_bytes(SAME[0]), face_bytes(SAME[1]), threshold="2")
+    assert_error(response, 403, "threshold_not_allowed")
+    assert "0.6469" in response.json["error"]["message"]
+
+
+def test_operator_may_allow_a_looser_threshold(settings, engine, face_bytes):
+    app = create_app(settings.replace(max_threshold=2.0), engine=engine)
+    reference, sample = face_bytes(DIFFERENT[0]), face_bytes(DIFFERENT[1])
+    lenient = photo_match(app.test_client(), reference, sample, threshold="2").json
     assert lenient["threshold"] == 2.0 and lenient["match"] is True
 
 
 def test_euclidean_metric_is_the_unit_vector_distance(client, face_bytes):
     reference, sample = face_bytes(SAME[0]), face_bytes(SAME[1])
-    cosine = photo_match(client, reference, sample).json["distance"]
+    cosine = photo_match(client, reference, sample).json
     euclidean = photo_match(client, reference, sample, metric="euclidean").json
     assert euclidean["metric"] == "euclidean"
-    assert euclidean["distance"] == pytest.approx(np.sqrt(2 * cosine), abs=1e-5)
+    assert euclidean["distance"] == pytest.approx(np.sqrt(2 * cosine["distance"]), abs=1e-5)
+    assert euclidean["threshold"] == pytest.approx(np.sqrt(2 * cosine["threshold"]))
 
 
 def test_exif_orientation_is_honoured(client, face_bytes):
@@ -85,12 +100,18 @@ def test_exif_orientation_is_honoured(client, face_bytes):
     assert body["distance"] < 0.05
 
 
-def test_every_face_of_the_sample_is_compared_on_request(client, face_bytes):
+def _two_faces(face_bytes) -> bytes:
     canvas = Image.new("RGB", (500, 250), (128, 128, 128))
     canvas.paste(Image.open(io.BytesIO(face_bytes(DIFFERENT_2[1]))), (0, 0))
     canvas.paste(Image.open(io.BytesIO(face_bytes(SAME[1]))), (250, 0))
-    group = image_bytes(canvas)
-    body = photo_match(client, face_bytes(SAME[0]), group, sample_faces="all").json
+    return image_bytes(canvas)
+
+
+def test_every_face_is_compared_on_request_where_the_operator_allows_it(
+    settings, engine, face_bytes
+):
+    client = create_app(settings.replace(allow_all_faces=True), engine=engine).test_client()
+    body = photo_match(client, face_bytes(SAME[0]), _two_faces(face_bytes), sample_faces="all").json
     assert body["faces"]["sample"]["count"] == 2
     assert len(body["sample_faces"]) == 2
     decided = body["sample_faces"][body["decided_by"]]
@@ -99,11 +120,25 @@ def test_every_face_of_the_sample_is_compared_on_request(client, face_bytes):
     assert body["distance"] == min(face["distance"] for face in body["sample_faces"])
 
 
+def test_all_sample_faces_is_403_unless_the_operator_allows_it(client, face_bytes):
+    response = photo_match(client, face_bytes(SAME[0]), _two_faces(face_bytes), sample_faces="all")
+    assert_error(response, 403, "sample_faces_not_allowed")
+
+
+def test_compared_sample_faces_are_bounded_by_the_best_ranked(settings, engine, face_bytes):
+    app = create_app(settings.replace(allow_all_faces=True, max_sample_faces=1), engine=engine)
+    body = photo_match(
+        app.test_client(), face_bytes(SAME[0]), _two_faces(face_bytes), sample_faces="all"
+    ).json
+    primary = photo_match(app.test_client(), face_bytes(SAME[0]), _two_faces(face_bytes)).json
+    assert body["faces"]["sample"]["count"] == 2
+    assert len(body["sample_faces"]) == 1
+    assert body["sample_faces"][0]["box"] == primary["faces"]["sample"]["box"]
+    assert body["distance"] == primary["distance"]
+
+
 def test_primary_face_decides_by_default(client, face_bytes):
-    canvas = Image.new("RGB", (500, 250), (128, 128, 128))
-    canvas.paste(Image.open(io.BytesIO(face_bytes(DIFFERENT_2[1]))), (0, 0))
-    canvas.paste(Image.open(io.BytesIO(face_bytes(SAME[1]))), (250, 0))
-    body = photo_match(client, face_bytes(SAME[0]), image_bytes(canvas)).json
+    body = photo_match(client, face_bytes(SAME[0]), _two_faces(face_bytes)).json
     assert body["faces"]["sample"]["count"] == 2
     assert "sample_faces" not in body
 
@@ -121,7 +156,27 @@ def test_request_that_is_not_multipart_is_400_missing_field(client):
     assert_error(response, 400, "missing_field")
 
 
-@pytest.mark.parametrize("threshold", ["abc", "-1", "nan", "inf", "2.5"])
+@pytest.mark.parametrize(
+    "threshold",
+    [
+        "abc",
+        "-1",
+        "nan",
+        "inf",
+        "2.5",
+        "1e309",
+        "1e-3",
+        " 0.5",
+        "0.5 ",
+        "0.5\n",
+        "+0.5",
+        "١",
+        "１",
+        "0٫5",
+        "0.５",
+        "1_0",
+    ],
+)
 def test_unusable_threshold_is_400(client, face_bytes, threshold):
     response = photo_match(client, face_bytes(SAME[0]), face_bytes(SAME[1]), threshold=threshold)
     assert_error(response, 400, "invalid_parameter")
@@ -191,3 +246,13 @@ def test_unknown_route_is_json_404(client):
 
 def test_wrong_method_is_json_405(client):
     assert_error(client.get("/photo_match"), 405, "method_not_allowed")
+
+
+@pytest.mark.parametrize(
+    "path,allowed", [("/photo_match", {"POST", "OPTIONS"}), ("/ping", {"GET", "HEAD", "OPTIONS"})]
+)
+def test_options_is_a_bodiless_204_listing_the_allowed_methods(client, path, allowed):
+    response = client.options(path)
+    assert response.status_code == 204
+    assert set(response.headers["Allow"].split(", ")) == allowed
+    assert response.get_data() == b"" and "Content-Type" not in response.headers

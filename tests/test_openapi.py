@@ -101,7 +101,7 @@ def signing_client(settings, engine):
 
 
 def test_real_success_responses_match_the_document(
-    client, signing_client, face_bytes, document_schema
+    settings, engine, client, signing_client, face_bytes, document_schema
 ):
     reference, sample = face_bytes(SAME[0]), face_bytes(SAME[1])
     assert_conforms(document_schema, "/ping", "GET", client.get("/ping"))
@@ -110,8 +110,9 @@ def test_real_success_responses_match_the_document(
     for pair in (SAME, DIFFERENT):
         response = photo_match(client, face_bytes(pair[0]), face_bytes(pair[1]))
         assert_conforms(document_schema, "/photo_match", "POST", response)
+    all_faces = create_app(settings.replace(allow_all_faces=True), engine=engine).test_client()
     canvas_response = photo_match(
-        client,
+        all_faces,
         reference,
         _two_faces(face_bytes),
         sample_faces="all",
@@ -158,7 +159,16 @@ def test_real_error_responses_match_the_document(
         ("/photo_match", "POST", 401, photo_match(keyed, sample, sample)),
         ("/photo_match", "POST", 400, client.post("/photo_match", data=files(reference=sample))),
         ("/photo_match", "POST", 400, photo_match(client, sample, sample, threshold="abc")),
+        ("/photo_match", "POST", 403, photo_match(client, sample, sample, threshold="1")),
+        ("/photo_match", "POST", 403, photo_match(client, sample, sample, sample_faces="all")),
+        ("/cached_match", "POST", 403, cached_match(client, b"[1]", sample, threshold="1")),
         ("/photo_match", "POST", 413, photo_match(small, sample, b"\xff" * 100_000)),
+        (
+            "/photo_match",
+            "POST",
+            413,
+            client.post("/photo_match", data={**_many_parts(1001), **files(sample=sample)}),
+        ),
         ("/photo_match", "POST", 413, photo_match(client, sample, png_declaring(10**5, 10**5))),
         ("/photo_match", "POST", 415, photo_match(client, sample, b"text")),
         ("/photo_match", "POST", 422, photo_match(client, sample, blank)),
@@ -195,6 +205,10 @@ def test_real_error_responses_match_the_document(
     for path, method, status, response in cases:
         assert response.status_code == status, (path, status, response.get_data(as_text=True))
         assert_conforms(document_schema, path, method, response)
+
+
+def _many_parts(count: int) -> dict:
+    return {f"field{i}": "x" for i in range(count)}
 
 
 def _blank_jpeg() -> bytes:

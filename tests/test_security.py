@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -137,6 +138,29 @@ def test_one_changed_value_breaks_the_signature():
 def test_malformed_or_forged_tokens_are_bad_signatures(token):
     with pytest.raises(BadSignature):
         ReferenceSigner([SIGN_NEW]).verify(unit_vector(), "casia-webface", token)
+
+
+def non_canonical_spellings(token: str) -> list[str]:
+    """The other three spellings of the token's mac: its last base64url character carries 2
+    padding bits that decoding ignores, so each of these decodes to the very same mac."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    assert last % 4 == 0  # what sign() writes: the padding bits are zero
+    return [token[:-1] + alphabet[last + bits] for bits in (1, 2, 3)]
+
+
+def test_only_the_canonical_encoding_of_a_signature_verifies():
+    signer = ReferenceSigner([SIGN_NEW])
+    vector = unit_vector()
+    token = signer.sign(vector, "casia-webface")
+    signer.verify(vector, "casia-webface", token)
+    for spelling in non_canonical_spellings(token):
+        mac = token.rsplit(".", 1)[1]
+        assert base64.urlsafe_b64decode(spelling.rsplit(".", 1)[1] + "=") == (
+            base64.urlsafe_b64decode(mac + "=")
+        )
+        with pytest.raises(BadSignature):
+            signer.verify(vector, "casia-webface", spelling)
 
 
 @pytest.mark.parametrize("token", [None, "", "   "])

@@ -1,0 +1,71 @@
+"""Request metrics as a Flask extension: ``init_app(app, settings, model_name)``.
+
+Attaches the metrics publisher (``monitoring.publisher``) to an app: after each response to a
+recorded endpoint it builds one ``RequestRecord`` from the request's ``Outcome`` (the values the
+response was built from) and hands it to the publisher, which never blocks. The record is
+filled here and nowhere else; routes never touch it.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, g, request
+
+from config import Settings
+from monitoring.publisher import Publisher, create_publisher
+from request_outcome import Outcome
+from request_record import FaceSummary, Latency, RequestRecord
+
+#: The endpoints whose requests are recorded (verifying and embedding).
+RECORDED_ENDPOINTS = ("api.photo_match", "api.cached_match", "api.embeddings")
+
+
+def init_app(app: Flask, settings: Settings, model_name: str) -> Publisher:
+    """Create the publisher ``settings`` ask for, publish one record per recorded request of
+    ``app``, and return the publisher (also ``app.extensions["facematch_metrics"]``)."""
+    publisher = create_publisher(settings)
+    app.extensions["facematch_metrics"] = publisher
+
+    @app.after_request
+    def publish_record(response: Response) -> Response:
+        if request.endpoint in RECORDED_ENDPOINTS:
+            outcome = g.get("outcome") or Outcome()
+            publisher.publish(record_from(outcome, request.path, model_name, response.status_code))
+        return response
+
+    return publisher
+
+
+def record_from(outcome: Outcome, endpoint: str, model: str, status: int) -> RequestRecord:
+    """The metrics record of a request that answered ``status`` after doing ``outcome``."""
+    result = outcome.result
+    faces = [
+        FaceSummary(
+            role=role,
+            count=photo.count,
+            probability=photo.primary.probability if photo.primary else None,
+            box=[round(v, 1) for v in photo.primary.box] if photo.primary else None,
+            image_width=photo.width,
+            image_height=photo.height,
+        )
+        for role, photo in outcome.photos.items()
+    ]
+    times = outcome.times
+    return RequestRecord(
+        endpoint=endpoint,
+        started=outcome.started_at,
+        status=status,
+        error_code=outcome.error_code,
+        match=result.match if result else None,
+        distance=result.distance if result else None,
+        threshold=result.threshold if result else None,
+        metric=result.metric if result else None,
+        model=model,
+        faces=faces,
+        latency=Latency(
+            decode=times.decode,
+            detection=times.detection,
+            embedding=times.embedding,
+            scoring=times.scoring,
+            total=outcome.elapsed_ms(),
+        ),
+    )
