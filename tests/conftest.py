@@ -34,6 +34,21 @@ def engine(settings) -> FaceEngine:
 
 
 @pytest.fixture
+def failing_engine(engine):
+    """The real engine, except that detection raises an error naming a file path (a bug of
+    ours, for the tests of what a 500 shows)."""
+
+    class FailingEngine:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def detect(self, image):
+            raise RuntimeError("boom in /opt/facematch/secret/weights.pt")
+
+    return FailingEngine()
+
+
+@pytest.fixture
 def app(settings, engine):
     return create_app(settings, engine=engine)
 

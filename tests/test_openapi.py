@@ -271,14 +271,11 @@ def test_generated_requests_get_documented_answers_and_no_5xx(app, path, method)
     assert statuses and all(status < 500 for status in statuses)
 
 
-def test_generated_requests_do_catch_a_server_error(settings, engine):
+def test_generated_requests_do_catch_a_server_error(settings, failing_engine):
     """The fuzzing can fail: an engine that breaks on every photo is found within the bound."""
     from schemathesis.core.failures import FailureGroup
-    from test_security import _FailingEngine
 
-    operation = operation_for(
-        create_app(settings, engine=_FailingEngine(engine)), "/embeddings", "POST"
-    )
+    operation = operation_for(create_app(settings, engine=failing_engine), "/embeddings", "POST")
 
     @_FUZZ_SETTINGS
     @given(case=operation.as_strategy())

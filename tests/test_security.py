@@ -369,21 +369,10 @@ def test_key_rotation_end_to_end(settings, engine, face_bytes):
 # --- nothing sensitive leaves through responses, logs or the disk ---
 
 
-class _FailingEngine:
-    """The real engine, except that detection raises an error naming a file path."""
-
-    def __init__(self, engine):
-        self._engine = engine
-
-    def __getattr__(self, name):
-        return getattr(self._engine, name)
-
-    def detect(self, image):
-        raise RuntimeError("boom in /opt/facematch/secret/weights.pt")
-
-
-def test_unexpected_error_is_a_bare_500_without_trace_or_path(settings, engine, face_bytes, caplog):
-    app = create_app(settings, engine=_FailingEngine(engine))
+def test_unexpected_error_is_a_bare_500_without_trace_or_path(
+    settings, failing_engine, face_bytes, caplog
+):
+    app = create_app(settings, engine=failing_engine)
     response = app.test_client().post("/embeddings", data=files(photo=face_bytes(SAME[0])))
     assert response.status_code == 500
     assert response.json == {"error": {"code": "internal_error", "message": "internal error"}}
