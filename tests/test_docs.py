@@ -139,6 +139,8 @@ def documented_default(field: dataclasses.Field) -> str:
         # Unset means each metric's default, chosen on LFW (score_service).
         return ", ".join(f"`{v}` {m}" for m, v in score_service.DEFAULT_THRESHOLDS.items())
     value = field.default
+    if value is None:
+        return "unset"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
     if value == "":
