@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from config import Settings
-from tests.support import free_port
+from tests.support import free_port, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = (REPO / "deploy" / "nginx" / "facematch.conf").read_text()
@@ -145,3 +145,18 @@ def test_the_error_page_location_is_not_reachable_from_outside(server, nginx):
     proxy = nginx(upstream_port=server.port)
     answer = raw_request(proxy.port, b"GET /_facematch_error.json HTTP/1.1\r\nHost: t\r\n\r\n")
     assert_json_error(answer, 404, "not_found")
+
+
+def test_compose_serves_the_api_only_through_nginx_with_the_shipped_config():
+    services = load_yaml(REPO / "docker-compose.yml")["services"]
+    api, proxy = services["api"], services["nginx"]
+    assert "ports" not in api and api["expose"] == [str(Settings().port)]
+    assert proxy["ports"] == [f"{Settings().port}:80"]
+    assert proxy["depends_on"] == ["api"]
+    mounts = dict(volume.rsplit(":", 1)[0].split(":") for volume in proxy["volumes"])
+    assert mounts == {
+        "./deploy/nginx/facematch.conf": "/etc/nginx/conf.d/default.conf",
+        "./deploy/nginx/upstream-compose.conf": "/etc/nginx/conf.d/upstream.conf",
+    }
+    upstream = (REPO / "deploy" / "nginx" / "upstream-compose.conf").read_text()
+    assert f"server api:{Settings().port};" in upstream
