@@ -5,7 +5,9 @@ errors pass through unchanged; its limits agree with the service's settings."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import runpy
 import socket
 from pathlib import Path
 
@@ -96,6 +98,18 @@ def test_body_limit_equals_the_upload_limit_and_is_kept_in_memory():
 
 def test_proxy_waits_longer_than_gunicorn_lets_a_request_run():
     assert int(directive("proxy_read_timeout").rstrip("s")) > Settings().timeout
+
+
+def test_gunicorn_accepts_every_request_line_and_header_nginx_forwards(monkeypatch):
+    for name in [n for n in os.environ if n.startswith("FACEMATCH_")]:
+        monkeypatch.delenv(name)
+    gunicorn = runpy.run_path(str(REPO / "gunicorn.conf.py"))
+    _, size = directive("large_client_header_buffers").split()
+    buffer = int(size.rstrip("k")) * 1024  # a request line or header line must fit in one
+    assert gunicorn["limit_request_line"] >= buffer - len("\r\n")
+    assert gunicorn["limit_request_field_size"] >= buffer - len("\r\n")
+    assert gunicorn["keepalive"] == Settings().keepalive
+    assert gunicorn["control_socket_disable"] is True
 
 
 @pytest.mark.parametrize("name", REFUSED)
