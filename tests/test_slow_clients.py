@@ -5,8 +5,8 @@ threads stop it for as long as they keep sending.
 The attack is real: 200 TCP connections that send nothing and 8 clients that send a request one
 byte a second (slowloris), each reopened as soon as the server closes it, held by one thread
 while the good requests run. The bounds on the good requests are the requests' own timeouts:
-what is measured is that they are answered at all while the attack goes on (the figures from
-a quiet machine are in the deployment docs), not how fast.
+what is checked is that they are answered at all while the attack goes on (the measured
+latencies are in the deployment docs), not how fast.
 """
 
 from __future__ import annotations
