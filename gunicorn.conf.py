@@ -21,7 +21,8 @@ loglevel = _settings.log_level
 accesslog = "-"
 errorlog = "-"
 
-# Idle kept-alive connections, and new ones that have sent nothing, are closed after this.
+# Idle kept-alive connections are closed after this many seconds, and new ones that have sent
+# nothing after this much more than Gunicorn's own 5 s wait for a first byte.
 keepalive = _settings.keepalive
 # Connections one worker holds at once; more wait in the listen backlog.
 worker_connections = _settings.worker_connections
