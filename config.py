@@ -37,6 +37,11 @@ class Settings:
     timeout: int = 120
     preload: bool = True
     log_level: str = "info"
+    # Slow and idle clients when Gunicorn is reached directly (deploy/nginx/ is the real answer)
+    keepalive: int = 2
+    worker_connections: int = 100
+    # Gunicorn's control socket (gunicornc): off unless a path is given, one per instance
+    control_socket: str = ""
 
     # Model and engine
     model: str = "casia-webface"

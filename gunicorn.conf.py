@@ -1,4 +1,10 @@
-"""Gunicorn settings, taken from the FACEMATCH_ variables (see config.py and the README)."""
+"""Gunicorn settings, taken from the FACEMATCH_ variables (see config.py and the README).
+
+Gunicorn is meant to sit behind the buffering reverse proxy in deploy/nginx/, which waits for
+slow and idle clients itself and hands Gunicorn only complete requests. The connection settings
+below bound what a client reaching Gunicorn directly can hold; they cannot stop a slow client
+from holding a request thread (Gunicorn's gthread worker has no read deadline).
+"""
 
 from config import Settings
 
@@ -14,4 +20,23 @@ preload_app = _settings.preload
 loglevel = _settings.log_level
 accesslog = "-"
 errorlog = "-"
+
+# Idle kept-alive connections are closed after this many seconds, and new ones that have sent
+# nothing after this much more than Gunicorn's own 5 s wait for a first byte.
+keepalive = _settings.keepalive
+# Connections one worker holds at once; more wait in the listen backlog.
+worker_connections = _settings.worker_connections
+# Request line and headers: Gunicorn's defaults, at least as large as what nginx forwards
+# (deploy/nginx/facematch.conf: a 4 KB request line, 4 KB per header line), so a request that
+# passed the proxy is never refused here with Gunicorn's own HTML error page.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+
+# The control socket (gunicornc) defaults to one shared path per user, which a second instance
+# takes over and deletes on exit: off unless FACEMATCH_CONTROL_SOCKET names this instance's own.
+control_socket_disable = not _settings.control_socket
+if _settings.control_socket:
+    control_socket = _settings.control_socket
+
 from gunicorn_hooks import post_worker_init, worker_exit  # noqa: E402,F401 (see the module)

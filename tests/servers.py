@@ -1,9 +1,9 @@
-"""Real servers for the tests: facematch under Gunicorn, mosquitto, victoria-metrics, the bridge.
+"""Real servers for the tests: facematch under Gunicorn, mosquitto, victoria-metrics, the bridge,
+nginx.
 
 Each runs from its own temporary directory on a free 127.0.0.1 port, is waited for until it
 answers, and is stopped by the fixture that started it (``stop`` is idempotent; an ``atexit``
-hook kills anything a crashed test left behind). ``scripts/test-deps/monitoring.sh`` installs
-the binaries.
+hook kills anything a crashed test left behind). ``scripts/test-deps/`` installs the binaries.
 """
 
 from __future__ import annotations
@@ -574,3 +574,67 @@ def module_gunicorn(tmp_path_factory):
     yield start
     for server in started:
         server.stop()
+
+
+# --- nginx in front of Gunicorn, with the shipped configuration -----------------------------
+
+NGINX_CONFIG = REPO / "deploy" / "nginx"
+
+
+class Nginx(_Process):
+    """nginx running ``deploy/nginx/facematch.conf`` unchanged but for its ``listen`` (a free
+    loopback port), in front of ``upstream_port``: the shipped upstream.conf with its address
+    moved there. Everything nginx writes (pid, logs, temporary files) stays in ``workdir``."""
+
+    name = "nginx"
+
+    def __init__(self, workdir: Path, upstream_port: int):
+        super().__init__(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        site = (NGINX_CONFIG / "facematch.conf").read_text()
+        upstream = (NGINX_CONFIG / "upstream.conf").read_text()
+        assert site.count("\n    listen 80;\n") == 1 and "server 127.0.0.1:8000;" in upstream
+        (workdir / "facematch.conf").write_text(
+            site.replace("\n    listen 80;\n", f"\n    listen 127.0.0.1:{self.port};\n")
+        )
+        (workdir / "upstream.conf").write_text(
+            upstream.replace("127.0.0.1:8000;", f"127.0.0.1:{upstream_port};")
+        )
+        temp = "\n".join(
+            f"    {kind}_temp_path {workdir}/{kind}_temp;"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        self.config_path = workdir / "nginx.conf"
+        self.config_path.write_text(
+            f"daemon off;\nworker_processes 1;\npid {workdir}/nginx.pid;\n"
+            f"error_log {self.log_path} info;\n"
+            "events {\n    worker_connections 1024;\n}\n"
+            f"http {{\n    access_log {workdir}/access.log;\n{temp}\n"
+            f"    include {workdir}/upstream.conf;\n    include {workdir}/facematch.conf;\n}}\n"
+        )
+
+    def start(self) -> Nginx:
+        binary = shutil.which("nginx") or "/usr/sbin/nginx"
+        self._spawn([binary, "-c", str(self.config_path), "-p", f"{self.workdir}/"])
+        wait_until(lambda: self._check_alive() and _port_open(self.port), 10, what="nginx")
+        return self
+
+
+@pytest.fixture
+def nginx():
+    """Start nginx with the shipped config in front of a Gunicorn: ``nginx(upstream_port=...)``
+    returns a started ``Nginx`` (``.url``, ``.port``, ``.log()``); all are stopped after the
+    test. ``scripts/test-deps/nginx.sh`` installs nginx."""
+    started: list[tuple[Nginx, Path]] = []
+
+    def start(upstream_port: int) -> Nginx:
+        directory = workdir("nginx")
+        server = Nginx(directory, upstream_port)
+        started.append((server, directory))
+        return server.start()
+
+    yield start
+    for server, directory in started:
+        server.stop()
+        remove(directory)

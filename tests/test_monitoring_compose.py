@@ -1,4 +1,4 @@
-"""docker-compose.yml (no Docker engine here): the five services wired consistently, and the
+"""docker-compose.yml (no Docker engine here): the services wired consistently, and the
 shipped mosquitto.conf run for real: password required, the compose credentials accepted."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def default_of(value: str) -> str:
 
 def test_stack_has_api_broker_database_bridge_and_grafana(compose):
     services = compose["services"]
-    assert set(services) == {"api", "mosquitto", "influxdb", "bridge", "grafana"}
+    assert set(services) == {"api", "nginx", "mosquitto", "influxdb", "bridge", "grafana"}
     assert services["bridge"]["command"] == ["python", "-m", "monitoring.bridge"]
     assert services["api"]["build"] == services["bridge"]["build"] == "."
     assert services["influxdb"]["image"].startswith("influxdb:2")
