@@ -39,4 +39,4 @@ control_socket_disable = not _settings.control_socket
 if _settings.control_socket:
     control_socket = _settings.control_socket
 
-from gunicorn_hooks import post_worker_init, worker_exit  # noqa: E402,F401 (see the module)
+from gunicorn_hooks import post_worker_init, pre_request, worker_exit  # noqa: E402,F401 (see the module)

@@ -20,6 +20,12 @@
 3. Starts the worker's metrics publisher, so that it connects to the broker at boot: otherwise a
    worker that has served no request yet reports ``connected: false`` on /health.
 
+``pre_request`` marks a request whose declared body is over ``FACEMATCH_MAX_UPLOAD_MB`` to be
+answered with ``Connection: close``. The app refuses such a body (413) without reading it, and
+Gunicorn then closes the connection because the unread rest is too large to drain; without this,
+the 413 said ``keep-alive`` and the client's next request on that socket failed. An application
+cannot say ``close`` itself: Gunicorn drops hop-by-hop headers from its responses.
+
 ``worker_exit`` ends a worker with ``os._exit`` once Python's own clean-up (atexit handlers: the
 metrics publisher's flush, logging) has run, keeping the exit code Gunicorn was leaving with.
 ONNX Runtime, imported in the master, keeps a thread there; the C++ static destructors that a
@@ -31,6 +37,7 @@ hung or aborted ("terminate called ... std::system_error", SIGABRT) on every shu
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import signal
 import sys
@@ -56,6 +63,20 @@ def post_worker_init(worker) -> None:
     services = getattr(worker.wsgi, "extensions", {}).get("facematch")
     if services is not None:
         services.publisher.start()
+
+
+def pre_request(worker, req) -> None:
+    """Say ``Connection: close`` on the answer to a body declared over the upload cap."""
+    length = next((value for name, value in req.headers if name == "CONTENT-LENGTH"), "")
+    if length.isdigit() and int(length) > _max_upload_bytes():
+        req.force_close()
+
+
+@functools.cache
+def _max_upload_bytes() -> int:
+    from config import Settings
+
+    return Settings.from_env().max_upload_bytes
 
 
 def worker_exit(server, worker) -> None:

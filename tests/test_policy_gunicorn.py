@@ -291,3 +291,19 @@ def test_the_413_for_too_many_parts_says_parts_not_megabytes(server):
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
         _, body = exchange(sock, post("/photo_match", multipart(10_000)))
     assert b"1000 parts" in body and b"MB" not in body
+
+
+def test_a_body_declared_over_the_upload_cap_is_refused_with_connection_close(server):
+    """The app refuses it unread, so Gunicorn closes the connection: the 413 must say so
+    (gunicorn_hooks.pre_request) rather than ``keep-alive`` followed by a dead socket."""
+    declared = 11 * 1024 * 1024  # over the default 10 MB cap
+    head = (
+        f"POST /photo_match HTTP/1.1\r\nHost: facematch\r\nX-API-Key: {KEY_A}\r\n"
+        f"Content-Type: multipart/form-data; boundary=facematch-test\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        headers, body = exchange(sock, head + multipart(1_000)[:65_536])
+        assert headers[":status"] == "413" and b"payload_too_large" in body
+        assert headers["connection"] == "close"
+        assert sock.recv(1) == b""
