@@ -76,7 +76,7 @@ class EngineOptions:
         for f in fields(self):
             if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
                 raise ConfigError(f"{_var(f.name)}={getattr(self, f.name)!r} is not a bool")
-        _check_int("threads", self.threads, 1)
+        _check_int("torch_threads", self.threads, 1)
         _check_int("margin", self.margin, 0, FACE_SIZE - 1)
         _check_int("detect_max_side", self.detect_max_side, 0)
         _check_int("min_face_size", self.min_face_size, 1)
