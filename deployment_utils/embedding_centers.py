@@ -30,7 +30,16 @@ from face_embedding import CENTERS_FILE
 from photo_inferencing import FaceEngine
 
 REPO = Path(__file__).resolve().parents[1]
-MEASURED = ("margin", "face_selection", "detect_max_side", "min_face_size", "detect_backend")
+MEASURED = (
+    "margin",
+    "face_selection",
+    "detect_max_side",
+    "min_face_size",
+    "detect_backend",
+    "embed_backend",
+    "flip_embeddings",
+    "center_embeddings",
+)
 
 
 def mean_embedding(engine: FaceEngine, photos: list[Path]) -> tuple[np.ndarray, int]:
@@ -67,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": "every image named in LFW View 1 pairsDevTrain.txt that has a face",
         "pair_list_sha256": hashlib.sha256(pair_list.read_bytes()).hexdigest(),
         "count": count,
-        "settings": {key: getattr(settings, key) for key in MEASURED} | {"embed": "plain"},
+        "settings": {key: getattr(settings, key) for key in MEASURED},
         "norm": round(float(np.linalg.norm(center.astype(np.float32))), 4),
         "precision": "float16 (each value is exactly a float16 number)",
         "built": {

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from config import Settings
+from engine_options import EngineOptions
 from face_embedding import load_network
 from model_weights import load_state_dict, resolve_weights
 from photo_inferencing import FaceEngine
@@ -114,11 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env(
         embed_backend="torch", center_embeddings=False, flip_embeddings=False
     )
-    engine = FaceEngine.from_settings(settings)
-    crops = calibration_crops(engine, devtrain_sample(args.lfw, args.images, args.seed))
     state_dict = load_state_dict(
         resolve_weights(settings.model, settings.weights, settings.data_path)
     )
+    engine = FaceEngine(state_dict, EngineOptions.from_settings(settings))
+    crops = calibration_crops(engine, devtrain_sample(args.lfw, args.images, args.seed))
     out = args.out or int8_graph_path(settings.data_path, settings.model)
     built = build_int8_graph(state_dict, crops, out)
     note = {
