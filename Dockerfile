@@ -21,7 +21,7 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
     && pip install --no-cache-dir -r /tmp/requirements-rest.txt \
     && pip check
 # The weights are built here, once, so the container never downloads at start.
-COPY config.py ./
+COPY config.py model_weights.py ./
 COPY deployment_utils/ deployment_utils/
 RUN python -m deployment_utils.weights build --model "${FACEMATCH_MODEL}" --data-dir /opt/facematch/data
 
@@ -40,6 +40,8 @@ WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/facematch/data /opt/facematch/data
 COPY *.py openapi.json ./
+COPY runtime_backends/ runtime_backends/
+COPY model_data/ model_data/
 COPY deployment_utils/ deployment_utils/
 COPY monitoring/ monitoring/
 USER 10001:10001

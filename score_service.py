@@ -19,7 +19,6 @@ METRICS = ("cosine", "euclidean")
 # centred embeddings; DevTrain 99.27%, DevTest 98.70%: docs/results/threshold.json). On unit
 # vectors euclidean = sqrt(2 cosine), so the euclidean threshold is the same decision boundary.
 DEFAULT_THRESHOLDS = {"cosine": 0.6469, "euclidean": 1.1375}
-THRESHOLD_SOURCE = "LFW View 1 pairsDevTrain.txt"
 
 
 @dataclass(frozen=True)
@@ -85,10 +84,3 @@ def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, floa
     lower = d[best - 1] if best > 0 else d[0] - 1e-3
     upper = d[best] if best < len(d) else d[-1] + 1e-3
     return float((lower + upper) / 2.0), float(candidates[best] / len(d))
-
-
-def accuracy(distances: np.ndarray, same: np.ndarray, threshold: float) -> float:
-    """Fraction of pairs decided correctly at ``threshold``."""
-    d = np.asarray(distances, dtype=np.float64)
-    y = np.asarray(same, dtype=bool)
-    return float(np.mean((d <= threshold) == y))

@@ -8,7 +8,7 @@ import logging
 import sys
 
 from config import ConfigError, Settings
-from deployment_utils.weights import WeightsError
+from model_weights import WeightsError
 from server import create_app
 
 logging.basicConfig(

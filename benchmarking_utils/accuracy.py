@@ -45,12 +45,13 @@ from benchmarking_utils.lfw import (
     read_pairs,
 )
 from config import Settings
-from photo_inferencing import Detections, FaceEngine, center_for, rank_faces
+from engine_options import EngineOptions
+from face_detection import Detections, rank_faces
+from photo_inferencing import FaceEngine
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmark_results" / "cache"
 FARS = (1e-2, 1e-3)
-ENGINE_KEYS = ("embed_backend", "detect_backend")
 BATCH = 8
 
 
@@ -82,24 +83,17 @@ class Evaluator:
 
     def __init__(self, lfw: Path, size: tuple[int, int] | None, threads: int, limit: int = 0):
         self.lfw, self.size, self.threads, self.limit = lfw, size, threads, limit
-        self.engines: dict[tuple[str, str], FaceEngine] = {}
+        self.current: tuple[EngineOptions, FaceEngine] | None = None
         self.size_key = "lfw" if size is None else f"{size[0]}x{size[1]}"
 
     def engine(self, settings: Settings) -> FaceEngine:
-        """One engine per backend pair; margin, selection, flip and detect size are set on it."""
-        key = (settings.embed_backend, settings.detect_backend)
-        if key not in self.engines:
-            self.engines[key] = FaceEngine.from_settings(
-                settings.replace(torch_threads=self.threads)
-            )
-        engine = self.engines[key]
-        engine.margin, engine.face_selection = settings.margin, settings.face_selection
-        engine.detect_max_side = settings.detect_max_side
-        engine.flip_embeddings = settings.flip_embeddings
-        engine.min_face_size = settings.min_face_size
-        engine.align_faces = settings.align_faces
-        engine.center = center_for(settings)
-        return engine
+        """An engine built from ``settings`` (at the evaluator's thread count); the last one is
+        kept, so consecutive calls with the same engine options share it."""
+        settings = settings.replace(torch_threads=self.threads)
+        options = EngineOptions.from_settings(settings)
+        if self.current is None or self.current[0] != options:
+            self.current = (options, FaceEngine.from_settings(settings))
+        return self.current[1]
 
     def image(self, name: str) -> Image.Image:
         data = photo_bytes(self.lfw, name, self.size).data
@@ -138,13 +132,13 @@ class Evaluator:
 
     def _primary_key(self, engine: FaceEngine, detections: Cache, name: str) -> tuple | None:
         if name not in detections.data:
-            found = engine.find_faces(self.image(name))
+            found = engine.detector.find_faces(self.image(name))
             detections.put(name, (found.boxes, found.probs, found.landmarks))
         boxes, probs, _ = detections.data[name]
         if len(boxes) == 0:
             return None
         width, height = self.size or (250, 250)
-        best = rank_faces(boxes, probs, width, height, engine.face_selection)[0]
+        best = rank_faces(boxes, probs, width, height, engine.options.face_selection)[0]
         return (name, tuple(round(float(v), 3) for v in boxes[best]))
 
     def _crop_of(self, engine: FaceEngine, detections: Cache, name: str) -> torch.Tensor:
@@ -153,15 +147,16 @@ class Evaluator:
 
     @staticmethod
     def _combine(engine: FaceEngine, pair: tuple[np.ndarray, np.ndarray], flip: bool) -> np.ndarray:
-        """The served embedding from the cached plain and mirrored vectors (``engine.finish``)."""
+        """The served embedding from the cached plain and mirrored vectors (the embedder's
+        ``finish``)."""
         plain, flipped = pair
-        return engine.finish(plain[None], flipped[None] if flip else None)[0]
+        return engine.embedder.finish(plain[None], flipped[None] if flip else None)[0]
 
     def _embed(self, engine, todo, embeddings: Cache, result: dict, flip: bool) -> None:
         if not todo:
             return
         batch = torch.stack([crop for _, _, crop in todo])
-        vectors = engine.forward(torch.cat([batch, torch.flip(batch, dims=[3])]))
+        vectors = engine.embedder.forward(torch.cat([batch, torch.flip(batch, dims=[3])]))
         for i, (name, key, _) in enumerate(todo):
             pair = (vectors[i].copy(), vectors[len(todo) + i].copy())
             embeddings.put(key, pair)

@@ -21,8 +21,8 @@ from PIL import Image
 
 import score_service
 from config import Settings
-from deployment_utils.weights import load_state_dict, resolve_weights
 from image_decoding import decode_image
+from model_weights import load_state_dict, resolve_weights
 from request_record import Latency
 
 

@@ -145,10 +145,10 @@ def embedding_rate(
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
     runs = {"baseline batch 1": (1, lambda: baseline.resnet(crop[None]).detach())}
     for c in candidates:
-        runs[f"{c.config.name} batch 1"] = (1, lambda e=c.engine: e.forward(crop[None]))
+        runs[f"{c.config.name} batch 1"] = (1, lambda e=c.engine: e.embedder.forward(crop[None]))
         runs[f"{c.config.name} batch 2"] = (
             2,
-            lambda e=c.engine: e.forward(torch.stack([crop, crop])),
+            lambda e=c.engine: e.embedder.forward(torch.stack([crop, crop])),
         )
     per_face: dict[str, list[float]] = {k: [] for k in runs}
     best_matmul = float("inf")

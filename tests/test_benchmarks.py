@@ -126,3 +126,24 @@ def test_load_drives_a_real_gunicorn_and_reports_throughput_and_worker_memory(lf
     (worker,) = scenario["memory_peak"]["workers"]
     assert worker["rss_mib"] > worker["private_mib"] > 0
     assert (tmp_path / "load.png").stat().st_size > 0
+
+
+def test_accuracy_measures_each_config_with_an_engine_built_from_its_options(lfw, tmp_path):
+    report = run_command(
+        "accuracy",
+        lfw,
+        tmp_path / "accuracy.json",
+        "--limit",
+        "10",
+        "--config",
+        "plain:",
+        "--config",
+        "flipped:flip_embeddings=true,margin=20",
+    )
+    configs = report["configs"]
+    assert configs["plain"]["settings"]["flip_embeddings"] is False
+    flipped = configs["flipped"]["settings"]
+    assert (flipped["flip_embeddings"], flipped["margin"]) == (True, 20)
+    for entry in configs.values():
+        view1 = entry["view1"]
+        assert 0.5 < view1["devtest_accuracy"] <= 1 and view1["images_without_face"] == 0

@@ -1,24 +1,28 @@
-"""FaceEngine's speed options give the same faces and embeddings as the plain path."""
+"""FaceEngine's options: validated once, and each speed option gives the plain path's faces and
+embeddings. Engines with other options are built from ``dataclasses.replace`` of the options."""
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import multiprocessing
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
 import torch
+from facenet_pytorch import MTCNN
 from PIL import Image
 
 from benchmarking_utils.inputs import place_on_canvas
-from deployment_utils.weights import load_state_dict, resolve_weights
-from photo_inferencing import (
-    EMBEDDING_CENTERS,
-    FaceEngine,
-    combine_flipped,
-    decode_center,
-    int8_path,
-)
+from config import ConfigError
+from deployment_utils.quantize import build_int8_graph, calibration_crops, devtrain_sample
+from engine_options import EngineOptions
+from face_detection import RETRY_MIN_FACE_SIZE
+from face_embedding import CENTERS_FILE, combine_flipped, load_centers
+from model_weights import load_state_dict, resolve_weights
+from photo_inferencing import FaceEngine
+from runtime_backends.onnx_runtime import OnnxRuntime
+from runtime_backends.pytorch_runtime import TorchRuntime
 
 PHOTO = "Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
 OTHER = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
@@ -29,18 +33,54 @@ def state_dict(settings):
     return load_state_dict(resolve_weights(settings.model, settings.weights, settings.data_path))
 
 
-def build(state_dict, **options) -> FaceEngine:
-    return FaceEngine(state_dict, "casia-webface", torch.device("cpu"), **options)
+@pytest.fixture(scope="module")
+def plain(settings) -> EngineOptions:
+    """The plain path: PyTorch everywhere, full-size search from 20 px, no flip, no centring."""
+    return EngineOptions.from_settings(
+        settings.replace(
+            device="cpu",
+            torch_threads=1,
+            margin=32,
+            face_selection="center_weighted_size",
+            detect_max_side=0,
+            min_face_size=20,
+            embed_backend="torch",
+            detect_backend="torch",
+            flip_embeddings=False,
+            center_embeddings=False,
+            align_faces=False,
+        )
+    )
 
 
 @pytest.fixture(scope="module")
-def torch_engine(state_dict):
-    return build(state_dict, embed_backend="torch", detect_backend="torch")
+def build(state_dict, plain):
+    """An engine on the plain options with ``changes`` applied."""
+
+    def engine(**changes) -> FaceEngine:
+        return FaceEngine(state_dict, dataclasses.replace(plain, **changes))
+
+    return engine
 
 
 @pytest.fixture(scope="module")
-def onnx_engine(state_dict):
-    return build(state_dict, embed_backend="onnx", detect_backend="onnx", threads=1)
+def torch_engine(build):
+    return build()
+
+
+@pytest.fixture(scope="module")
+def onnx_engine(build):
+    return build(embed_backend="onnx", detect_backend="onnx")
+
+
+@pytest.fixture(scope="module")
+def downscaling_engine(build):
+    return build(detect_max_side=640)
+
+
+@pytest.fixture(scope="module")
+def pil_engine(build):
+    return build(detect_backend="onnx-pil")
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +95,85 @@ def other(lfw) -> Image.Image:
         return image.convert("RGB")
 
 
-@contextmanager
-def detect_max_side(engine: FaceEngine, side: int):
-    previous, engine.detect_max_side = engine.detect_max_side, side
-    try:
-        yield engine
-    finally:
-        engine.detect_max_side = previous
+@pytest.mark.parametrize(
+    ("option", "value", "variable"),
+    [
+        ("margin", -1, "FACEMATCH_MARGIN"),
+        ("margin", 160, "FACEMATCH_MARGIN"),
+        ("face_selection", "biggest", "FACEMATCH_FACE_SELECTION"),
+        ("detect_max_side", -1, "FACEMATCH_DETECT_MAX_SIDE"),
+        ("min_face_size", 0, "FACEMATCH_MIN_FACE_SIZE"),
+        ("threads", 0, "FACEMATCH_TORCH_THREADS"),
+        ("embed_backend", "tensorflow", "FACEMATCH_EMBED_BACKEND"),
+        ("detect_backend", "tensorrt", "FACEMATCH_DETECT_BACKEND"),
+        ("device", "gpu", "FACEMATCH_DEVICE"),
+        ("flip_embeddings", "yes", "FACEMATCH_FLIP_EMBEDDINGS"),
+    ],
+)
+def test_an_unusable_option_is_refused_naming_its_variable(plain, option, value, variable):
+    with pytest.raises(ConfigError, match=f"^{variable}={value!r}"):
+        dataclasses.replace(plain, **{option: value})
+
+
+def test_settings_with_an_unknown_backend_are_refused_before_anything_loads(settings):
+    with pytest.raises(ConfigError, match="FACEMATCH_EMBED_BACKEND='tensorflow'"):
+        FaceEngine.from_settings(settings.replace(embed_backend="tensorflow"))
+
+
+def test_options_are_frozen(plain):
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plain.margin = 0
+
+
+def test_onnx_on_another_device_is_switched_to_torch_in_one_logged_line(settings, caplog):
+    with caplog.at_level(logging.WARNING, logger="engine_options"):
+        options = EngineOptions.from_settings(
+            settings.replace(device="cuda", embed_backend="onnx", detect_backend="onnx-pil")
+        )
+    assert (options.embed_backend, options.detect_backend, options.device) == (
+        "torch",
+        "torch",
+        "cuda",
+    )
+    (record,) = caplog.records
+    assert "FACEMATCH_EMBED_BACKEND=onnx" in record.message
+    assert "FACEMATCH_DETECT_BACKEND=onnx-pil" in record.message
+    assert "torch on cuda" in record.message
+
+
+def test_options_that_ask_for_onnx_on_another_device_are_refused(plain):
+    with pytest.raises(ConfigError, match="need the CPU"):
+        dataclasses.replace(plain, device="cuda", embed_backend="onnx")
+
+
+def test_settings_choose_the_backends_and_detection_sizes(settings):
+    chosen = settings.replace(
+        device="cpu",
+        embed_backend="onnx",
+        detect_backend="torch",
+        detect_max_side=800,
+        min_face_size=40,
+        torch_threads=1,
+    )
+    engine = FaceEngine.from_settings(chosen)
+    options = engine.options
+    assert (options.embed_backend, options.detect_backend, options.detect_max_side) == (
+        "onnx",
+        "torch",
+        800,
+    )
+    assert engine.detector.min_face_size == 40 and engine.detector.detect_max_side == 800
+    assert isinstance(engine.embedder.runtime, OnnxRuntime)
+    assert all(isinstance(stage.runtime, TorchRuntime) for stage in engine.detector.stages)
 
 
 @pytest.mark.parametrize("size", [(1280, 720), (1920, 1080), (4032, 3024)])
-def test_detection_on_a_downscaled_copy_finds_the_full_size_box(torch_engine, photo, size):
+def test_detection_on_a_downscaled_copy_finds_the_full_size_box(
+    torch_engine, downscaling_engine, photo, size
+):
     canvas = place_on_canvas(photo, size, PHOTO)
-    with detect_max_side(torch_engine, 0):
-        full = torch_engine.detect(canvas).primary
-    with detect_max_side(torch_engine, 640):
-        fast = torch_engine.detect(canvas).primary
+    full = torch_engine.detect(canvas).primary
+    fast = downscaling_engine.detect(canvas).primary
     side = full.box[2] - full.box[0]
     assert side > 100
     assert np.max(np.abs(np.subtract(fast.box, full.box))) <= 0.06 * side
@@ -78,18 +181,16 @@ def test_detection_on_a_downscaled_copy_finds_the_full_size_box(torch_engine, ph
     assert cosine > 0.97
 
 
-def test_downscaled_detection_crops_from_the_original_pixels(torch_engine, photo):
+def test_downscaled_detection_crops_from_the_original_pixels(downscaling_engine, photo):
     canvas = place_on_canvas(photo, (1920, 1080), PHOTO)
-    with detect_max_side(torch_engine, 640):
-        search, scale = torch_engine.search_image(canvas)
-        face = torch_engine.detect(canvas).primary
+    search, scale = downscaling_engine.detector.search_image(canvas)
+    face = downscaling_engine.detect(canvas).primary
     assert search.size == (640, 360) and scale == pytest.approx(1 / 3)
-    assert torch.equal(face.crop, torch_engine._crop(canvas, face.box))
+    assert torch.equal(face.crop, downscaling_engine.cropper.plain_crop(canvas, face.box))
 
 
-def test_a_photo_smaller_than_detect_max_side_is_searched_as_it_is(torch_engine, photo):
-    with detect_max_side(torch_engine, 640):
-        search, scale = torch_engine.search_image(photo)
+def test_a_photo_smaller_than_detect_max_side_is_searched_as_it_is(downscaling_engine, photo):
+    search, scale = downscaling_engine.detector.search_image(photo)
     assert search is photo and scale == 1.0
 
 
@@ -102,17 +203,12 @@ def test_onnx_embedding_matches_torch_within_1e_4(torch_engine, onnx_engine, pho
 
 
 def test_onnx_detector_finds_the_torch_boxes_and_landmarks(torch_engine, onnx_engine, photo):
-    expected = torch_engine.find_faces(photo)
-    got = onnx_engine.find_faces(photo)
+    expected = torch_engine.detector.find_faces(photo)
+    got = onnx_engine.detector.find_faces(photo)
     assert got.boxes.shape == expected.boxes.shape
     assert np.allclose(got.boxes, expected.boxes, atol=0.05)
     assert np.allclose(got.landmarks, expected.landmarks, atol=0.05)
     assert np.allclose(got.probs, expected.probs, atol=1e-4)
-
-
-@pytest.fixture(scope="module")
-def pil_engine(state_dict):
-    return build(state_dict, embed_backend="torch", detect_backend="onnx-pil", threads=1)
 
 
 @pytest.mark.parametrize("name", [PHOTO, OTHER])
@@ -142,9 +238,9 @@ def test_faces_carry_their_landmarks_in_original_pixels(torch_engine, photo):
     assert np.all((face.landmarks[:, 1] > y1) & (face.landmarks[:, 1] < y2))
 
 
-def test_flip_embedding_is_the_normalised_sum_of_crop_and_mirror(state_dict, torch_engine, photo):
+def test_flip_embedding_is_the_normalised_sum_of_crop_and_mirror(build, torch_engine, photo):
     crop = torch_engine.detect(photo).primary.crop
-    flipping = build(state_dict, flip_embeddings=True)
+    flipping = build(flip_embeddings=True)
     got = flipping.embed([crop]).vectors
     plain = torch_engine.embed([crop, torch.flip(crop, dims=[2])]).vectors
     assert np.allclose(got, combine_flipped(plain[:1], plain[1:]), atol=1e-5)
@@ -160,39 +256,14 @@ def test_a_batch_embeds_each_crop_as_it_would_alone(onnx_engine, photo, other):
     assert np.allclose(together, alone, atol=1e-5)
 
 
-def test_unknown_backend_is_refused(state_dict):
-    with pytest.raises(ValueError, match="embed_backend"):
-        build(state_dict, embed_backend="tensorflow")
-
-
-def test_settings_choose_the_backends_and_detection_sizes(settings):
-    chosen = settings.replace(
-        embed_backend="onnx",
-        detect_backend="torch",
-        detect_max_side=800,
-        min_face_size=40,
-        torch_threads=1,
-    )
-    engine = FaceEngine.from_settings(chosen)
-    assert (engine.embed_backend, engine.detect_backend, engine.detect_max_side) == (
-        "onnx",
-        "torch",
-        800,
-    )
-    assert engine.min_face_size == 40
-    assert engine.onnx_embedder is not None and engine.embedder is None
-
-
 def _embed_in_child(engine: FaceEngine, crop: torch.Tensor, queue) -> None:
     queue.put(engine.embed([crop]).vectors)
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_an_onnx_engine_built_before_a_fork_works_in_the_child(
-    state_dict, torch_engine, photo, threads
-):
+def test_an_onnx_engine_built_before_a_fork_works_in_the_child(build, torch_engine, photo, threads):
     """As under Gunicorn's preload: built in the parent, first used in the forked worker."""
-    engine = build(state_dict, embed_backend="onnx", detect_backend="onnx", threads=threads)
+    engine = build(embed_backend="onnx", detect_backend="onnx", threads=threads)
     crop = torch_engine.detect(photo).primary.crop
     context = multiprocessing.get_context("fork")
     queue = context.Queue()
@@ -204,50 +275,71 @@ def test_an_onnx_engine_built_before_a_fork_works_in_the_child(
     assert np.allclose(got, torch_engine.embed([crop]).vectors, atol=1e-4)
 
 
-def test_int8_embedder_stays_within_a_small_angle_of_float(settings, torch_engine, photo, other):
-    int8 = settings.replace(
-        embed_backend="onnx-int8", detect_backend="torch", torch_threads=1, center_embeddings=False
-    )
-    if not int8_path(int8).is_file():
-        pytest.skip(f"no int8 embedder at {int8_path(int8)}: python -m benchmarking_utils.quantize")
+@pytest.mark.slow
+def test_int8_embedder_built_from_a_few_crops_stays_within_a_small_angle_of_float(
+    state_dict, build, torch_engine, lfw, photo, other, tmp_path
+):
+    """The int8 graph is built here, as ``python -m deployment_utils.quantize`` builds it, but
+    calibrated on eight DevTrain photos (the tool uses 200), then served by the engine."""
+    calibration = calibration_crops(torch_engine, devtrain_sample(lfw, 8, seed=0), progress=False)
+    graph = tmp_path / "casia-webface.int8.onnx"
+    build_int8_graph(state_dict, calibration, graph)
+    int8 = build(embed_backend="onnx-int8", int8_graph=graph)
     crops = [torch_engine.detect(photo).primary.crop, torch_engine.detect(other).primary.crop]
-    got = FaceEngine.from_settings(int8).embed(crops).vectors
+    got = int8.embed(crops).vectors
     expected = torch_engine.embed(crops).vectors
     assert np.all(np.sum(got * expected, axis=1) > 0.995)
+    assert not np.allclose(got, expected, atol=1e-4)  # it is the quantized graph that ran
 
 
-def test_int8_backend_without_its_graph_is_refused(state_dict):
-    with pytest.raises(ValueError, match="int8"):
-        build(state_dict, embed_backend="onnx-int8")
+def test_int8_backend_without_its_graph_is_refused_naming_the_build_command(build, tmp_path):
+    with pytest.raises(ValueError, match="onnx-int8 needs .*deployment_utils.quantize"):
+        build(embed_backend="onnx-int8", int8_graph=tmp_path / "absent.int8.onnx")
 
 
-def test_centred_embeddings_are_unit_vectors_with_the_centre_removed(
-    state_dict, torch_engine, photo
-):
+def test_the_centres_file_holds_each_models_vector_with_its_provenance():
+    import json
+
+    entry = json.loads(CENTERS_FILE.read_text())["models"]["casia-webface"]
+    center = load_centers()["casia-webface"]
+    assert center.shape == (512,) and center.dtype == np.float32
+    assert np.array_equal(center.astype(np.float16).astype(np.float32), center)
+    assert float(np.linalg.norm(center)) == pytest.approx(entry["norm"], abs=1e-4)
+    assert entry["count"] > 3000 and "pairsDevTrain" in entry["images"]
+    assert entry["built"]["commit"] and entry["built"]["command"]
+
+
+def test_centred_embeddings_are_unit_vectors_with_the_centre_removed(build, torch_engine, photo):
     crop = torch_engine.detect(photo).primary.crop
-    center = decode_center(EMBEDDING_CENTERS["casia-webface"])
-    centred = build(state_dict, center=center).embed([crop]).vectors[0]
+    center = load_centers()["casia-webface"]
+    centred = build(center_embeddings=True).embed([crop]).vectors[0]
     plain = torch_engine.embed([crop]).vectors[0]
     assert np.linalg.norm(centred) == pytest.approx(1.0, abs=1e-5)
     expected = (plain - center) / np.linalg.norm(plain - center)
     assert np.allclose(centred, expected, atol=1e-5)
 
 
-def test_a_face_below_min_face_size_is_found_by_the_search_at_20(torch_engine, photo):
+def test_a_face_below_min_face_size_is_found_by_the_search_at_20(build, photo):
     small = photo.resize((120, 120))
-    torch_engine.min_face_size = 200
-    try:
-        face = torch_engine.detect(small).primary
-        first = torch_engine._mtcnn(small, 200)
-    finally:
-        torch_engine.min_face_size = 20
-    assert len(first.boxes) == 0
+    engine = build(min_face_size=200)
+    assert len(engine.detector.run_mtcnn(small, 200).boxes) == 0
+    assert len(engine.detector.run_mtcnn(small, RETRY_MIN_FACE_SIZE).boxes) > 0
+    face = engine.detect(small).primary
     assert face is not None and face.box[2] - face.box[0] > 30
 
 
 def test_detections_match_facenet_pytorch_mtcnn(torch_engine, photo):
-    boxes, probs, points = torch_engine.detector.detect(photo, landmarks=True)  # largest first
-    found = torch_engine.find_faces(photo)
+    mtcnn = MTCNN(
+        image_size=160,
+        margin=32,
+        min_face_size=20,
+        thresholds=[0.6, 0.7, 0.7],
+        factor=0.709,
+        post_process=True,
+        keep_all=True,
+    ).eval()
+    boxes, probs, points = mtcnn.detect(photo, landmarks=True)  # largest first
+    found = torch_engine.detector.find_faces(photo)
     order = np.argsort(
         -(found.boxes[:, 2] - found.boxes[:, 0]) * (found.boxes[:, 3] - found.boxes[:, 1]),
         kind="stable",

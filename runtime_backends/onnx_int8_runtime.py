@@ -1,0 +1,28 @@
+"""The ONNX Runtime int8 backend: a prepared, statically quantized embedder read from a file.
+
+``python -m deployment_utils.quantize`` builds the graph (calibrated on LFW View 1 DevTrain
+crops) into ``<data dir>/<model>.int8.onnx``; this module only finds and loads it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from runtime_backends.onnx_runtime import OnnxRuntime
+
+INT8_BUILD = "python -m deployment_utils.quantize"
+
+
+def int8_graph_path(data_dir: Path, model: str) -> Path:
+    """Where the int8 embedder of ``model`` is built and read: ``<data_dir>/<model>.int8.onnx``."""
+    return Path(data_dir).expanduser() / f"{model}.int8.onnx"
+
+
+def load_int8_runtime(path: Path | None, threads: int) -> OnnxRuntime:
+    """A session over the prepared int8 graph at ``path``; ValueError naming the build command
+    when there is none."""
+    if path is None or not Path(path).is_file():
+        raise ValueError(
+            f"FACEMATCH_EMBED_BACKEND=onnx-int8 needs {path}; build it with {INT8_BUILD}"
+        )
+    return OnnxRuntime(Path(path).read_bytes(), threads)
