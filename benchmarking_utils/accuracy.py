@@ -36,7 +36,8 @@ from tqdm import tqdm
 
 from benchmarking_utils.common import Config, machine, parse_config, write_json
 from benchmarking_utils.inputs import parse_size, photo_bytes
-from benchmarking_utils.lfw import (
+from config import Settings
+from deployment_utils.lfw import (
     GET_LFW,
     Pair,
     accuracy_counting_failures,
@@ -44,7 +45,6 @@ from benchmarking_utils.lfw import (
     lfw_dir,
     read_pairs,
 )
-from config import Settings
 from engine_options import EngineOptions
 from face_detection import Detections, rank_faces
 from photo_inferencing import FaceEngine

@@ -38,7 +38,7 @@ from benchmarking_utils.common import (
     write_json,
 )
 from benchmarking_utils.inputs import pair_photos, parse_size
-from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
+from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from photo_inferencing import FaceEngine
 from server import create_app
 

@@ -20,14 +20,14 @@ from tqdm import tqdm
 
 import score_service
 from benchmarking_utils.common import write_json
-from benchmarking_utils.lfw import (
+from config import Settings
+from deployment_utils.lfw import (
     GET_LFW,
     accuracy_counting_failures,
     choose_threshold,
     lfw_dir,
     read_pairs,
 )
-from config import Settings
 from engine_options import SELECTION_METHODS
 from face_detection import rank_faces
 from photo_inferencing import FaceEngine

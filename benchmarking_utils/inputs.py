@@ -10,18 +10,15 @@ same bytes. Files are cached under ``benchmark_results/inputs/<WxH>/``.
 from __future__ import annotations
 
 import io
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from benchmarking_utils.lfw import Pair
+from deployment_utils.lfw import Pair, place_on_canvas
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmark_results" / "inputs"
-PHOTO_HEIGHT = 0.5  # the pasted LFW photo's height, as a fraction of the canvas height
 
 
 @dataclass(frozen=True)
@@ -40,23 +37,6 @@ def parse_size(text: str) -> tuple[int, int] | None:
         return None
     width, height = text.lower().split("x")
     return int(width), int(height)
-
-
-def place_on_canvas(photo: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
-    """Upscale ``photo`` onto the centre of a ``size`` background seeded by ``name``."""
-    width, height = size
-    rng = np.random.default_rng(zlib.crc32(name.encode()))
-    blobs = rng.integers(40, 220, size=(6, 8, 3), dtype=np.uint8)
-    background = np.asarray(
-        Image.fromarray(blobs).resize((width, height), Image.BICUBIC), dtype=np.int16
-    )
-    tile = rng.normal(0.0, 6.0, size=(256, 256, 1)).astype(np.int16)
-    noise = np.tile(tile, (height // 256 + 1, width // 256 + 1, 1))[:height, :width]
-    canvas = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8))
-    side = max(1, round(height * PHOTO_HEIGHT))
-    scaled = photo.resize((round(photo.width * side / photo.height), side), Image.BICUBIC)
-    canvas.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
-    return canvas
 
 
 def photo_bytes(lfw: Path, name: str, size: tuple[int, int] | None) -> Photo:

@@ -27,8 +27,8 @@ import numpy as np
 import requests
 
 from benchmarking_utils.common import machine
-from benchmarking_utils.lfw import GET_LFW, lfw_dir
 from benchmarking_utils.load import memory, start
+from deployment_utils.lfw import GET_LFW, lfw_dir
 
 PAIR = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Aaron_Peirsol/Aaron_Peirsol_0002.jpg")
 

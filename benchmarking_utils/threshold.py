@@ -19,7 +19,8 @@ import torch
 
 import score_service
 from benchmarking_utils.common import write_json
-from benchmarking_utils.lfw import (
+from config import Settings
+from deployment_utils.lfw import (
     GET_LFW,
     accuracy_counting_failures,
     choose_threshold,
@@ -28,7 +29,6 @@ from benchmarking_utils.lfw import (
     pair_distances,
     read_pairs,
 )
-from config import Settings
 from photo_inferencing import FaceEngine
 
 

@@ -24,8 +24,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from config import Settings
+from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from face_embedding import CENTERS_FILE
 from photo_inferencing import FaceEngine
 

@@ -33,8 +33,8 @@ from onnxruntime.quantization import (
 from PIL import Image
 from tqdm import tqdm
 
-from benchmarking_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from config import Settings
+from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from engine_options import EngineOptions
 from face_embedding import load_network
 from model_weights import load_state_dict, resolve_weights

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmarking_utils.lfw import GET_LFW, lfw_dir
 from config import Settings
+from deployment_utils.lfw import GET_LFW, lfw_dir
 from photo_inferencing import FaceEngine
 from server import create_app
 

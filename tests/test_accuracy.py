@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import score_service
-from benchmarking_utils.lfw import (
+from deployment_utils.lfw import (
     accuracy_counting_failures,
     engine_embedder,
     pair_distances,

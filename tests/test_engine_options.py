@@ -13,8 +13,8 @@ import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
-from benchmarking_utils.inputs import place_on_canvas
 from config import ConfigError
+from deployment_utils.lfw import place_on_canvas
 from deployment_utils.quantize import build_int8_graph, calibration_crops, devtrain_sample
 from engine_options import EngineOptions
 from face_detection import RETRY_MIN_FACE_SIZE

@@ -21,13 +21,12 @@ from deployment_utils import weights
 from deployment_utils.casia_convert import ConversionError, convert_graph
 from deployment_utils.weights import build
 from model_weights import WeightsError, load_state_dict, resolve_weights
+from tests.support import SAME
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-REFERENCE_DIR = Path(os.environ.get("FACEMATCH_REFERENCE_DIR", SHARED_DATA / "reference"))
-LFW_DIR = Path(os.environ.get("FACEMATCH_LFW_DIR", SHARED_DATA / "lfw"))
+#: Embeddings of three LFW images by facenet-pytorch with the original weights (see the .md beside).
+REFERENCE_FILE = REPO / "tests" / "data" / "casia_webface_embeddings.json"
 CROP_BOX = (45, 45, 205, 205)
-SAME = ("Aaron_Peirsol/Aaron_Peirsol_0001.jpg", "Aaron_Peirsol/Aaron_Peirsol_0002.jpg")
 OTHER = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
 
 
@@ -44,25 +43,13 @@ def casia_state(casia_weights: Path) -> dict[str, torch.Tensor]:
 
 @pytest.fixture(scope="session")
 def reference_embeddings(
-    casia_state: dict[str, torch.Tensor],
+    casia_state: dict[str, torch.Tensor], lfw: Path
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Map each reference image to (embedding from the converted weights, reference embedding).
-
-    Without the reference file the checks are skipped, except under CI (``CI=true``), where
-    that fails (as the ``lfw`` fixture does)."""
-    reference_file = REFERENCE_DIR / "casia_webface_embeddings.json"
-    if not reference_file.is_file():
-        message = (
-            f"reference embeddings not found at {reference_file}; "
-            "set FACEMATCH_REFERENCE_DIR to the folder holding casia_webface_embeddings.json"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    reference = json.loads(reference_file.read_text())["inputs"]
+    """Map each reference image to (embedding from the converted weights, reference embedding)."""
+    reference = json.loads(REFERENCE_FILE.read_text())["inputs"]
     model = InceptionResnetV1(pretrained=None, classify=False).eval()
     model.load_state_dict(casia_state)
-    batch = torch.stack([_reference_input(LFW_DIR / "images" / name) for name in reference])
+    batch = torch.stack([_reference_input(lfw / "images" / name) for name in reference])
     with torch.no_grad():
         computed = model(batch)
     expected = [torch.tensor(values) for values in reference.values()]

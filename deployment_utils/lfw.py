@@ -1,4 +1,5 @@
-"""LFW pair lists and images: reading the official files and embedding the pairs.
+"""LFW pair lists and images: reading the official files, embedding the pairs, and the large
+photos made by pasting an LFW photo on a generated background (benchmarks and tests).
 
 Layout (see ``shared/data/lfw/README.md``): ``images/<Name>/<Name>_NNNN.jpg`` and the pair files
 ``pairsDevTrain.txt``, ``pairsDevTest.txt`` (View 1) and ``pairs.txt`` (View 2, 10 folds).
@@ -7,6 +8,7 @@ Layout (see ``shared/data/lfw/README.md``): ``images/<Name>/<Name>_NNNN.jpg`` an
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ GET_LFW = (
     "(from the official lfw.tgz, University of Massachusetts, Amherst) and the pair lists "
     "pairsDevTrain.txt, pairsDevTest.txt and pairs.txt."
 )
+
+PHOTO_HEIGHT = 0.5  # a pasted LFW photo's height, as a fraction of the canvas height
 
 
 @dataclass(frozen=True)
@@ -117,3 +121,20 @@ def engine_embedder(engine) -> Callable[[Image.Image], np.ndarray | None]:
         return engine.embed([found.primary.crop]).vectors[0]
 
     return embed
+
+
+def place_on_canvas(photo: Image.Image, size: tuple[int, int], name: str) -> Image.Image:
+    """Upscale ``photo`` onto the centre of a ``size`` background seeded by ``name``."""
+    width, height = size
+    rng = np.random.default_rng(zlib.crc32(name.encode()))
+    blobs = rng.integers(40, 220, size=(6, 8, 3), dtype=np.uint8)
+    background = np.asarray(
+        Image.fromarray(blobs).resize((width, height), Image.BICUBIC), dtype=np.int16
+    )
+    tile = rng.normal(0.0, 6.0, size=(256, 256, 1)).astype(np.int16)
+    noise = np.tile(tile, (height // 256 + 1, width // 256 + 1, 1))[:height, :width]
+    canvas = Image.fromarray(np.clip(background + noise, 0, 255).astype(np.uint8))
+    side = max(1, round(height * PHOTO_HEIGHT))
+    scaled = photo.resize((round(photo.width * side / photo.height), side), Image.BICUBIC)
+    canvas.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
+    return canvas
