@@ -164,7 +164,7 @@ def _load_npy(data: bytes) -> np.ndarray:
             shape, _, dtype = np.lib.format.read_array_header_2_0(header)
         else:
             raise ValueError(f"version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError):
+    except Exception:  # numpy's header parser raises tokenize, syntax and value errors
         raise InvalidEmbedding("the .npy reference has no valid version 1 or 2 header") from None
     if shape not in _SHAPES:
         raise InvalidEmbedding(

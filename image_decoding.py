@@ -151,13 +151,11 @@ def _jpeg_coefficient_bytes(data: bytes, name: str) -> float:
 def _coefficients_per_pixel(frame: bytes) -> float:
     """Bytes per image pixel of the 16-bit DCT coefficients of every component in a start-of-
     frame segment (a subsampled component has fewer), rounded up for edge blocks."""
-    if len(frame) < 6:
-        return 0.0
-    count = frame[5]
+    count = min(frame[5], (len(frame) - 6) // 3) if len(frame) >= 6 else 0
     factors = [(frame[7 + 3 * i] >> 4, frame[7 + 3 * i] & 15) for i in range(count)]
-    factors = [f for f in factors[: (len(frame) - 6) // 3] if f[0] and f[1]]
+    factors = [f for f in factors if f[0] and f[1]]
     if not factors:
-        return 0.0
+        return 0.0  # a frame the decoder will refuse
     h_max = max(h for h, _ in factors)
     v_max = max(v for _, v in factors)
     return 2.0 * sum(h * v / (h_max * v_max) for h, v in factors) * 1.1

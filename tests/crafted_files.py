@@ -108,11 +108,13 @@ def jpeg_with_scans(photo: Image.Image, scans: int) -> bytes:
     return data[:-2] + smallest * (scans - len(pieces)) + b"\xff\xd9"
 
 
-def npy_declaring(shape: tuple[int, ...], descr: str = "<f4") -> bytes:
-    """A .npy header declaring ``shape`` of ``descr`` followed by 512 float32 values."""
-    header = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+def npy_declaring(
+    shape: tuple[int, ...], descr: str = "<f4", body: bytes = b"\0" * 2048, fortran: bool = False
+) -> bytes:
+    """A version 1 .npy header declaring ``shape`` of ``descr``, followed by ``body``."""
+    header = repr({"descr": descr, "fortran_order": fortran, "shape": shape}).encode()
     header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
-    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + b"\0" * 2048
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header + body
 
 
 def torch_bytes(value) -> bytes:
