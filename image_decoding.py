@@ -38,7 +38,7 @@ _RGBA_MODES = ("RGBA", "LA", "PA")
 # grey passes through a rescaled 16-bit copy and 8-bit grey, modes with alpha through an RGBA
 # copy and a white background (P counted as if it had transparency).
 _CONVERSION_BYTES = {"I;16": 1 + 4, "RGBA": 4, "LA": 8, "PA": 8, "P": 8}
-_WEBP_DECODER_BYTES = 8  # libwebp's animation decoder keeps two RGBA canvases
+_WEBP_DECODER_BYTES = 12  # libwebp's two RGBA canvases and the frame copied out of them
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 _ROTATIONS = {  # EXIF orientation -> the transposition that makes the image upright
