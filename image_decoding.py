@@ -53,6 +53,7 @@ _ROTATIONS = {  # EXIF orientation -> the transposition that makes the image upr
 _STANDALONE_MARKERS = frozenset({0x01, *range(0xD0, 0xD8)})
 # The end of a JPEG's entropy-coded data: 0xFF followed by neither stuffing (00) nor a restart.
 _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_ANY_MARKER = re.compile(rb"\xff[^\x00\xff]")
 
 
 def decode_image(data: bytes, max_pixels: int, name: str = "image") -> Image.Image:
@@ -122,8 +123,11 @@ def _jpeg_coefficient_bytes(data: bytes, name: str) -> float:
     image (0 for a single-scan one, which is decoded a row of blocks at a time)."""
     scans, position, per_pixel, progressive = 0, 2, 0.0, False
     while position + 4 <= len(data):
-        if data[position] != 0xFF:
-            break  # garbage between segments: left for the decoder to refuse
+        if data[position] != 0xFF:  # libjpeg skips stray bytes to the next marker: so do we
+            found = _ANY_MARKER.search(data, position)
+            if found is None:
+                break
+            position = found.start()
         marker = data[position + 1]
         if marker == 0xFF or marker in _STANDALONE_MARKERS:
             position += 1 if marker == 0xFF else 2

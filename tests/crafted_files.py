@@ -98,14 +98,15 @@ def webp_declaring(width: int = 16383, height: int = 16383) -> bytes:
     return bytes(data)
 
 
-def jpeg_with_scans(photo: Image.Image, scans: int) -> bytes:
+def jpeg_with_scans(photo: Image.Image, scans: int, stray: bytes = b"") -> bytes:
     """A progressive JPEG of ``photo`` whose smallest scan is repeated until it has ``scans``
-    (a few hundred bytes each: thousands fit in a small upload)."""
+    (a few hundred bytes each: thousands fit in a small upload), each copy after ``stray``
+    bytes (which libjpeg skips with a warning)."""
     data = image_bytes(photo, "JPEG", progressive=True, quality=80)
     starts = [m.start() for m in re.finditer(rb"\xff(\xda|\xc4|\xd9)", data)]
     pieces = [data[a:b] for a, b in zip(starts, starts[1:]) if data[a + 1] == 0xDA]
     smallest = min(pieces, key=len)
-    return data[:-2] + smallest * (scans - len(pieces)) + b"\xff\xd9"
+    return data[:-2] + (stray + smallest) * (scans - len(pieces)) + b"\xff\xd9"
 
 
 def npy_declaring(
