@@ -49,9 +49,9 @@ def png_16bit_rgb(photo: bytes) -> bytes:
     )
 
 
-def animated_gif(first: Image.Image, *others: Image.Image) -> bytes:
+def animated(fmt: str, first: Image.Image, *others: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    first.save(buffer, "GIF", save_all=True, append_images=list(others), duration=100, loop=0)
+    first.save(buffer, fmt, save_all=True, append_images=list(others), duration=100, loop=0)
     return buffer.getvalue()
 
 
@@ -72,8 +72,9 @@ def bad_inputs(face_bytes) -> dict[str, tuple[bytes, int, str | None]]:
         ),
         "1x1 png": (image_bytes(Image.new("RGB", (1, 1)), "PNG"), 422, "no_face"),
         "19 px tall strip": (image_bytes(Image.new("RGB", (400, 19), BLANK)), 422, "no_face"),
-        "animated gif, face first": (animated_gif(face, blank, blank), 200, None),
-        "animated gif, face later": (animated_gif(blank, face), 422, "no_face"),
+        "animated webp, face first": (animated("WEBP", face, blank, blank), 200, None),
+        "animated webp, face later": (animated("WEBP", blank, face), 422, "no_face"),
+        "gif (not a camera format)": (animated("GIF", face, blank), 415, "unsupported_image"),
         "16-bit rgb png": (png_16bit_rgb(jpeg), 200, None),
         "grayscale jpeg": (image_bytes(face.convert("L")), 200, None),
         "rgba png": (image_bytes(face.convert("RGBA"), "PNG"), 200, None),
@@ -121,8 +122,9 @@ NAMES = [
     "decompression bomb",
     "1x1 png",
     "19 px tall strip",
-    "animated gif, face first",
-    "animated gif, face later",
+    "animated webp, face first",
+    "animated webp, face later",
+    "gif (not a camera format)",
     "16-bit rgb png",
     "grayscale jpeg",
     "rgba png",
@@ -143,10 +145,10 @@ def test_each_odd_image_gets_its_defined_answer_in_every_photo_slot(
             assert label.split()[-1] in response.json["error"]["message"]
 
 
-def test_animated_gif_is_judged_by_its_first_frame(client, face_bytes):
+def test_animated_webp_is_judged_by_its_first_frame(client, face_bytes):
     face = Image.open(io.BytesIO(face_bytes(SAME[1]))).convert("RGB")
-    gif = animated_gif(face, Image.new("RGB", face.size, BLANK))
-    response = client.post("/photo_match", data=files(reference=face_bytes(SAME[0]), sample=gif))
+    webp = animated("WEBP", face, Image.new("RGB", face.size, BLANK))
+    response = client.post("/photo_match", data=files(reference=face_bytes(SAME[0]), sample=webp))
     assert response.status_code == 200
     assert response.json["match"] is True
 
