@@ -274,3 +274,21 @@ def test_the_documented_data_dir_default_is_config_default(monkeypatch):
     field = next(f for f in dataclasses.fields(Settings) if f.name == "data_dir")
     assert documented_default(field) == "`~/.cache/facematch`"
     assert Path(field.default_factory()) == Path("~/.cache/facematch").expanduser()
+
+
+def named_tests(text: str) -> set[tuple[str, str]]:
+    """Every ``tests/<file>.py::<test>`` a document names (parametrisation brackets dropped)."""
+    return set(re.findall(r"(tests/[\w/]+\.py)::(\w+)", text))
+
+
+def test_every_test_the_docs_name_exists():
+    """The threat model and the other tables prove their rows by naming tests: each must exist."""
+    named = set().union(*(named_tests(p.read_text(encoding="utf-8")) for p in [README, *DOCS]))
+    assert len(named) > 20, "the docs name almost no tests: the pattern is likely broken"
+    missing = sorted(
+        f"{path}::{name}"
+        for path, name in named
+        if not (REPO / path).is_file()
+        or not re.search(rf"^(async )?def {name}\(", (REPO / path).read_text(), re.M)
+    )
+    assert missing == []
