@@ -128,8 +128,9 @@ def embed_lfw(
     names = lfw_images(root) if names is None else sorted(names)
     path = cache_path(settings, label)
     done = _load(path)
-    if label != "all":
-        done = {**_load(cache_path(settings)), **done}
+    if label != "all":  # a subset: what the full cache holds, and only this subset is saved
+        merged = {**_load(cache_path(settings)), **done}
+        done = {n: merged[n] for n in names if n in merged}
     todo = [n for n in names if n not in done]
     if todo:
         _embed_into(settings, root, todo, done, path, progress)
