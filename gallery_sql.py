@@ -56,7 +56,9 @@ class Db:
         self._placeholder = placeholder
 
     def _sql(self, sql: str) -> str:
-        return sql if self._placeholder == "?" else sql.replace("?", self._placeholder)
+        if self._placeholder == "?" or not isinstance(sql, str):
+            return sql  # composed statements (psycopg.sql) carry their own placeholders
+        return sql.replace("?", self._placeholder)
 
     def run(self, sql: str, params: tuple = ()) -> int:
         """Execute a statement; the number of rows it changed."""
@@ -208,6 +210,7 @@ class SqlGalleryStore:
                 "generation = generation + 1 WHERE id = ?",
                 (1 if created else 0, model, gallery),
             )
+        self._after_add(gallery, faces + 1)
         return FaceAdded(face=str(new_id), faces=subject_faces + 1)
 
     def put_subject(self, gallery: str, subject: str, name: str | None, metadata: Any) -> Subject:
@@ -282,6 +285,9 @@ class SqlGalleryStore:
 
     def _after_gallery_deleted(self, db: Db, gallery: str) -> None:
         """A backend's clean-up inside the deleting transaction (PostgreSQL: its index)."""
+
+    def _after_add(self, gallery: str, faces: int) -> None:
+        """A backend's step after a face was added and ``gallery`` holds ``faces`` faces."""
 
     def _after_erasure(self) -> None:
         """A backend's step after a delete committed, to get rid of the deleted bytes."""

@@ -16,6 +16,7 @@ at once, and a deleted one is never returned again.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -36,6 +37,8 @@ from gallery_store import (
     check_model,
     check_vector,
 )
+
+log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
 SCHEMA_VERSION = 2
@@ -200,8 +203,8 @@ class SqliteGalleryStore(SqlGalleryStore):
                     connection.execute("ROLLBACK")
                 raise
         except (sqlite3.OperationalError, OSError) as error:
-            message = f"the gallery database is unavailable ({_reason(error)})"
-            raise GalleryUnavailable(message) from error
+            log.warning("the gallery database is unavailable: %s", _reason(error))
+            raise GalleryUnavailable("the gallery database is unavailable") from error
 
     def _encode_vector(self, vector: np.ndarray) -> bytes:
         return vector.astype("<f4").tobytes()
@@ -319,7 +322,7 @@ def _nearest(distances: np.ndarray, k: int) -> np.ndarray:
 
 
 def _reason(error: BaseException) -> str:
-    """A short reason without paths (an SQLite message or an OS error's strerror)."""
+    """A short reason for the log (an SQLite message or an OS error's strerror)."""
     if isinstance(error, OSError):
         return error.strerror or type(error).__name__
-    return str(error).split(":")[0][:80]
+    return str(error)[:200]
