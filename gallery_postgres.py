@@ -6,12 +6,12 @@ every statement after ``STATEMENT_TIMEOUT_MS``, so a database that is down or un
 each call raise ``GalleryUnavailable`` quickly instead of hanging.
 
 Embeddings are ``vector(512)`` columns. Search runs in the database, so every node sees every
-committed write at once. A gallery below ``INDEX_FROM`` faces is searched exactly (a scan of its
-rows: a few milliseconds at that size); when it reaches ``INDEX_FROM``, a background thread builds
-an HNSW index on cosine distance for that gallery alone (a partial index: ``WHERE gallery = ...``;
-built ``CONCURRENTLY``, so writes go on), and from then on searches use it with
-``hnsw.ef_search`` set per query for recall. A deleted row is gone from every query at once; its
-bytes leave the table's pages when (auto)vacuum reclaims them (``VACUUM``; ``VACUUM FULL``
+committed write at once. A gallery below ``INDEX_FROM`` faces is searched exactly (a scan of
+its rows, about as fast as the index at that size); when it reaches ``INDEX_FROM``, a background
+thread builds an HNSW index on cosine distance for that gallery alone (a partial index,
+``WHERE gallery = ...``, built ``CONCURRENTLY``, so writes go on), and from then on searches use
+it with ``hnsw.ef_search`` set per query for recall. A deleted row is gone from every query at
+once; its bytes leave the table's pages when (auto)vacuum reclaims them (``VACUUM``; ``VACUUM FULL``
 rewrites the table) and leave the index when vacuum cleans it.
 """
 
