@@ -1,0 +1,74 @@
+"""The gallery accuracy command end to end: the 40-person identification check on LFW, and the
+rules and identify measurements on a few people (their figures are in docs/results; here only
+that they were taken and are consistent)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def gallery_accuracy(lfw: Path, out: Path, *args: str) -> dict:
+    """Run ``python -m benchmarking_utils.gallery_accuracy`` and return the JSON it wrote."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarking_utils.gallery_accuracy",
+            *args,
+            "--lfw",
+            str(lfw),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
+def test_forty_enrolled_lfw_people_are_identified_from_another_photo(lfw, tmp_path):
+    report = gallery_accuracy(lfw, tmp_path / "check40.json", "check40")
+    assert report["people"] == 40
+    assert report["rank1"] >= 0.95, report
+
+
+def test_rules_command_measures_every_rule_on_both_halves(lfw, tmp_path):
+    report = gallery_accuracy(
+        lfw, tmp_path / "rules.json", "rules", "--people", "8", "--impostors", "3"
+    )
+    assert report["people"] == 8 and report["enrolled_faces"] == 24
+    for half in report["halves"].values():
+        assert half["people"] == 4
+        assert half["impostor_trials"] == 3 * half["genuine_trials"] > 0
+    assert {"nearest", "centroid", "knn k=3"} <= set(report["rules"])
+    for rule in report["rules"].values():
+        for figure in ("balanced_accuracy", "far", "frr"):
+            assert 0 <= rule["test"][figure] <= 1
+        assert rule["test_tar_at_far_1e-3"]["far"] <= 1e-3
+    assert report["commit"] and report["date"] and report["machine"]
+    assert report["command"].startswith("python -m benchmarking_utils.gallery_accuracy rules")
+
+
+def test_identify_command_reports_closed_and_open_set_figures(lfw, tmp_path):
+    report = gallery_accuracy(lfw, tmp_path / "identify.json", "identify", "--people", "10")
+    assert report["gallery_subjects"] == 10 and report["unknown_probes"] == 10
+    closed = report["closed_set"]
+    assert 0 < closed["rank1"] <= closed["rank5"] <= 1
+    assert report["open_set_at_far_1pct"]["far"] <= 0.01
+    assert report["recommended_identify_threshold"] == report["open_set_at_far_1pct"]["threshold"]
+    sizes = report["false_alarms_by_gallery_size"]
+    assert [s["subjects"] for s in sizes] == [10]
