@@ -135,7 +135,7 @@ def rule_decisions(
     without_own = np.where(owner[None, :] == own[:, None], np.inf, d)
     hide = ~trials["genuine"] & (not impostor_enrolled)
     nearest = np.where(hide[:, None], top(without_own, k)[inverse], top(d, k)[inverse])
-    near_d = np.take_along_axis(d[inverse], nearest, axis=1)
+    near_d = d[inverse[:, None], nearest]
     mine = owner[nearest] == claim[:, None]
     chunks = [
         gallery_scoring.knn_match(near_d[None], mine[None], part[:, None])[0]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -72,3 +73,54 @@ def test_identify_command_reports_closed_and_open_set_figures(lfw, tmp_path):
     assert report["recommended_identify_threshold"] == report["open_set_at_far_1pct"]["threshold"]
     sizes = report["false_alarms_by_gallery_size"]
     assert [s["subjects"] for s in sizes] == [10]
+
+
+def synthetic_lfw(people: int = 12, images: int = 6, seed: int = 1):
+    """Embeddings of ``people`` persons with ``images`` each: a random direction per person,
+    plus noise, so that some impostors come near and some genuine images stray."""
+    from benchmarking_utils.lfw_embeddings import LfwEmbeddings
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(people, 16))
+    names, vectors = [], []
+    for p in range(people):
+        for i in range(images):
+            names.append(f"P{p:02d}/P{p:02d}_{i + 1:04d}.jpg")
+            v = centres[p] + rng.normal(scale=1.2, size=16)
+            vectors.append(v / np.linalg.norm(v))
+    return LfwEmbeddings(tuple(names), np.array(vectors), ())
+
+
+@pytest.mark.parametrize("enrolled", [True, False])
+def test_the_vectorised_knn_sweep_decides_as_gallery_scoring_verify(enrolled):
+    from benchmarking_utils.gallery_accuracy import GRID, rule_decisions, rule_trials
+    from gallery_scoring import Neighbour, VerifyRule, verify
+
+    emb = synthetic_lfw()
+    gallery, owner, _, halves = rule_trials(emb, 3, 4, impostors=4, seed=0)
+    trials = halves["test"]
+    decisions = rule_decisions(emb, gallery, owner, trials, "knn", 3, enrolled)
+    faces = emb.vectors[gallery]
+    checked = set()
+    for t in (0.4, 0.6, 0.8):
+        row = int(np.argmin(np.abs(GRID - t)))
+        for i, (probe, own, claim) in enumerate(
+            zip(trials["probe"], trials["own"], trials["claim"])
+        ):
+            hidden = not enrolled and own != claim
+            neighbours = [
+                Neighbour(str(s), float(d))
+                for s, d in zip(owner, 1 - faces @ emb.vectors[probe])
+                if not (hidden and s == own)
+            ]
+            expected = verify(
+                emb.vectors[probe],
+                faces[owner == claim],
+                float(GRID[row]),
+                VerifyRule("knn", 3),
+                str(claim),
+                neighbours,
+            )
+            assert decisions[row, i] == expected.match
+            checked.add(expected.match)
+    assert checked == {True, False}  # both outcomes occur, so the comparison means something
