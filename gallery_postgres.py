@@ -240,6 +240,7 @@ class PostgresGalleryStore(SqlGalleryStore):
                         "USING hnsw (vector vector_cosine_ops) WHERE gallery = {}"
                     ).format(sql.Identifier(name), sql.Literal(gallery))
                 )
+                connection.execute("ANALYZE faces")
                 connection.execute("UPDATE galleries SET indexed = true WHERE id = %s", (gallery,))
         except psycopg.Error as error:
             log.warning("building the search index of a gallery failed: %s", _reason(error))
@@ -273,6 +274,7 @@ class PostgresGalleryStore(SqlGalleryStore):
             if indexed:
                 limit = max(4 * k, EF_SEARCH) if per_subject else k
                 db.run(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(max(EF_SEARCH, limit)))
+                db.run("SET LOCAL enable_sort = off")  # the index scan is the plan that sorts
             statement = sql.SQL(
                 "SELECT subject, id, vector <=> %s::vector AS distance FROM faces WHERE {} "
                 "ORDER BY distance LIMIT %s"
@@ -302,14 +304,14 @@ class PostgresGalleryStore(SqlGalleryStore):
             return False
 
     def close(self) -> None:
-        if os.getpid() != self._pid:
-            self._reset()
-            return
-        with self._lock:
-            connections, self._connections = self._connections, []
-        self._local = threading.local()
-        for connection in connections:
-            connection.close()
+        """Close this process's connections and forget its state (the next call reconnects,
+        and checks the schema again)."""
+        inherited = os.getpid() != self._pid
+        connections = self._connections
+        self._reset()
+        if not inherited:
+            for connection in connections:
+                connection.close()
 
 
 def _candidate(row: tuple) -> Candidate:

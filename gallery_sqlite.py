@@ -41,6 +41,8 @@ from gallery_store import (
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+#: What an unreachable, locked, unreadable or corrupt file raises.
+_UNAVAILABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
 SCHEMA_VERSION = 2
 
 #: Forward migrations: MIGRATIONS[v - 1] takes the schema from version v - 1 to v. They only
@@ -202,7 +204,9 @@ class SqliteGalleryStore(SqlGalleryStore):
                 if connection.in_transaction:
                     connection.execute("ROLLBACK")
                 raise
-        except (sqlite3.OperationalError, OSError) as error:
+        except (sqlite3.DatabaseError, OSError) as error:
+            if type(error) not in _UNAVAILABLE and not isinstance(error, OSError):
+                raise  # a constraint or programming error: a bug, not an outage
             log.warning("the gallery database is unavailable: %s", _reason(error))
             raise GalleryUnavailable("the gallery database is unavailable") from error
 
@@ -300,15 +304,14 @@ class SqliteGalleryStore(SqlGalleryStore):
             return False
 
     def close(self) -> None:
-        if os.getpid() != self._pid:
-            self._reset()
-            return
-        with self._lock:
-            connections, self._connections = self._connections, []
-            self._matrices.clear()
-        self._local = threading.local()
-        for connection in connections:
-            connection.close()
+        """Close this process's connections and forget its state (the next call reconnects,
+        and checks the schema again)."""
+        inherited = os.getpid() != self._pid
+        connections = self._connections
+        self._reset()
+        if not inherited:
+            for connection in connections:
+                connection.close()
 
 
 def _nearest(distances: np.ndarray, k: int) -> np.ndarray:
