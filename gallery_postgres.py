@@ -6,12 +6,12 @@ every statement after ``STATEMENT_TIMEOUT_MS``, so a database that is down or un
 each call raise ``GalleryUnavailable`` quickly instead of hanging.
 
 Embeddings are ``vector(512)`` columns. Search runs in the database, so every node sees every
-committed write at once. A gallery below ``INDEX_FROM`` faces is searched exactly (a scan of its
-rows: a few milliseconds at that size); when it reaches ``INDEX_FROM``, a background thread builds
-an HNSW index on cosine distance for that gallery alone (a partial index: ``WHERE gallery = ...``;
-built ``CONCURRENTLY``, so writes go on), and from then on searches use it with
-``hnsw.ef_search`` set per query for recall. A deleted row is gone from every query at once; its
-bytes leave the table's pages when (auto)vacuum reclaims them (``VACUUM``; ``VACUUM FULL``
+committed write at once. A gallery below ``INDEX_FROM`` faces is searched exactly (a scan of
+its rows, about as fast as the index at that size); when it reaches ``INDEX_FROM``, a background
+thread builds an HNSW index on cosine distance for that gallery alone (a partial index,
+``WHERE gallery = ...``, built ``CONCURRENTLY``, so writes go on), and from then on searches use
+it with ``hnsw.ef_search`` set per query for recall. A deleted row is gone from every query at
+once; its bytes leave the table's pages when (auto)vacuum reclaims them (``VACUUM``; ``VACUUM FULL``
 rewrites the table) and leave the index when vacuum cleans it.
 """
 
@@ -46,7 +46,7 @@ CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 5000
 SCHEMA_VERSION = 2
 #: A gallery gets its HNSW index at this many faces; below it, exact search is fast enough.
-INDEX_FROM = 20_000
+INDEX_FROM = 10_000
 #: ``hnsw.ef_search`` per query (candidates the index visits): recall against speed.
 EF_SEARCH = 100
 #: Memory an index build may use (a build that fits in it is many times faster).
@@ -70,6 +70,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "box_y2 double precision, probability double precision, image_width integer, "
         "image_height integer, created double precision NOT NULL, "
         "FOREIGN KEY (gallery, subject) REFERENCES subjects (gallery, id))",
+        # inline, uncompressed: 2 KB vectors would otherwise go to TOAST, slowing every scan
+        "ALTER TABLE faces ALTER COLUMN vector SET STORAGE PLAIN",
         "CREATE INDEX faces_by_subject ON faces (gallery, subject)",
     ),
     # 2: the change counters (as SQLite's) and whether a gallery has its HNSW index
@@ -121,11 +123,16 @@ class PostgresGalleryStore(SqlGalleryStore):
     lock_suffix = " FOR UPDATE"
 
     def __init__(
-        self, url: str, limits: StoreLimits | None = None, index_from: int = INDEX_FROM
+        self,
+        url: str,
+        limits: StoreLimits | None = None,
+        index_from: int = INDEX_FROM,
+        ef_search: int = EF_SEARCH,
     ) -> None:
         super().__init__(limits or StoreLimits())
         self.url = url
-        self.index_from = index_from
+        self.index_from = index_from  # faces from which a gallery gets its HNSW index
+        self.ef_search = ef_search  # hnsw.ef_search of indexed searches (at least)
         self._pid = -1
         self._reset()
 
@@ -272,8 +279,9 @@ class PostgresGalleryStore(SqlGalleryStore):
                 return db.all(statement, (query, k))
             limit = k
             if indexed:
-                limit = max(4 * k, EF_SEARCH) if per_subject else k
-                db.run(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(max(EF_SEARCH, limit)))
+                limit = max(4 * k, self.ef_search) if per_subject else k
+                ef_search = min(max(self.ef_search, limit), 1000)  # pgvector's maximum
+                db.run(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(ef_search))
                 db.run("SET LOCAL enable_sort = off")  # the index scan is the plan that sorts
             statement = sql.SQL(
                 "SELECT subject, id, vector <=> %s::vector AS distance FROM faces WHERE {} "

@@ -6,11 +6,11 @@ runs in WAL mode (readers never wait for the writer), with a 5 s busy timeout fo
 ``secure_delete`` on, so a deleted embedding's bytes are overwritten in the file; after a delete
 the WAL is checkpointed and truncated, so no copy of them stays in the log either.
 
-Search is exact, on an in-memory matrix per gallery in each process (``_Matrix``). Every search
-first reads the gallery's row (one small query): if its ``generation`` moved, the rows written
-since are appended; if faces were deleted (``deletions`` moved) or the gallery was re-created
-(``token``), the matrix is reloaded. So a face stored by any worker is searched by every worker
-at once, and a deleted one is never returned again.
+Search is exact, on an in-memory matrix per gallery in each process (``gallery_search``). Every
+search first reads the gallery's row (one small query): if its ``generation`` moved, the rows
+written since are appended; if faces were deleted (``deletions`` moved) or the gallery was
+re-created (``token``), the matrix is reloaded. So a face stored by any worker is searched by
+every worker at once, and a deleted one is never returned again.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from errors import GalleryUnavailable
+from gallery_search import FaceMatrix
 from gallery_sql import Db, SqlGalleryStore
 from gallery_store import (
     EMBEDDING_DIM,
@@ -101,49 +102,14 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
 
 @dataclass
 class _Matrix:
-    """One gallery's embeddings of one model in this process, grown in place: rows [0, n) are
-    valid; a search takes views of them, so appending never disturbs a running search."""
+    """One gallery's embeddings of one model in this process, and the counters they match."""
 
     token: int
     generation: int
     deletions: int
     model: str
     last_id: int = 0
-    n: int = 0
-    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, EMBEDDING_DIM), np.float32))
-    ids: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
-    owners: np.ndarray = field(default_factory=lambda: np.empty(0, np.int32))
-    subjects: list[str] = field(default_factory=list)
-    subject_index: dict[str, int] = field(default_factory=dict)
-
-    def append(self, rows: list[tuple[int, str, bytes]]) -> None:
-        """Add rows ``(id, subject, vector bytes)`` in id order."""
-        need = self.n + len(rows)
-        if need > len(self.vectors):
-            capacity = max(need, 2 * len(self.vectors), 1024)
-            self.vectors = _grow(self.vectors, capacity)
-            self.ids = _grow(self.ids, capacity)
-            self.owners = _grow(self.owners, capacity)
-        block = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32)
-        self.vectors[self.n : need] = block.reshape(len(rows), EMBEDDING_DIM)
-        self.ids[self.n : need] = [r[0] for r in rows]
-        for i, row in enumerate(rows, self.n):
-            owner = self.subject_index.get(row[1])
-            if owner is None:
-                owner = self.subject_index[row[1]] = len(self.subjects)
-                self.subjects.append(row[1])
-            self.owners[i] = owner
-        self.last_id = rows[-1][0]
-        self.n = need
-
-    def snapshot(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        return self.vectors[: self.n], self.ids[: self.n], self.owners[: self.n], self.subjects
-
-
-def _grow(array: np.ndarray, capacity: int) -> np.ndarray:
-    grown = np.empty((capacity, *array.shape[1:]), array.dtype)
-    grown[: len(array)] = array
-    return grown
+    faces: FaceMatrix = field(default_factory=FaceMatrix)
 
 
 class SqliteGalleryStore(SqlGalleryStore):
@@ -252,48 +218,36 @@ class SqliteGalleryStore(SqlGalleryStore):
                         (gallery, model, matrix.last_id),
                     )
                     if rows:
-                        matrix.append(rows)
+                        vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4")
+                        matrix.faces.append(
+                            [r[0] for r in rows],
+                            [r[1] for r in rows],
+                            vectors.astype(np.float32).reshape(len(rows), EMBEDDING_DIM),
+                        )
+                        matrix.last_id = rows[-1][0]
                     matrix.generation = generation
                 self._matrices[gallery] = matrix
-        return matrix if matrix.n else None
+        return matrix if matrix.faces.n else None
 
-    def _distances(self, gallery: str, vector, model: str, k: int):
+    def _nearest(self, gallery: str, vector, model: str, k: int, per_subject: bool):
         check_id("gallery", gallery)
         check_model(model)
         check_k(k)
         query = check_vector(vector)
         matrix = self._matrix(gallery, model)
         if matrix is None:
-            return None
-        vectors, ids, owners, subjects = matrix.snapshot()
-        distances = np.clip(1.0 - vectors @ query, 0.0, 2.0)
-        return distances, ids, owners, subjects
+            return []
+        faces = matrix.faces
+        return [
+            Candidate(faces.subjects[faces.owners[row]], str(faces.ids[row]), distance)
+            for row, distance in faces.nearest(query, k, per_subject)
+        ]
 
     def search(self, gallery: str, vector, model: str, k: int) -> list[Candidate]:
-        found = self._distances(gallery, vector, model, k)
-        if found is None:
-            return []
-        distances, ids, owners, subjects = found
-        best = _nearest(distances, k)
-        return [Candidate(subjects[owners[i]], str(ids[i]), float(distances[i])) for i in best]
+        return self._nearest(gallery, vector, model, k, per_subject=False)
 
     def search_subjects(self, gallery: str, vector, model: str, k: int) -> list[Candidate]:
-        found = self._distances(gallery, vector, model, k)
-        if found is None:
-            return []
-        distances, ids, owners, subjects = found
-        take = min(len(distances), 4 * k)
-        while True:
-            chosen: dict[int, int] = {}
-            for i in _nearest(distances, take):
-                chosen.setdefault(int(owners[i]), int(i))
-            if len(chosen) >= k or take == len(distances):
-                break
-            take = min(len(distances), 4 * take)
-        return [
-            Candidate(subjects[owner], str(ids[i]), float(distances[i]))
-            for owner, i in list(chosen.items())[:k]
-        ]
+        return self._nearest(gallery, vector, model, k, per_subject=True)
 
     def health(self) -> bool:
         try:
@@ -312,16 +266,6 @@ class SqliteGalleryStore(SqlGalleryStore):
         if not inherited:
             for connection in connections:
                 connection.close()
-
-
-def _nearest(distances: np.ndarray, k: int) -> np.ndarray:
-    """Indexes of the ``k`` smallest distances, smallest first (ties by position)."""
-    k = min(k, len(distances))
-    if k < len(distances):
-        part = np.argpartition(distances, k - 1)[:k]
-    else:
-        part = np.arange(len(distances))
-    return part[np.lexsort((part, distances[part]))]
 
 
 def _reason(error: BaseException) -> str:

@@ -200,7 +200,6 @@ def rules_report(emb: LfwEmbeddings, impostors: int, seed: int) -> dict:
         "halves": {
             h: {
                 "people": t["people"],
-                "probes": int(t["genuine"].sum()),
                 "genuine_trials": int(t["genuine"].sum()),
                 "impostor_trials": int((~t["genuine"]).sum()),
             }
@@ -334,17 +333,26 @@ def identify_report(emb: LfwEmbeddings, all_names: list[str], seed: int) -> dict
         [gallery_scoring.face_distances(emb.vectors[r], faces) for r in split["unknown"]]
     )
     p = float((pairs <= ONE_TO_ONE).mean())
+    known_pairs = np.stack(
+        [gallery_scoring.face_distances(emb.vectors[r], faces) for r in split["known"]]
+    )
     rng = np.random.default_rng(seed)
     sizes = []
     for n in [*(n for n in GALLERY_SIZES if n < len(subjects)), len(subjects)]:
-        pick = rng.choice(len(subjects), size=n, replace=False)
+        pick = np.sort(rng.choice(len(subjects), size=n, replace=False))
         best = pairs[:, pick].min(axis=1)
+        t = alarm_threshold(best, ALARM_RATE)
+        mine = np.isin(split["truth"], pick)  # known probes whose subject is in this gallery
+        d = known_pairs[np.ix_(mine, pick)]
+        right = pick[d.argmin(axis=1)] == split["truth"][mine]
         sizes.append(
             {
                 "subjects": n,
+                "known_probes": int(mine.sum()),
                 "far_at_1to1_default": round(float((best <= ONE_TO_ONE).mean()), 4),
                 "predicted_1_minus_1_minus_p_to_n": round(1 - (1 - p) ** n, 4),
-                "threshold_at_far_1pct": alarm_threshold(best, ALARM_RATE),
+                "threshold_at_far_1pct": t,
+                "dir_at_far_1pct": round(float((right & (d.min(axis=1) <= t)).mean()), 4),
             }
         )
     return {
@@ -458,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threshold",
         type=float,
-        default=ONE_TO_ONE,
+        default=gallery_scoring.DEFAULT_IDENTIFY_THRESHOLD,
         help="check40: the identify threshold for the share identified",
     )
     parser.add_argument(
