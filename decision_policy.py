@@ -19,11 +19,13 @@ what the operator configured (``FACEMATCH_METRIC``, ``FACEMATCH_THRESHOLD``,
   403 ``sample_faces_not_allowed`` unless ``FACEMATCH_ALLOW_ALL_FACES`` is on.
 - Galleries (``gallery_routes``) go through the same checks. Verifying against a subject is a
   1:1 decision (``for_request``). Identifying (1:N) uses its own threshold,
-  ``FACEMATCH_IDENTIFY_THRESHOLD`` (default: the 1:1 threshold), and its own limit,
+  ``FACEMATCH_IDENTIFY_THRESHOLD`` (default: ``gallery_scoring.DEFAULT_IDENTIFY_THRESHOLD``, the
+  cosine threshold measured on LFW for 1% false identifications), and its own limit,
   ``FACEMATCH_MAX_IDENTIFY_THRESHOLD`` (default: the identify threshold itself), through
   ``for_identify``: false accepts grow with the gallery's size, so the operator states it apart.
-  The verify ``rule`` a request may choose is one of ``FACEMATCH_VERIFY_RULES`` (the first is
-  the default); another is refused with 403 ``rule_not_allowed``.
+  The verify ``rule`` a request may choose is one of ``FACEMATCH_VERIFY_RULES`` (default: only
+  ``centroid``, the rule measured best; the first listed is the default); another is refused
+  with 403 ``rule_not_allowed``: rules differ in what they accept, so the operator picks.
 - Numbers are ASCII decimals only (``0.5``, ``1``, ``.5``): no sign, exponent, whitespace,
   ``nan``/``inf`` or non-ASCII digits (Python's ``float`` accepts ``"١"`` and ``"１"``).
 
@@ -92,9 +94,9 @@ class DecisionPolicy:
     max_threshold: float = score_service.DEFAULT_THRESHOLDS["cosine"]
     max_sample_faces: int = 10
     allow_all_faces: bool = False
-    identify_threshold: float | None = None  # the 1:N threshold; None: ``threshold``
+    identify_threshold: float | None = None  # the 1:N threshold; None: the measured default
     max_identify_threshold: float | None = None  # None: the identify threshold itself
-    verify_rules: tuple[str, ...] = ("nearest", "knn")  # the first is the default
+    verify_rules: tuple[str, ...] = (gallery_scoring.DEFAULT_RULE,)  # the first: the default
 
     def __post_init__(self) -> None:
         if self.metric not in score_service.METRICS:
@@ -155,7 +157,10 @@ class DecisionPolicy:
     @property
     def search_threshold(self) -> float:
         """The 1:N (identify) threshold in ``metric``'s units."""
-        return self.threshold if self.identify_threshold is None else self.identify_threshold
+        if self.identify_threshold is None:
+            default = gallery_scoring.DEFAULT_IDENTIFY_THRESHOLD
+            return convert_threshold(default, "cosine", self.metric)
+        return self.identify_threshold
 
     @property
     def identify_limit(self) -> float:

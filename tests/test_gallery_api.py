@@ -52,11 +52,13 @@ def test_the_identify_threshold_is_its_own_setting_and_may_only_be_tightened():
     assert looser.for_identify({"threshold": "0.5"}).threshold == 0.5
 
 
-def test_the_identify_threshold_defaults_to_the_one_to_one_threshold():
+def test_the_identify_threshold_defaults_to_the_measured_one_not_the_one_to_one():
     policy = DecisionPolicy.from_settings(Settings(threshold=0.5))
-    assert policy.for_identify({}).threshold == 0.5
-    with pytest.raises(ThresholdNotAllowed):
-        policy.for_identify({"threshold": "0.6"})
+    assert policy.for_identify({}).threshold == 0.3546
+    with pytest.raises(ThresholdNotAllowed, match="0.3546"):
+        policy.for_identify({"threshold": "0.36"})
+    euclidean = DecisionPolicy.from_settings(Settings(metric="euclidean"))
+    assert euclidean.for_identify({"metric": "cosine"}).threshold == pytest.approx(0.3546)
 
 
 @pytest.mark.parametrize(
@@ -75,13 +77,14 @@ def test_unusable_gallery_policy_settings_are_refused(changes):
 
 def test_the_verify_rule_is_the_operators_unless_the_request_picks_an_allowed_one():
     policy = DecisionPolicy.from_settings(Settings())
-    assert policy.verify_rule({}) == "nearest"
-    assert policy.verify_rule({"rule": "knn"}) == "knn"
+    assert policy.verify_rule({}) == "centroid"
+    for rule in ("nearest", "knn"):
+        with pytest.raises(RuleNotAllowed):
+            policy.verify_rule({"rule": rule})
+    chosen = DecisionPolicy.from_settings(Settings(verify_rules="nearest,knn"))
+    assert chosen.verify_rule({}) == "nearest" and chosen.verify_rule({"rule": "knn"}) == "knn"
     with pytest.raises(RuleNotAllowed):
-        policy.verify_rule({"rule": "centroid"})
-    assert DecisionPolicy.from_settings(Settings(verify_rules="centroid")).verify_rule({}) == (
-        "centroid"
-    )
+        chosen.verify_rule({"rule": "centroid"})
 
 
 # --- routes in-process --------------------------------------------------------------------
