@@ -75,6 +75,11 @@ class Settings:
     gallery_url: str = ""  # sqlite:///PATH or postgresql://...; empty: DATA_DIR/gallery.db
     gallery_max_faces: int = 1_000_000  # faces one gallery may hold
     gallery_max_subject_faces: int = 100  # faces one subject may hold
+    # Gallery routes (gallery_routes.py) and their decision policy (decision_policy.py)
+    identify_threshold: float | None = None  # 1:N threshold (FACEMATCH_METRIC); None: 0.3546 cos
+    max_identify_threshold: float | None = None  # loosest 1:N a request may ask; None: the above
+    verify_rules: str = "centroid"  # verify rules a request may choose; the first: default
+    gallery_retry_after: int = 5  # s: a 503's Retry-After; a worker retries a down db after it
 
     # Metrics over MQTT (off when mqtt_host is empty)
     node: str = field(default_factory=socket.gethostname)

@@ -17,6 +17,15 @@ what the operator configured (``FACEMATCH_METRIC``, ``FACEMATCH_THRESHOLD``,
   best-ranked ones) and matches if any does, which multiplies false accepts (about
   ``1 - (1 - p)**n`` for n faces at a per-comparison false-accept rate p). It is refused with
   403 ``sample_faces_not_allowed`` unless ``FACEMATCH_ALLOW_ALL_FACES`` is on.
+- Galleries (``gallery_routes``) go through the same checks. Verifying against a subject is a
+  1:1 decision (``for_request``). Identifying (1:N) uses its own threshold,
+  ``FACEMATCH_IDENTIFY_THRESHOLD`` (default: ``gallery_scoring.DEFAULT_IDENTIFY_THRESHOLD``, the
+  cosine threshold measured on LFW for 1% false identifications), and its own limit,
+  ``FACEMATCH_MAX_IDENTIFY_THRESHOLD`` (default: the identify threshold itself), through
+  ``for_identify``: false accepts grow with the gallery's size, so the operator states it apart.
+  The verify ``rule`` a request may choose is one of ``FACEMATCH_VERIFY_RULES`` (default: only
+  ``centroid``, the rule measured best; the first listed is the default); another is refused
+  with 403 ``rule_not_allowed``: rules differ in what they accept, so the operator picks.
 - Numbers are ASCII decimals only (``0.5``, ``1``, ``.5``): no sign, exponent, whitespace,
   ``nan``/``inf`` or non-ASCII digits (Python's ``float`` accepts ``"١"`` and ``"１"``).
 
@@ -30,9 +39,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import gallery_scoring
 import score_service
 from config import ConfigError, Settings
-from errors import InvalidParameter, SampleFacesNotAllowed, ThresholdNotAllowed
+from errors import InvalidParameter, RuleNotAllowed, SampleFacesNotAllowed, ThresholdNotAllowed
 
 SAMPLE_FACES = ("primary", "all")
 #: An ASCII decimal: digits with an optional fraction, or a bare fraction; nothing else.
@@ -84,6 +94,9 @@ class DecisionPolicy:
     max_threshold: float = score_service.DEFAULT_THRESHOLDS["cosine"]
     max_sample_faces: int = 10
     allow_all_faces: bool = False
+    identify_threshold: float | None = None  # the 1:N threshold; None: the measured default
+    max_identify_threshold: float | None = None  # None: the identify threshold itself
+    verify_rules: tuple[str, ...] = (gallery_scoring.DEFAULT_RULE,)  # the first: the default
 
     def __post_init__(self) -> None:
         if self.metric not in score_service.METRICS:
@@ -101,6 +114,23 @@ class DecisionPolicy:
             )
         if self.max_sample_faces < 1:
             raise ConfigError("FACEMATCH_MAX_SAMPLE_FACES must be at least 1")
+        for variable, value in (
+            ("FACEMATCH_IDENTIFY_THRESHOLD", self.identify_threshold),
+            ("FACEMATCH_MAX_IDENTIFY_THRESHOLD", self.max_identify_threshold),
+        ):
+            if value is not None and (not math.isfinite(value) or not 0.0 <= value <= 2.0):
+                raise ConfigError(f"{variable} must be a number between 0 and 2")
+        if self.identify_limit < self.search_threshold:
+            raise ConfigError(
+                f"FACEMATCH_MAX_IDENTIFY_THRESHOLD ({self.identify_limit:g}) is below the "
+                f"identify threshold ({self.search_threshold:g}): requests could not use it"
+            )
+        unknown = [rule for rule in self.verify_rules if rule not in gallery_scoring.RULES]
+        if not self.verify_rules or unknown:
+            raise ConfigError(
+                f"FACEMATCH_VERIFY_RULES must list one or more of "
+                f"{', '.join(gallery_scoring.RULES)}"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DecisionPolicy:
@@ -119,7 +149,25 @@ class DecisionPolicy:
             max_threshold=threshold if settings.max_threshold is None else settings.max_threshold,
             max_sample_faces=settings.max_sample_faces,
             allow_all_faces=settings.allow_all_faces,
+            identify_threshold=settings.identify_threshold,
+            max_identify_threshold=settings.max_identify_threshold,
+            verify_rules=tuple(r.strip() for r in settings.verify_rules.split(",") if r.strip()),
         )
+
+    @property
+    def search_threshold(self) -> float:
+        """The 1:N (identify) threshold in ``metric``'s units."""
+        if self.identify_threshold is None:
+            default = gallery_scoring.DEFAULT_IDENTIFY_THRESHOLD
+            return convert_threshold(default, "cosine", self.metric)
+        return self.identify_threshold
+
+    @property
+    def identify_limit(self) -> float:
+        """The loosest 1:N threshold a request may ask for, in ``metric``'s units."""
+        if self.max_identify_threshold is None:
+            return self.search_threshold
+        return self.max_identify_threshold
 
     def threshold_for(self, metric: str) -> float:
         """The configured threshold expressed in ``metric``."""
@@ -134,6 +182,30 @@ class DecisionPolicy:
         ``sample_faces``. Raises ``InvalidParameter`` (400) for a value that is not one,
         ``ThresholdNotAllowed`` (403) for a threshold looser than the operator allows and
         ``SampleFacesNotAllowed`` (403) for ``all`` when the operator has turned it off."""
+        return self._decide(form, self.threshold, self.max_threshold)
+
+    def for_identify(self, form: Mapping[str, str]) -> Decision:
+        """Like ``for_request``, for a 1:N search: the default is the identify threshold and a
+        request may not loosen it past ``identify_limit`` (403 ``threshold_not_allowed``)."""
+        return self._decide(form, self.search_threshold, self.identify_limit)
+
+    def verify_rule(self, form: Mapping[str, str]) -> str:
+        """The verify rule a request's ``rule`` field names (absent or empty: the operator's
+        default). ``InvalidParameter`` (400) for an unknown rule, ``RuleNotAllowed`` (403) for
+        one the operator does not allow."""
+        rule = form.get("rule") or self.verify_rules[0]
+        if rule not in gallery_scoring.RULES:
+            raise InvalidParameter(f"'rule' must be one of {', '.join(gallery_scoring.RULES)}")
+        if rule not in self.verify_rules:
+            raise RuleNotAllowed(
+                f"the rule '{rule}' is turned off on this server; allowed: "
+                f"{', '.join(self.verify_rules)}"
+            )
+        return rule
+
+    def _decide(self, form: Mapping[str, str], threshold: float, maximum: float) -> Decision:
+        """The decision for ``form`` under a configured ``threshold`` and loosest ``maximum``
+        (both in ``self.metric``'s units)."""
         metric = form.get("metric", self.metric)
         if metric not in score_service.METRICS:
             raise InvalidParameter(f"'metric' must be one of {', '.join(score_service.METRICS)}")
@@ -142,13 +214,13 @@ class DecisionPolicy:
             raise InvalidParameter(f"'sample_faces' must be one of {', '.join(SAMPLE_FACES)}")
         raw = form.get("threshold")
         if raw is None or raw == "":
-            threshold = self.threshold_for(metric)
+            chosen = convert_threshold(threshold, self.metric, metric)
         else:
-            threshold = parse_decimal("threshold", raw)
-            if threshold > 2.0:
+            chosen = parse_decimal("threshold", raw)
+            if chosen > 2.0:
                 raise InvalidParameter("'threshold' must be a number between 0 and 2")
-            limit = self.limit_for(metric)
-            if threshold > limit:
+            limit = convert_threshold(maximum, self.metric, metric)
+            if chosen > limit:
                 raise ThresholdNotAllowed(
                     f"'threshold' may tighten the operator's threshold, not loosen it: the "
                     f"loosest allowed {metric} threshold is {limit:.6g}"
@@ -159,4 +231,4 @@ class DecisionPolicy:
                 "raises the chance of a false match); send one face or 'primary'"
             )
         bound = self.max_sample_faces if mode == "all" else 1
-        return Decision(metric, threshold, mode, bound)
+        return Decision(metric, chosen, mode, bound)

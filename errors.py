@@ -137,3 +137,17 @@ class TooManyParts(ApiError):
 
     status = 413
     code = "too_many_parts"
+
+
+class RuleNotAllowed(ApiError):
+    """A gallery verify asked for a rule the operator does not allow (FACEMATCH_VERIFY_RULES)."""
+
+    status = 403
+    code = "rule_not_allowed"
+
+
+class NoReferences(ApiError):
+    """A gallery verify against a subject that holds no face of the serving model."""
+
+    status = 409
+    code = "no_references"

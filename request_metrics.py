@@ -13,10 +13,12 @@ from flask import Flask, Response, g, request
 from config import Settings
 from monitoring.publisher import Publisher, create_publisher
 from request_outcome import Outcome
-from request_record import FaceSummary, Latency, RequestRecord
+from request_record import FaceSummary, GallerySummary, Latency, RequestRecord
 
-#: The endpoints whose requests are recorded (verifying and embedding).
+#: The endpoints whose requests are recorded (verifying and embedding) ...
 RECORDED_ENDPOINTS = ("api.photo_match", "api.cached_match", "api.embeddings")
+#: ... and every route of these blueprints (the galleries).
+RECORDED_BLUEPRINTS = ("gallery",)
 
 
 def init_app(app: Flask, settings: Settings, model_name: str) -> Publisher:
@@ -27,9 +29,11 @@ def init_app(app: Flask, settings: Settings, model_name: str) -> Publisher:
 
     @app.after_request
     def publish_record(response: Response) -> Response:
-        if request.endpoint in RECORDED_ENDPOINTS:
+        if request.endpoint in RECORDED_ENDPOINTS or request.blueprint in RECORDED_BLUEPRINTS:
             outcome = g.get("outcome") or Outcome()
-            publisher.publish(record_from(outcome, request.path, model_name, response.status_code))
+            # the route's pattern, not the path: gallery and subject ids stay out of the metrics
+            route = request.url_rule.rule if request.url_rule else request.path
+            publisher.publish(record_from(outcome, route, model_name, response.status_code))
         return response
 
     return publisher
@@ -50,6 +54,10 @@ def record_from(outcome: Outcome, endpoint: str, model: str, status: int) -> Req
         for role, photo in outcome.photos.items()
     ]
     times = outcome.times
+    work = outcome.gallery
+    gallery = None
+    if work is not None:
+        gallery = GallerySummary(work.size, work.candidates, work.best_distance)
     return RequestRecord(
         endpoint=endpoint,
         started=outcome.started_at,
@@ -67,5 +75,7 @@ def record_from(outcome: Outcome, endpoint: str, model: str, status: int) -> Req
             embedding=times.embedding,
             scoring=times.scoring,
             total=outcome.elapsed_ms(),
+            search=work.search_ms if work is not None else None,
         ),
+        gallery=gallery,
     )

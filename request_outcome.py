@@ -47,6 +47,17 @@ class StageTimes:
 
 
 @dataclass
+class GalleryWork:
+    """What a gallery request did with its gallery: the faces it holds, the time spent in the
+    store's search, how many candidates came back and the nearest one's distance."""
+
+    size: int | None = None
+    search_ms: float = 0.0
+    candidates: int | None = None
+    best_distance: float | None = None
+
+
+@dataclass
 class Outcome:
     """Everything a request did so far; errors leave it partly filled."""
 
@@ -59,6 +70,7 @@ class Outcome:
     results: list[MatchResult] = field(default_factory=list)  # one per compared face
     decided_by: int | None = None  # the index in ``results`` that decides
     error_code: str | None = None
+    gallery: GalleryWork | None = None  # gallery routes only
 
     @property
     def result(self) -> MatchResult | None:

@@ -1,8 +1,9 @@
 """What one API request did: the record the server fills in and the metrics publisher sends.
 
-The server creates one ``RequestRecord`` per request to a verifying or embedding endpoint, fills
-in what it learned (faces, timings, the decision), and hands it to the metrics publisher once the
-response is known. Nothing here holds image data or embeddings.
+The server creates one ``RequestRecord`` per request to a verifying, embedding or gallery
+endpoint, fills in what it learned (faces, timings, the decision, what a gallery search found),
+and hands it to the metrics publisher once the response is known. Nothing here holds image data,
+embeddings or gallery ids.
 """
 
 from __future__ import annotations
@@ -32,6 +33,17 @@ class Latency:
     embedding: float = 0.0
     scoring: float = 0.0
     total: float = 0.0
+    search: float | None = None  # gallery routes: the store's search
+
+
+@dataclass
+class GallerySummary:
+    """What a gallery request found: the gallery's faces, the candidates returned and the
+    nearest one's distance (each None when the request did not get that far). No ids."""
+
+    size: int | None = None
+    candidates: int | None = None
+    best_distance: float | None = None
 
 
 @dataclass
@@ -49,3 +61,4 @@ class RequestRecord:
     model: str | None = None
     faces: list[FaceSummary] = field(default_factory=list)
     latency: Latency = field(default_factory=Latency)
+    gallery: GallerySummary | None = None  # gallery routes only

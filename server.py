@@ -5,7 +5,8 @@ faces and embed them (``photo_inferencing``), score (``score_service``) under th
 policy (``decision_policy``), respond. What the request did is kept in an ``Outcome``
 (``request_outcome``); the JSON answer is built from it, and so is the metrics record, which
 the monitoring extension (``request_metrics``) publishes after the response. API keys and
-reference signing attach themselves the same way (``security.init_app``).
+reference signing attach themselves the same way (``security.init_app``), and so do the gallery
+routes (``gallery_routes.init_app``). The steps the routes share are in ``request_steps``.
 """
 
 from __future__ import annotations
@@ -15,27 +16,24 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import numpy as np
 from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
-from PIL import Image
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
+import gallery_routes
 import request_metrics
+import request_steps as steps
 import score_service
 import security
 from config import Settings
 from decision_policy import Decision, DecisionPolicy
 from embedding_codec import FORMATS, encode_embedding, parse_embedding
-from errors import ApiError, InvalidParameter, MissingField, NoFace, PayloadTooLarge, TooManyParts
-from image_decoding import decode_image
-from monitoring.publisher import Publisher
-from photo_inferencing import FaceEngine, PhotoFaces
-from request_outcome import InputPhoto, Outcome
-from security import ReferenceSigner, reference_claims
+from errors import ApiError, InvalidParameter, PayloadTooLarge, TooManyParts
+from photo_inferencing import FaceEngine
+from request_outcome import Outcome
+from request_steps import Services
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +67,11 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     app.register_blueprint(bp)  # its hooks run before the API-key check: 401s are recorded
     signer = security.init_app(app, settings, OPEN_ENDPOINTS)
     app.extensions["facematch"] = Services(settings, engine, policy, signer, publisher)
+    gallery_routes.init_app(app, settings)  # the gallery routes; the store opens on first use
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
-
-
-@dataclass(frozen=True)
-class Services:
-    """What the routes share, reached only through ``_services()``."""
-
-    settings: Settings
-    engine: FaceEngine
-    policy: DecisionPolicy
-    signer: ReferenceSigner | None  # None: signing is off
-    publisher: Publisher  # also started by gunicorn_hooks in each worker
-
-
-def _services() -> Services:
-    return current_app.extensions["facematch"]
 
 
 class _InMemoryRequest(Request):
@@ -140,10 +124,6 @@ def _read_rest_of_body(response: Response) -> Response:
     return response
 
 
-def _outcome() -> Outcome:
-    return g.outcome
-
-
 # --- routes ---
 
 
@@ -165,7 +145,7 @@ def _openapi_document() -> bytes:
 
 @bp.get("/health")
 def health():
-    services = _services()
+    services = steps.services()
     return {
         "status": "ok",
         "model": services.engine.model_name,
@@ -179,28 +159,28 @@ def health():
 @bp.post("/photo_match")
 def photo_match():
     """Compare the primary face of ``reference`` with the face(s) of ``sample``."""
-    decision = _decision()
-    reference_image = _image_field("reference")
-    sample_image = _image_field("sample")
-    reference = _detect("reference", reference_image)
-    sample = _detect("sample", sample_image)
-    compared = _sample_faces(sample, decision)
-    embedded = _embed([reference.primary.crop, *(face.crop for face in compared)])
+    decision = steps.decision()
+    reference_image = steps.image_field("reference")
+    sample_image = steps.image_field("sample")
+    reference = steps.detect("reference", reference_image)
+    sample = steps.detect("sample", sample_image)
+    compared = steps.sample_faces(sample, decision)
+    embedded = steps.embed([reference.primary.crop, *(face.crop for face in compared)])
     _score(embedded[0], embedded[1:], decision)
-    return _match_json(_outcome())
+    return _match_json(steps.outcome())
 
 
 @bp.post("/cached_match")
 def cached_match():
     """Compare a precomputed reference embedding with the face(s) of ``sample``."""
-    decision = _decision()
-    reference_bytes = _bytes_field("reference", allow_text=True)
-    reference_vector = parse_embedding(reference_bytes, _services().engine.device)
-    _verify_reference(reference_bytes, reference_vector)
-    sample = _detect("sample", _image_field("sample"))
-    compared = _sample_faces(sample, decision)
-    _score(reference_vector, _embed([face.crop for face in compared]), decision)
-    return _match_json(_outcome())
+    decision = steps.decision()
+    reference_bytes = steps.bytes_field("reference", allow_text=True)
+    reference_vector = parse_embedding(reference_bytes, steps.services().engine.device)
+    steps.verify_reference(reference_bytes, reference_vector)
+    sample = steps.detect("sample", steps.image_field("sample"))
+    compared = steps.sample_faces(sample, decision)
+    _score(reference_vector, steps.embed([face.crop for face in compared]), decision)
+    return _match_json(steps.outcome())
 
 
 @bp.post("/embeddings")
@@ -209,16 +189,16 @@ def embeddings():
     fmt = request.form.get("format", "json")
     if fmt not in FORMATS:
         raise InvalidParameter(f"'format' must be one of {', '.join(FORMATS)}")
-    photo = _detect("photo", _image_field("photo"))
-    vector = _embed([photo.primary.crop])[0]
-    outcome = _outcome()
-    model = _services().engine.model_name
-    faces = _faces_json(outcome)
-    signer = _services().signer
+    photo = steps.detect("photo", steps.image_field("photo"))
+    vector = steps.embed([photo.primary.crop])[0]
+    outcome = steps.outcome()
+    model = steps.services().engine.model_name
+    faces = steps.faces_json(outcome)
+    signer = steps.services().signer
     signed = {"signature": signer.sign(vector, model)} if signer else {}
     if fmt == "json":
         body = json.loads(encode_embedding(vector, "json", {"model": model, **signed}))
-        return {**body, "faces": faces, "latency_ms": _latency_json(outcome)}
+        return {**body, "faces": faces, "latency_ms": steps.latency_json(outcome)}
     response = Response(encode_embedding(vector, fmt), mimetype="application/octet-stream")
     response.headers["Content-Disposition"] = f'attachment; filename="embedding.{fmt}"'
     response.headers["X-Facematch-Model"] = model
@@ -228,78 +208,7 @@ def embeddings():
     return response
 
 
-# --- steps of the request path ---
-
-
-def _decision() -> Decision:
-    """The operator's policy applied to this request's ``metric``, ``threshold`` and
-    ``sample_faces`` (every deciding route starts here)."""
-    decision = _services().policy.for_request(request.form)
-    _outcome().decision = decision
-    return decision
-
-
-def _bytes_field(name: str, allow_text: bool = False) -> bytes:
-    """The uploaded file ``name`` (or, if ``allow_text``, a form field of that name) as bytes."""
-    upload = request.files.get(name)
-    if upload is not None:
-        return upload.read()
-    if allow_text and name in request.form:
-        return request.form[name].encode()
-    kind = "a file or form field" if allow_text else "a file"
-    raise MissingField(f"'{name}' is required ({kind} in a multipart/form-data request)")
-
-
-def _verify_reference(data: bytes, vector: np.ndarray) -> None:
-    """With signing on, accept only a reference signed for the serving model.
-
-    The signature and model come from the form fields ``signature`` and ``reference_model``
-    (how a .npy, .pt or array reference carries them), else from the JSON object's own
-    ``signature`` and ``model`` keys (so /embeddings' JSON is accepted unchanged).
-    """
-    signer = _services().signer
-    if signer is None:
-        return
-    signature, model = reference_claims(data)
-    signature = request.form.get("signature") or signature
-    model = request.form.get("reference_model") or model
-    signer.verify(vector, _services().engine.model_name, signature, model)
-
-
-def _image_field(name: str) -> Image.Image:
-    """The upload ``name`` decoded into an RGB image (noted in the outcome)."""
-    data = _bytes_field(name)
-    start = time.perf_counter()
-    image = decode_image(data, _services().settings.max_pixels, name)
-    outcome = _outcome()
-    outcome.times.decode += (time.perf_counter() - start) * 1000
-    outcome.photos[name] = InputPhoto(image.width, image.height)
-    return image
-
-
-def _detect(role: str, image: Image.Image) -> PhotoFaces:
-    """Detect faces, note them in the outcome, and refuse a photo without any (422)."""
-    found = _services().engine.detect(image)
-    outcome = _outcome()
-    outcome.times.detection += found.detection_ms
-    outcome.photos[role].found = found
-    if found.primary is None:
-        raise NoFace(f"no face was found in '{role}'")
-    return found
-
-
-def _sample_faces(sample: PhotoFaces, decision: Decision) -> list:
-    """The sample faces to embed and compare: the primary one, or for ``all`` at most the
-    policy's bound, best-ranked first."""
-    compared = sample.faces[: decision.max_sample_faces]
-    _outcome().compared = compared
-    return compared
-
-
-def _embed(crops) -> np.ndarray:
-    embedded = _services().engine.embed(list(crops))
-    _outcome().times.embedding += embedded.embedding_ms
-    return embedded.vectors
+# --- steps of the request path (the shared ones are in request_steps) ---
 
 
 def _score(reference_vector, sample_vectors, decision: Decision) -> None:
@@ -310,7 +219,7 @@ def _score(reference_vector, sample_vectors, decision: Decision) -> None:
         score_service.decide(reference_vector, v, decision.threshold, decision.metric)
         for v in sample_vectors
     ]
-    outcome = _outcome()
+    outcome = steps.outcome()
     outcome.results = results
     outcome.decided_by = min(range(len(results)), key=lambda i: results[i].distance)
     outcome.times.scoring = (time.perf_counter() - start) * 1000
@@ -326,8 +235,8 @@ def _match_json(outcome: Outcome) -> dict:
         "distance": result.distance,
         "threshold": result.threshold,
         "metric": result.metric,
-        "model": _services().engine.model_name,
-        "faces": _faces_json(outcome),
+        "model": steps.services().engine.model_name,
+        "faces": steps.faces_json(outcome),
     }
     if outcome.decision.sample_faces == "all":
         body["sample_faces"] = [
@@ -341,25 +250,8 @@ def _match_json(outcome: Outcome) -> dict:
             for i, (face, r) in enumerate(zip(outcome.compared, outcome.results))
         ]
         body["decided_by"] = outcome.decided_by
-    body["latency_ms"] = _latency_json(outcome)
+    body["latency_ms"] = steps.latency_json(outcome)
     return body
-
-
-def _faces_json(outcome: Outcome) -> dict:
-    return {
-        role: {
-            "count": photo.count,
-            "probability": photo.primary.probability if photo.primary else None,
-            "box": [round(v, 1) for v in photo.primary.box] if photo.primary else None,
-            "image_size": [photo.width, photo.height],
-        }
-        for role, photo in outcome.photos.items()
-    }
-
-
-def _latency_json(outcome: Outcome) -> dict:
-    stages = {**asdict(outcome.times), "total": outcome.elapsed_ms()}
-    return {k: round(v, 2) for k, v in stages.items()}
 
 
 # --- errors: always JSON ---
@@ -381,7 +273,7 @@ def _http_error(error: HTTPException):
 
 def _too_large() -> ApiError:
     """What a Werkzeug 413 was about: the body's bytes, or the number of form parts."""
-    limit = _services().settings.max_upload_mb
+    limit = steps.services().settings.max_upload_mb
     length = request.content_length
     stream = request.__dict__.get("stream")  # only when Werkzeug got as far as reading
     streamed_past_cap = length is None and getattr(stream, "is_exhausted", True)

@@ -1,5 +1,10 @@
 """The metrics message (schema version 1) and the InfluxDB point it becomes.
 
+Version 1 grew by optional members only, so every message an older publisher sends still
+validates: gallery requests add ``gallery`` (``size``, ``candidates``, ``best_distance``) and
+``latency_ms.search``; the 1:1 routes' messages are unchanged. A change that an older bridge's
+schema would refuse for the 1:1 routes, or that removes or retypes a member, is a new version.
+
 ``build_message`` turns the server's ``RequestRecord`` into the JSON-ready dict that the
 publisher sends; ``validate`` checks a decoded message against
 ``schema/metrics-message.v1.json``; ``to_point`` is what the bridge writes. Keeping the three
@@ -29,6 +34,10 @@ SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "metrics-message.v1.j
 TAGS = ("node", "endpoint", "model", "status", "match", "error_code")
 #: Latency stages, each written as field ``latency_<stage>_ms``.
 STAGES = ("decode", "detection", "embedding", "scoring", "total")
+#: Optional stages (gallery routes), written as ``latency_<stage>_ms`` when present.
+OPTIONAL_STAGES = ("search",)
+#: Members of the optional ``gallery`` object, each written as field ``gallery_<name>``.
+GALLERY_FIELDS = ("size", "candidates", "best_distance")
 #: Photo roles; each present role gives fields ``faces_<role>``, ``probability_<role>``,
 #: ``image_width_<role>`` and ``image_height_<role>``.
 ROLES = ("reference", "sample", "photo")
@@ -69,7 +78,7 @@ def build_message(
     record: RequestRecord, node: str, pid: int | None = None, host: str | None = None
 ) -> dict[str, Any]:
     """The version-1 message for one request record."""
-    return {
+    message = {
         "schema_version": SCHEMA_VERSION,
         "id": uuid.uuid4().hex,
         "timestamp": format_timestamp(record.started),
@@ -96,6 +105,17 @@ def build_message(
         ],
         "latency_ms": {stage: float(getattr(record.latency, stage)) for stage in STAGES},
     }
+    for stage in OPTIONAL_STAGES:
+        value = getattr(record.latency, stage)
+        if value is not None:
+            message["latency_ms"][stage] = float(value)
+    if record.gallery is not None:
+        message["gallery"] = {
+            "size": record.gallery.size,
+            "candidates": record.gallery.candidates,
+            "best_distance": _number(record.gallery.best_distance),
+        }
+    return message
 
 
 def encode(message: dict[str, Any]) -> bytes:
@@ -147,8 +167,12 @@ def to_point(message: dict[str, Any]) -> PointData:
         "pid": int(message["pid"]),
         "error": int(message["status"] >= 400),
     }
-    for stage in STAGES:
-        fields[f"latency_{stage}_ms"] = float(message["latency_ms"][stage])
+    for stage in (*STAGES, *OPTIONAL_STAGES):
+        if stage in message["latency_ms"]:
+            fields[f"latency_{stage}_ms"] = float(message["latency_ms"][stage])
+    for name, value in (message.get("gallery") or {}).items():
+        if value is not None:
+            fields[f"gallery_{name}"] = value
     if message["match"] is not None:
         fields["matched"] = int(message["match"])
     for name in ("distance", "threshold"):
@@ -168,7 +192,8 @@ def to_point(message: dict[str, Any]) -> PointData:
 def field_names() -> set[str]:
     """Every field name a point can carry (the dashboards and the report use only these)."""
     names = {"pid", "error", "matched", "distance", "threshold"}
-    names |= {f"latency_{stage}_ms" for stage in STAGES}
+    names |= {f"latency_{stage}_ms" for stage in (*STAGES, *OPTIONAL_STAGES)}
+    names |= {f"gallery_{name}" for name in GALLERY_FIELDS}
     for role in ROLES:
         names |= {
             f"faces_{role}",

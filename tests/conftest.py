@@ -23,9 +23,17 @@ pytest_plugins = ["tests.servers"]
 
 
 @pytest.fixture(scope="session")
-def settings() -> Settings:
-    """Environment settings with the broker switched off (monitoring tests turn it on)."""
-    return Settings.from_env(mqtt_host="", api_keys="", api_keys_file="", signing_keys="")
+def settings(tmp_path_factory) -> Settings:
+    """Environment settings with the broker switched off (monitoring tests turn it on) and the
+    gallery in a temporary SQLite file."""
+    gallery = tmp_path_factory.mktemp("gallery") / "gallery.db"
+    return Settings.from_env(
+        mqtt_host="",
+        api_keys="",
+        api_keys_file="",
+        signing_keys="",
+        gallery_url=f"sqlite:///{gallery}",
+    )
 
 
 @pytest.fixture(scope="session")

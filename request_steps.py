@@ -1,0 +1,139 @@
+"""The steps of a request's path that every route shares: read an upload, decode it, detect,
+embed, check a reference's signature, and turn the ``Outcome`` into the answer's common parts.
+
+``server`` (the 1:1 routes) and ``gallery_routes`` (the gallery routes) call the same steps, so a
+photo or an embedding is read, checked and recorded one way whichever route receives it. Each
+step notes what it did in the request's ``Outcome`` (``g.outcome``) and raises an ``ApiError``
+for bad input. The services a step needs (engine, policy, signer, settings) are the app's
+``Services``, reached through ``services()``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from flask import current_app, g, request
+from PIL import Image
+
+from config import Settings
+from decision_policy import Decision, DecisionPolicy
+from errors import MissingField, NoFace
+from image_decoding import decode_image
+from monitoring.publisher import Publisher
+from photo_inferencing import FaceEngine, PhotoFaces
+from request_outcome import InputPhoto, Outcome
+from security import ReferenceSigner, reference_claims
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the routes share, reached only through ``services()``."""
+
+    settings: Settings
+    engine: FaceEngine
+    policy: DecisionPolicy
+    signer: ReferenceSigner | None  # None: signing is off
+    publisher: Publisher  # also started by gunicorn_hooks in each worker
+
+
+def services() -> Services:
+    """The app's shared services."""
+    return current_app.extensions["facematch"]
+
+
+def outcome() -> Outcome:
+    """What this request did so far."""
+    return g.outcome
+
+
+def decision() -> Decision:
+    """The operator's policy applied to this request's ``metric``, ``threshold`` and
+    ``sample_faces`` (every 1:1 deciding route starts here)."""
+    decided = services().policy.for_request(request.form)
+    outcome().decision = decided
+    return decided
+
+
+def bytes_field(name: str, allow_text: bool = False) -> bytes:
+    """The uploaded file ``name`` (or, if ``allow_text``, a form field of that name) as bytes."""
+    upload = request.files.get(name)
+    if upload is not None:
+        return upload.read()
+    if allow_text and name in request.form:
+        return request.form[name].encode()
+    kind = "a file or form field" if allow_text else "a file"
+    raise MissingField(f"'{name}' is required ({kind} in a multipart/form-data request)")
+
+
+def verify_reference(data: bytes, vector: np.ndarray) -> None:
+    """With signing on, accept only a reference signed for the serving model.
+
+    The signature and model come from the form fields ``signature`` and ``reference_model``
+    (how a .npy, .pt or array reference carries them), else from the JSON object's own
+    ``signature`` and ``model`` keys (so /embeddings' JSON is accepted unchanged).
+    """
+    signer = services().signer
+    if signer is None:
+        return
+    signature, model = reference_claims(data)
+    signature = request.form.get("signature") or signature
+    model = request.form.get("reference_model") or model
+    signer.verify(vector, services().engine.model_name, signature, model)
+
+
+def image_field(name: str) -> Image.Image:
+    """The upload ``name`` decoded into an RGB image (noted in the outcome)."""
+    data = bytes_field(name)
+    start = time.perf_counter()
+    image = decode_image(data, services().settings.max_pixels, name)
+    done = outcome()
+    done.times.decode += (time.perf_counter() - start) * 1000
+    done.photos[name] = InputPhoto(image.width, image.height)
+    return image
+
+
+def detect(role: str, image: Image.Image) -> PhotoFaces:
+    """Detect faces, note them in the outcome, and refuse a photo without any (422)."""
+    found = services().engine.detect(image)
+    done = outcome()
+    done.times.detection += found.detection_ms
+    done.photos[role].found = found
+    if found.primary is None:
+        raise NoFace(f"no face was found in '{role}'")
+    return found
+
+
+def sample_faces(sample: PhotoFaces, decided: Decision) -> list:
+    """The sample faces to embed and compare: the primary one, or for ``all`` at most the
+    policy's bound, best-ranked first."""
+    compared = sample.faces[: decided.max_sample_faces]
+    outcome().compared = compared
+    return compared
+
+
+def embed(crops) -> np.ndarray:
+    """The embeddings of face crops, one row each (the time noted in the outcome)."""
+    embedded = services().engine.embed(list(crops))
+    outcome().times.embedding += embedded.embedding_ms
+    return embedded.vectors
+
+
+def faces_json(done: Outcome) -> dict:
+    """Per uploaded photo: faces found, the primary face's probability and box, image size."""
+    return {
+        role: {
+            "count": photo.count,
+            "probability": photo.primary.probability if photo.primary else None,
+            "box": [round(v, 1) for v in photo.primary.box] if photo.primary else None,
+            "image_size": [photo.width, photo.height],
+        }
+        for role, photo in done.photos.items()
+    }
+
+
+def latency_json(done: Outcome, **more: float) -> dict:
+    """Milliseconds per stage, ``more`` stages (e.g. ``search``) and the total, rounded."""
+    stages = {**asdict(done.times), **more, "total": done.elapsed_ms()}
+    return {k: round(v, 2) for k, v in stages.items()}
