@@ -12,7 +12,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from monitoring.message import TAGS, field_names
+from monitoring.message import TAGS, build_message, field_names, to_point, validate
+from request_metrics import record_from
+from request_outcome import GalleryWork, Outcome
+from score_service import MatchResult
 from tests.support import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,6 +24,7 @@ DASHBOARD = GRAFANA / "dashboards" / "facematch.json"
 TOOLS = REPO / ".tools" / "grafana-schema"
 SCHEMA = TOOLS / "dashboard.schema.json"
 JS_YAML = TOOLS / "node_modules" / "js-yaml" / "bin" / "js-yaml.js"
+OPENAPI = REPO / "openapi.json"
 MISSING = "run scripts/test-deps/monitoring.sh (scripts/test.sh does) to install {}"
 
 
@@ -152,3 +156,93 @@ def test_dashboard_provider_loads_the_folder_compose_mounts():
     compose = load_yaml(REPO / "docker-compose.yml")
     mounts = compose["services"]["grafana"]["volumes"]
     assert f"./monitoring/grafana/dashboards:{entry['options']['path']}:ro" in mounts
+
+
+GALLERY_PANELS = {
+    "Gallery requests per second by route": {"latency_total_ms"},
+    "Gallery search latency (p50 / p95)": {"latency_search_ms"},
+    "Gallery candidates per request": {"gallery_candidates"},
+    "Gallery best distance against the threshold": {"gallery_best_distance", "threshold"},
+    "Gallery size by node": {"gallery_size"},
+}
+
+
+def gallery_routes() -> list[str]:
+    """The gallery routes' patterns as the metrics record them (Flask's ``<name>``), from
+    openapi.json (tests/test_openapi.py checks its paths against the app's routes)."""
+    paths = json.loads(OPENAPI.read_text())["paths"]
+    return [re.sub(r"\{(\w+)\}", r"<\1>", p) for p in paths if p.startswith("/galleries/")]
+
+
+def gallery_point(endpoint: str):
+    """The InfluxDB point the bridge writes for an identify-like request to ``endpoint``: the
+    server's own record, message and point code, as a request fills them."""
+    outcome = Outcome(gallery=GalleryWork(size=1650, search_ms=3.5, candidates=5))
+    outcome.gallery.best_distance = 0.21
+    outcome.results, outcome.decided_by = [MatchResult(True, 0.21, 0.3546, "cosine")], 0
+    message = build_message(record_from(outcome, endpoint, "casia-webface", 200), node="n1")
+    validate(message)
+    return to_point(message)
+
+
+def endpoint_filters(query: str) -> list[tuple[str, str]]:
+    """Each ``r.endpoint =~ /re/`` or ``!~`` filter of a Flux query as (operator, Python regex)."""
+    found = re.findall(r"r\.endpoint (=~|!~) /((?:\\/|[^/])*)/", query)
+    return [(op, pattern.replace("\\/", "/")) for op, pattern in found]
+
+
+def keeps(query: str, endpoint: str) -> bool:
+    """Whether the query's endpoint filters let a point with tag ``endpoint`` through."""
+    return all(
+        bool(re.search(pattern, endpoint)) == (op == "=~")
+        for op, pattern in endpoint_filters(query)
+    )
+
+
+@pytest.mark.parametrize("title", sorted(GALLERY_PANELS))
+def test_gallery_panels_query_fields_a_gallery_request_writes(dashboard, title):
+    panel = next((p for p in dashboard["panels"] if p["title"] == title), None)
+    assert panel is not None, title
+    used = {
+        name for t in panel["targets"] for name in re.findall(r'r\._field == "([^"]+)"', t["query"])
+    }
+    assert used == GALLERY_PANELS[title]
+    routes = gallery_routes()
+    assert "/galleries/<gallery>/identify" in routes
+    for route in routes:
+        point = gallery_point(route)
+        assert point.tags["endpoint"] == route  # the pattern, never the ids
+        assert used <= set(point.fields), (route, used - set(point.fields))
+        for target in panel["targets"]:
+            assert keeps(target["query"], route), (title, target["refId"], route)
+    if title.startswith("Gallery search latency"):
+        assert [re.search(r"quantile\(q: ([0-9.]+)", t["query"])[1] for t in panel["targets"]] == [
+            "0.5",
+            "0.95",
+        ]
+
+
+def test_a_one_to_one_request_writes_no_gallery_field_and_skips_the_gallery_filters(dashboard):
+    record = record_from(Outcome(), "/photo_match", "casia-webface", 200)
+    fields = to_point(build_message(record, node="n1")).fields
+    assert "latency_search_ms" not in fields
+    assert not {name for name in fields if name.startswith("gallery_")}
+    filtered = [
+        t["query"]
+        for p in dashboard["panels"]
+        if p["title"] in GALLERY_PANELS
+        for t in p["targets"]
+        if endpoint_filters(t["query"])
+    ]
+    assert filtered, "no gallery panel filters by endpoint: the filter parser is likely broken"
+    assert not any(keeps(query, "/photo_match") for query in filtered)
+
+
+@pytest.mark.parametrize(
+    "title", ["Match rate", "Match rate by node", "Distance against the threshold"]
+)
+def test_one_to_one_decision_panels_leave_gallery_decisions_out(dashboard, title):
+    panel = next(p for p in dashboard["panels"] if p["title"] == title)
+    for target in panel["targets"]:
+        assert keeps(target["query"], "/photo_match")
+        assert not keeps(target["query"], "/galleries/<gallery>/identify")
