@@ -327,3 +327,18 @@ def test_each_start_gets_a_fresh_metrics_directory_removed_at_stop(gunicorn, tmp
     assert list(directory.glob("counter_*.db"))
     assert server.stop() == 0
     assert list(tmp_path.glob("facematch-prometheus-*")) == []
+
+
+def test_every_dashboard_query_runs_on_the_real_prometheus(scraped):
+    dashboard = json.loads(
+        (REPO / "monitoring" / "grafana" / "dashboards" / "facematch-prometheus.json").read_text()
+    )
+    scraped.send(4)
+    scraped.wait_scraped(REQUESTS, scraped.sent)
+    answered = {}
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            expr = target["expr"].replace("$__rate_interval", "1m").replace("$instance", ".*")
+            answered[panel["title"]] = scraped.prometheus.query(expr)  # a bad query: HTTP 400
+    assert answered["Requests per second by route and status"]
+    assert answered["Build"]
