@@ -102,6 +102,10 @@ class Settings:
     influx_batch_size: int = 100
     influx_flush_interval_ms: int = 1000
 
+    # Prometheus (prometheus_metrics.py: GET /metrics; gunicorn_hooks.py: the workers' files)
+    metrics_token: str = ""  # bearer token /metrics needs; empty: an API key, if keys are on
+    prometheus_dir: str = ""  # where each start makes its fresh directory; empty: system temp
+
     # Security
     api_keys: str = ""
     api_keys_file: str = ""

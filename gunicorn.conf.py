@@ -39,4 +39,15 @@ control_socket_disable = not _settings.control_socket
 if _settings.control_socket:
     control_socket = _settings.control_socket
 
-from gunicorn_hooks import post_worker_init, pre_request, worker_exit  # noqa: E402,F401 (see the module)
+from gunicorn_hooks import (  # noqa: E402,F401 (see the module)
+    child_exit,
+    on_exit,
+    post_worker_init,
+    pre_request,
+    prometheus_dir,
+    worker_exit,
+)
+
+# The workers' Prometheus metrics files: a fresh directory per start, set in the environment
+# before the app (and prometheus_client) is loaded, and removed when the master stops.
+raw_env = [f"PROMETHEUS_MULTIPROC_DIR={prometheus_dir(_settings.prometheus_dir)}"]

@@ -32,6 +32,14 @@ ONNX Runtime, imported in the master, keeps a thread there; the C++ static destr
 normal exit runs wait for that thread, which a forked worker does not have, so the worker either
 hung or aborted ("terminate called ... std::system_error", SIGABRT) on every shutdown.
 ``multiprocessing`` ends its forked children the same way, for the same reason.
+
+``prometheus_dir`` makes the directory in which the workers write their Prometheus metrics
+(``PROMETHEUS_MULTIPROC_DIR``, see ``prometheus_metrics``): a fresh one per server start, under
+``FACEMATCH_PROMETHEUS_DIR`` or the system's temporary directory, so no counts of an earlier run
+are added in. gunicorn.conf.py puts it into the environment before the app is loaded (the
+variable must be set before prometheus_client is imported). ``child_exit`` marks a worker that
+exited (or was killed) as dead: its counters and histograms stay in the sums, its ``live*``
+gauges go. ``on_exit`` removes the directory when the master stops.
 """
 
 from __future__ import annotations
@@ -39,8 +47,13 @@ from __future__ import annotations
 import atexit
 import functools
 import os
+import shutil
 import signal
 import sys
+import tempfile
+
+_prometheus_dir: str | None = None  # this master's; gunicorn.conf.py is re-read on HUP
+_prometheus_dir_owner: int | None = None
 
 
 def post_worker_init(worker) -> None:
@@ -89,3 +102,34 @@ def worker_exit(server, worker) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else 0 if code is None else 1)
+
+
+def prometheus_dir(parent: str = "") -> str:
+    """This server's metrics directory, made (empty) under ``parent`` (empty: the system's
+    temporary directory) at the first call in this process; later calls return the same."""
+    global _prometheus_dir, _prometheus_dir_owner
+    if _prometheus_dir is None:
+        _prometheus_dir = tempfile.mkdtemp(prefix="facematch-prometheus-", dir=parent or None)
+        _prometheus_dir_owner = os.getpid()
+        atexit.register(_remove_prometheus_dir)  # also when the master dies before on_exit
+    return _prometheus_dir
+
+
+def _remove_prometheus_dir() -> None:
+    """Remove the metrics directory, in the process that made it only (a worker runs the
+    atexit handlers it inherited, see ``worker_exit``)."""
+    if _prometheus_dir is not None and os.getpid() == _prometheus_dir_owner:
+        shutil.rmtree(_prometheus_dir, ignore_errors=True)
+
+
+def child_exit(server, worker) -> None:
+    """Mark an exited worker's metrics as dead (its ``live*`` gauges leave the sums)."""
+    from prometheus_client import multiprocess
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Remove the metrics directory once the master stops."""
+    _remove_prometheus_dir()

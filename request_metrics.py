@@ -1,17 +1,22 @@
-"""Request metrics as a Flask extension: ``init_app(app, settings, model_name)``.
+"""Request metrics as a Flask extension: ``init_app(app, settings, build)``.
 
-Attaches the metrics publisher (``monitoring.publisher``) to an app: after each response to a
-recorded endpoint it builds one ``RequestRecord`` from the request's ``Outcome`` (the values the
-response was built from) and hands it to the publisher, which never blocks. The record is
-filled here and nowhere else; routes never touch it.
+Attaches the metrics publisher (``monitoring.publisher``) and the Prometheus metrics
+(``prometheus_metrics``, ``GET /metrics``) to an app: after each response to a recorded endpoint
+it builds one ``RequestRecord`` from the request's ``Outcome`` (the values the response was built
+from) and hands that same record to the publisher, which never blocks, and to the Prometheus
+metrics. The record is filled here and nowhere else; routes never touch it.
 """
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, Response, g, request
 
+import prometheus_metrics
 from config import Settings
 from monitoring.publisher import Publisher, create_publisher
+from prometheus_metrics import BuildInfo
 from request_outcome import Outcome
 from request_record import FaceSummary, GallerySummary, Latency, RequestRecord
 
@@ -19,13 +24,16 @@ from request_record import FaceSummary, GallerySummary, Latency, RequestRecord
 RECORDED_ENDPOINTS = ("api.photo_match", "api.cached_match", "api.embeddings")
 #: ... and every route of these blueprints (the galleries).
 RECORDED_BLUEPRINTS = ("gallery",)
+log = logging.getLogger(__name__)
 
 
-def init_app(app: Flask, settings: Settings, model_name: str) -> Publisher:
-    """Create the publisher ``settings`` ask for, publish one record per recorded request of
-    ``app``, and return the publisher (also ``app.extensions["facematch_metrics"]``)."""
+def init_app(app: Flask, settings: Settings, build: BuildInfo) -> Publisher:
+    """Create the publisher ``settings`` ask for and the Prometheus metrics of ``build``, feed
+    both one record per recorded request of ``app``, and return the publisher (also
+    ``app.extensions["facematch_metrics"]``)."""
     publisher = create_publisher(settings)
     app.extensions["facematch_metrics"] = publisher
+    prometheus = prometheus_metrics.init_app(app, settings, build)
 
     @app.after_request
     def publish_record(response: Response) -> Response:
@@ -33,7 +41,13 @@ def init_app(app: Flask, settings: Settings, model_name: str) -> Publisher:
             outcome = g.get("outcome") or Outcome()
             # the route's pattern, not the path: gallery and subject ids stay out of the metrics
             route = request.url_rule.rule if request.url_rule else request.path
-            publisher.publish(record_from(outcome, route, model_name, response.status_code))
+            record = record_from(outcome, route, build.model, response.status_code)
+            publisher.publish(record)
+            try:
+                prometheus.observe(record)
+                prometheus.observe_publisher(publisher.stats())
+            except Exception:  # the request must never fail because of metrics
+                log.exception("Prometheus metrics: recording %s failed", route)
         return response
 
     return publisher

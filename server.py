@@ -23,6 +23,7 @@ from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, 
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 import gallery_routes
+import prometheus_metrics
 import request_metrics
 import request_steps as steps
 import score_service
@@ -38,7 +39,8 @@ from request_steps import Services
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
-OPEN_ENDPOINTS = ("api.ping",)  # answered without an API key
+# answered without an API key (/metrics checks its own token: prometheus_metrics)
+OPEN_ENDPOINTS = ("api.ping", prometheus_metrics.ENDPOINT)
 OPENAPI_PATH = Path(__file__).resolve().with_name("openapi.json")
 #: Werkzeug's default cap on multipart parts, named here for the 413 that reports it.
 MAX_FORM_PARTS = 1000
@@ -63,7 +65,8 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     )
     app.json.sort_keys = False
     engine = engine or FaceEngine.from_settings(settings)
-    publisher = request_metrics.init_app(app, settings, engine.model_name)
+    build = prometheus_metrics.BuildInfo.of(engine.options)
+    publisher = request_metrics.init_app(app, settings, build)
     app.register_blueprint(bp)  # its hooks run before the API-key check: 401s are recorded
     signer = security.init_app(app, settings, OPEN_ENDPOINTS)
     app.extensions["facematch"] = Services(settings, engine, policy, signer, publisher)

@@ -698,3 +698,96 @@ def postgres(postgres_server) -> str:
     url = postgres_server.database()
     yield url
     postgres_server.drop(url)
+
+
+# --- Prometheus scraping facematch's /metrics -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScrapeJob:
+    """One scrape job: ``targets`` are ``host:port``; ``token`` goes into ``authorization``."""
+
+    name: str
+    targets: tuple[str, ...]
+    token: str | None = None
+
+
+class Prometheus(_Process):
+    """Debian's Prometheus scraping ``/metrics`` of each job's targets every second, with its
+    configuration and data in ``workdir``; ``query`` asks its HTTP API."""
+
+    name = "prometheus"
+
+    def __init__(self, workdir: Path, jobs: list[ScrapeJob]):
+        super().__init__(workdir)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.config_path = workdir / "prom.yml"
+        lines = ["global:", "  scrape_interval: 1s", "  scrape_timeout: 1s", "scrape_configs:"]
+        for job in jobs:
+            lines += [f"  - job_name: {job.name}", "    metrics_path: /metrics"]
+            if job.token is not None:
+                lines += ["    authorization:", f"      credentials: {job.token}"]
+            lines += ["    static_configs:", f"      - targets: {json.dumps(list(job.targets))}"]
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def _get(self, path: str) -> dict:
+        with urllib.request.urlopen(self.url + path, timeout=5) as response:
+            return json.loads(response.read())
+
+    def _ready(self) -> bool:
+        self._check_alive()
+        try:
+            with urllib.request.urlopen(self.url + "/-/ready", timeout=0.5) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def start(self) -> Prometheus:
+        binary = shutil.which("prometheus") or "/usr/bin/prometheus"
+        self._spawn(
+            [
+                binary,
+                f"--config.file={self.config_path}",
+                f"--storage.tsdb.path={self.workdir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ]
+        )
+        wait_until(self._ready, 30, what="prometheus /-/ready")
+        return self
+
+    def query(self, expression: str) -> list[dict]:
+        """The instant vector of a PromQL ``expression`` now: ``[{"metric", "value"}]``."""
+        query = urllib.parse.urlencode({"query": expression})
+        return self._get(f"/api/v1/query?{query}")["data"]["result"]
+
+    def value(self, expression: str) -> float | None:
+        """The single value of ``expression`` now (None when it has no sample)."""
+        result = self.query(expression)
+        assert len(result) <= 1, result
+        return float(result[0]["value"][1]) if result else None
+
+    def targets(self, job: str) -> list[dict]:
+        """The active targets of ``job`` (``health``, ``lastError``, ``lastScrape``, ...)."""
+        active = self._get("/api/v1/targets?state=active")["data"]["activeTargets"]
+        return [t for t in active if t["labels"]["job"] == job]
+
+
+@pytest.fixture(scope="module")
+def module_prometheus():
+    """Start Prometheus for a module: ``module_prometheus([ScrapeJob(...), ...])`` returns a
+    started ``Prometheus``; all are stopped after the module. ``scripts/test-deps/prometheus.sh``
+    installs it."""
+    started: list[tuple[Prometheus, Path]] = []
+
+    def start(jobs: list[ScrapeJob]) -> Prometheus:
+        directory = workdir("prometheus")
+        server = Prometheus(directory, jobs)
+        started.append((server, directory))
+        return server.start()
+
+    yield start
+    for server, directory in started:
+        server.stop()
+        remove(directory)

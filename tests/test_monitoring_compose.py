@@ -33,7 +33,15 @@ def default_of(value: str) -> str:
 
 def test_stack_has_api_broker_database_bridge_and_grafana(compose):
     services = compose["services"]
-    assert set(services) == {"api", "nginx", "mosquitto", "influxdb", "bridge", "grafana"}
+    assert set(services) == {
+        "api",
+        "nginx",
+        "mosquitto",
+        "influxdb",
+        "bridge",
+        "prometheus",
+        "grafana",
+    }
     assert services["bridge"]["command"] == ["python", "-m", "monitoring.bridge"]
     assert services["api"]["build"] == services["bridge"]["build"] == "."
     assert services["influxdb"]["image"].startswith("influxdb:2")
@@ -135,3 +143,36 @@ def test_shipped_broker_config_requires_the_password_file_login(compose_broker, 
             assert publisher.stats()["sent"] == 0
     finally:
         publisher.close(timeout=0.2)
+
+
+def test_prometheus_scrapes_the_api_with_the_token_the_api_requires(compose):
+    services = compose["services"]
+    api, prometheus = services["api"], services["prometheus"]
+    token = api["environment"]["FACEMATCH_METRICS_TOKEN"]
+    assert prometheus["environment"]["FACEMATCH_METRICS_TOKEN"] == token
+    assert len(default_of(token)) >= 16  # prometheus_metrics refuses a shorter one
+    shipped = "./monitoring/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro"
+    assert shipped in prometheus["volumes"]
+    config = load_yaml(REPO / "monitoring" / "prometheus" / "prometheus.yml")
+    (job,) = config["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["api:8000"]}]
+    assert "8000" in api["expose"]
+    token_file = job["authorization"]["credentials_file"]
+    (command,) = prometheus["command"]
+    assert f"""printf '%s' "$$FACEMATCH_METRICS_TOKEN" > {token_file}""" in command
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
+    grafana = services["grafana"]
+    assert "prometheus" in grafana["depends_on"]
+
+
+def test_the_shipped_prometheus_config_passes_promtool(tmp_path):
+    shipped = (REPO / "monitoring" / "prometheus" / "prometheus.yml").read_text()
+    token = tmp_path / "metrics-token"
+    token.write_text("facematch-dev-metrics-token")
+    config = tmp_path / "prometheus.yml"
+    config.write_text(shipped.replace("/tmp/metrics-token", str(token)))
+    checked = subprocess.run(
+        ["promtool", "check", "config", str(config)], capture_output=True, text=True
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -246,3 +246,79 @@ def test_one_to_one_decision_panels_leave_gallery_decisions_out(dashboard, title
     for target in panel["targets"]:
         assert keeps(target["query"], "/photo_match")
         assert not keeps(target["query"], "/galleries/<gallery>/identify")
+
+
+# --- the Prometheus dashboard -----------------------------------------------------------------
+
+PROMETHEUS_DASHBOARD = GRAFANA / "dashboards" / "facematch-prometheus.json"
+
+
+@pytest.fixture(scope="module")
+def prometheus_dashboard() -> dict:
+    return json.loads(PROMETHEUS_DASHBOARD.read_text())
+
+
+def expressions(dashboard: dict) -> list[str]:
+    return [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+
+
+def test_prometheus_dashboard_validates_against_grafanas_dashboard_schema(
+    validator, prometheus_dashboard
+):
+    errors = [
+        f"{e.json_path}: {e.message[:200]}" for e in validator.iter_errors(prometheus_dashboard)
+    ]
+    assert errors == []
+    broken = copy.deepcopy(prometheus_dashboard)
+    broken["panels"][0].update(options=None)
+    assert list(validator.iter_errors(broken))
+
+
+def test_prometheus_datasource_is_the_compose_prometheus_and_every_panel_uses_it(
+    prometheus_dashboard,
+):
+    provisioning = load_yaml(GRAFANA / "provisioning" / "datasources" / "prometheus.yml")
+    (source,) = provisioning["datasources"]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    assert source["isDefault"] is False  # the InfluxDB dashboard stays the home page
+    compose = load_yaml(REPO / "docker-compose.yml")
+    assert "127.0.0.1:9090:9090" in compose["services"]["prometheus"]["ports"]
+    wanted = {"type": "prometheus", "uid": source["uid"]}
+    ids = [p["id"] for p in prometheus_dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in prometheus_dashboard["panels"]:
+        assert panel["datasource"] == wanted, panel["title"]
+        assert panel["targets"], panel["title"]
+        assert all(t["datasource"] == wanted for t in panel["targets"]), panel["title"]
+    (instance,) = prometheus_dashboard["templating"]["list"]
+    assert instance["datasource"] == wanted
+
+
+def test_prometheus_queries_filter_by_instance_and_use_only_exported_metrics(
+    prometheus_dashboard, client
+):
+    exported = client.get("/metrics").get_data(as_text=True)
+    names = set()  # every series name the app's families can have, observed yet or not
+    for name, kind in re.findall(r"^# TYPE (facematch_\w+) (\w+)$", exported, re.M):
+        suffixes = ("_bucket", "_sum", "_count") if kind == "histogram" else ("",)
+        names.update(name + suffix for suffix in suffixes)
+    for expr in expressions(prometheus_dashboard):
+        used = re.findall(r"\b(facematch_\w+)\{", expr)
+        assert used, expr
+        for name in used:
+            assert name in names, name
+        assert expr.count('instance=~"$instance"') == len(used), expr
+
+
+def test_prometheus_dashboard_has_the_panels_operators_watch(prometheus_dashboard):
+    titles = {p["title"] for p in prometheus_dashboard["panels"]}
+    assert {
+        "Requests per second by route and status",
+        "Latency by stage (p50 / p95 / p99)",
+        "Match rate by route",
+        "Distance (p50 / p95) by route and metric",
+        "Faces per photo by role",
+        "MQTT publisher: queue and drops",
+        "Gallery faces",
+        "Build",
+    } <= titles
