@@ -20,8 +20,8 @@ from prometheus_metrics import BuildInfo
 from request_outcome import Outcome
 from request_record import FaceSummary, GallerySummary, Latency, RequestRecord
 
-#: The endpoints whose requests are recorded (verifying and embedding) ...
-RECORDED_ENDPOINTS = ("api.photo_match", "api.cached_match", "api.embeddings")
+#: The endpoints whose requests are recorded (verifying, embedding, listing faces) ...
+RECORDED_ENDPOINTS = ("api.photo_match", "api.cached_match", "api.embeddings", "api.faces")
 #: ... and every route of these blueprints (the galleries).
 RECORDED_BLUEPRINTS = ("gallery",)
 log = logging.getLogger(__name__)

@@ -6,7 +6,9 @@ policy (``decision_policy``), respond. What the request did is kept in an ``Outc
 (``request_outcome``); the JSON answer is built from it, and so is the metrics record, which
 the monitoring extension (``request_metrics``) publishes after the response. API keys and
 reference signing attach themselves the same way (``security.init_app``), and so do the gallery
-routes (``gallery_routes.init_app``). The steps the routes share are in ``request_steps``.
+routes (``gallery_routes.init_app``) and the web page (``web_page.init_app``, open without a
+key: it holds no data). The steps the routes share are in ``request_steps``; what ``/faces``
+answers is built by ``face_listing``.
 """
 
 from __future__ import annotations
@@ -22,12 +24,14 @@ from pathlib import Path
 from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
+import face_listing
 import gallery_routes
 import prometheus_metrics
 import request_metrics
 import request_steps as steps
 import score_service
 import security
+import web_page
 from config import Settings
 from decision_policy import Decision, DecisionPolicy
 from embedding_codec import FORMATS, encode_embedding, parse_embedding
@@ -39,8 +43,9 @@ from request_steps import Services
 log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__)
-# answered without an API key (/metrics checks its own token: prometheus_metrics)
-OPEN_ENDPOINTS = ("api.ping", prometheus_metrics.ENDPOINT)
+# answered without an API key: /ping, the page and its static files (which hold no data);
+# /metrics checks its own token (prometheus_metrics)
+OPEN_ENDPOINTS = ("api.ping", prometheus_metrics.ENDPOINT, *web_page.OPEN_ENDPOINTS)
 OPENAPI_PATH = Path(__file__).resolve().with_name("openapi.json")
 #: Werkzeug's default cap on multipart parts, named here for the 413 that reports it.
 MAX_FORM_PARTS = 1000
@@ -71,6 +76,7 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     signer = security.init_app(app, settings, OPEN_ENDPOINTS)
     app.extensions["facematch"] = Services(settings, engine, policy, signer, publisher)
     gallery_routes.init_app(app, settings)  # the gallery routes; the store opens on first use
+    web_page.init_app(app)  # the page at / and its static files
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -209,6 +215,16 @@ def embeddings():
         response.headers["X-Facematch-Signature"] = signed["signature"]
     response.headers["X-Facematch-Faces"] = json.dumps(faces)
     return response
+
+
+@bp.post("/faces")
+def faces():
+    """Every face found in ``photo``, primary first, with boxes, landmarks and (``crops``) the
+    crops the model embeds; a photo without a face answers an empty list."""
+    options = face_listing.FacesOptions.from_form(request.form)
+    found = steps.find_faces("photo", steps.image_field("photo"))
+    body = face_listing.faces_json(found, options)
+    return {**body, "latency_ms": steps.latency_json(steps.outcome())}
 
 
 # --- steps of the request path (the shared ones are in request_steps) ---

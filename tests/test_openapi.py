@@ -108,6 +108,14 @@ def test_real_success_responses_match_the_document(
     assert_conforms(document_schema, "/ping", "GET", client.get("/ping"))
     assert_conforms(document_schema, "/health", "GET", client.get("/health"))
     assert_conforms(document_schema, "/openapi.json", "GET", client.get("/openapi.json"))
+    assert_conforms(document_schema, "/", "GET", client.get("/"))
+    for form in ({}, {"crops": "true", "max_faces": "2"}):
+        listed = client.post("/faces", data={**files(photo=_two_faces(face_bytes)), **form})
+        assert listed.json["count"] == 2
+        assert_conforms(document_schema, "/faces", "POST", listed)
+    no_face = client.post("/faces", data=files(photo=_blank_jpeg()))
+    assert no_face.json["count"] == 0
+    assert_conforms(document_schema, "/faces", "POST", no_face)
     for pair in (SAME, DIFFERENT):
         response = photo_match(client, face_bytes(pair[0]), face_bytes(pair[1]))
         assert_conforms(document_schema, "/photo_match", "POST", response)
@@ -175,6 +183,15 @@ def test_real_error_responses_match_the_document(
         ("/photo_match", "POST", 422, photo_match(client, sample, blank)),
         ("/embeddings", "POST", 400, client.post("/embeddings", data={"format": "pkl"})),
         ("/embeddings", "POST", 422, client.post("/embeddings", data=files(photo=blank))),
+        ("/faces", "POST", 401, keyed.post("/faces", data=files(photo=sample))),
+        ("/faces", "POST", 400, client.post("/faces", data={**files(photo=sample), "crops": "1"})),
+        (
+            "/faces",
+            "POST",
+            413,
+            client.post("/faces", data=files(photo=png_declaring(10**5, 10**5))),
+        ),
+        ("/faces", "POST", 415, client.post("/faces", data=files(photo=b"text"))),
         ("/cached_match", "POST", 400, cached_match(client, b"[1, 2]", sample)),
         (
             "/cached_match",
@@ -293,7 +310,7 @@ def test_generated_requests_without_a_key_are_all_401_when_keys_are_on(
 ):
     app = create_app(settings.replace(api_keys=KEY_A), engine=engine)
     operation = operation_for(app, path, method)
-    expected = 200 if path == "/ping" else 401
+    expected = 200 if path in OPEN_PATHS else 401
 
     @settings_for_keyed
     @given(case=operation.as_strategy())
@@ -306,3 +323,5 @@ def test_generated_requests_without_a_key_are_all_401_when_keys_are_on(
 
 
 settings_for_keyed = hypothesis_settings(_FUZZ_SETTINGS, max_examples=20)
+#: The paths answered without a key: liveness and the web page (which holds no data).
+OPEN_PATHS = ("/ping", "/")
