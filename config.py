@@ -67,6 +67,11 @@ class Settings:
     max_sample_faces: int = 10  # sample faces embedded and compared at most (best-ranked)
     allow_all_faces: bool = False  # whether a request may ask for sample_faces=all
 
+    # Calibration and quality (calibration.py, face_quality.py)
+    target_far: float | None = None  # a false-accept rate that sets the threshold (LFW table)
+    calibration_dir: str = ""  # folder of calibration tables; empty: the shipped model_data/
+    quality: str = "off"  # the face quality gate: off, warn (list what is low) or reject (422)
+
     # Input limits
     max_upload_mb: float = 10.0
     max_pixels: int = 40_000_000

@@ -26,6 +26,11 @@ what the operator configured (``FACEMATCH_METRIC``, ``FACEMATCH_THRESHOLD``,
   The verify ``rule`` a request may choose is one of ``FACEMATCH_VERIFY_RULES`` (default: only
   ``centroid``, the rule measured best; the first listed is the default); another is refused
   with 403 ``rule_not_allowed``: rules differ in what they accept, so the operator picks.
+- ``threshold=far:RATE`` (and ``FACEMATCH_TARGET_FAR``, which then sets the configured
+  threshold) asks for the loosest threshold whose false-accept rate on the calibration table
+  (``calibration``) stays at or below RATE; it is then checked like a number (403 when looser
+  than the limit). A rate below what the table's sample resolves (1 / its different-person
+  pairs) is 400 ``far_unreachable``, naming the smallest; without a table it is 400.
 - Numbers are ASCII decimals only (``0.5``, ``1``, ``.5``): no sign, exponent, whitespace,
   ``nan``/``inf`` or non-ASCII digits (Python's ``float`` accepts ``"١"`` and ``"１"``).
 
@@ -37,17 +42,25 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gallery_scoring
 import score_service
+from calibration import Calibration
 from config import ConfigError, Settings
-from errors import InvalidParameter, RuleNotAllowed, SampleFacesNotAllowed, ThresholdNotAllowed
+from errors import (
+    InvalidParameter,
+    RuleNotAllowed,
+    SampleFacesNotAllowed,
+    ThresholdNotAllowed,
+    UnreachableTarget,
+)
 
 SAMPLE_FACES = ("primary", "all")
 #: An ASCII decimal: digits with an optional fraction, or a bare fraction; nothing else.
 _DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)")
 _MAX_NUMBER_LENGTH = 32
+FAR_PREFIX = "far:"
 
 
 def parse_decimal(name: str, raw: str) -> float:
@@ -97,6 +110,8 @@ class DecisionPolicy:
     identify_threshold: float | None = None  # the 1:N threshold; None: the measured default
     max_identify_threshold: float | None = None  # None: the identify threshold itself
     verify_rules: tuple[str, ...] = (gallery_scoring.DEFAULT_RULE,)  # the first: the default
+    calibration: Calibration | None = field(default=None, compare=False)  # for far: targets
+    target_far: float | None = None  # the rate that set ``threshold`` (FACEMATCH_TARGET_FAR)
 
     def __post_init__(self) -> None:
         if self.metric not in score_service.METRICS:
@@ -133,16 +148,21 @@ class DecisionPolicy:
             )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> DecisionPolicy:
-        """The policy ``settings`` configure; unset thresholds take the LFW-chosen default and
-        an unset maximum is the threshold itself. Raises ``ConfigError`` for unusable values."""
+    def from_settings(
+        cls, settings: Settings, calibration: Calibration | None = None
+    ) -> DecisionPolicy:
+        """The policy ``settings`` configure, with the serving configuration's ``calibration``
+        table (None: none). Unset thresholds take the LFW-chosen default, or the one
+        ``FACEMATCH_TARGET_FAR`` resolves on the table; an unset maximum is the threshold
+        itself. Raises ``ConfigError`` for unusable values."""
         if settings.metric not in score_service.METRICS:
             raise ConfigError(f"FACEMATCH_METRIC must be one of {', '.join(score_service.METRICS)}")
-        threshold = (
-            score_service.default_threshold(settings.metric)
-            if settings.threshold is None
-            else settings.threshold
-        )
+        if settings.target_far is not None:
+            threshold = _configured_far_threshold(settings, calibration)
+        elif settings.threshold is None:
+            threshold = score_service.default_threshold(settings.metric)
+        else:
+            threshold = settings.threshold
         return cls(
             metric=settings.metric,
             threshold=threshold,
@@ -152,6 +172,8 @@ class DecisionPolicy:
             identify_threshold=settings.identify_threshold,
             max_identify_threshold=settings.max_identify_threshold,
             verify_rules=tuple(r.strip() for r in settings.verify_rules.split(",") if r.strip()),
+            calibration=calibration,
+            target_far=settings.target_far,
         )
 
     @property
@@ -216,11 +238,14 @@ class DecisionPolicy:
         if raw is None or raw == "":
             chosen = convert_threshold(threshold, self.metric, metric)
         else:
-            chosen = parse_decimal("threshold", raw)
+            if raw.startswith(FAR_PREFIX):
+                chosen = convert_threshold(self._far_threshold(raw), "cosine", metric)
+            else:
+                chosen = parse_decimal("threshold", raw)
             if chosen > 2.0:
                 raise InvalidParameter("'threshold' must be a number between 0 and 2")
             limit = convert_threshold(maximum, self.metric, metric)
-            if chosen > limit:
+            if chosen > limit and not math.isclose(chosen, limit, rel_tol=1e-12):
                 raise ThresholdNotAllowed(
                     f"'threshold' may tighten the operator's threshold, not loosen it: the "
                     f"loosest allowed {metric} threshold is {limit:.6g}"
@@ -232,3 +257,43 @@ class DecisionPolicy:
             )
         bound = self.max_sample_faces if mode == "all" else 1
         return Decision(metric, chosen, mode, bound)
+
+    def _far_threshold(self, raw: str) -> float:
+        """The cosine threshold a ``far:RATE`` field asks for on the calibration table:
+        ``InvalidParameter`` for a rate that is not one or without a table,
+        ``UnreachableTarget`` below the smallest rate the table resolves."""
+        rate = parse_decimal("threshold", raw[len(FAR_PREFIX) :])
+        if not 0.0 < rate <= 1.0:
+            raise InvalidParameter("'threshold=far:RATE' needs a rate above 0 and at most 1")
+        if self.calibration is None:
+            raise InvalidParameter(
+                "'threshold=far:' needs a calibration table, and this server's configuration "
+                "has none (see /health)"
+            )
+        try:
+            return self.calibration.threshold_at_far(rate)
+        except ValueError as error:
+            raise UnreachableTarget(
+                f"far:{rate:g} is below what the calibration sample can resolve: {error} "
+                f"({self.calibration.pairs['different']} different-person pairs)"
+            ) from None
+
+
+def _configured_far_threshold(settings: Settings, calibration: Calibration | None) -> float:
+    """The threshold (in ``settings.metric``) ``FACEMATCH_TARGET_FAR`` resolves on the table;
+    ``ConfigError`` when it cannot."""
+    rate = settings.target_far
+    if settings.threshold is not None:
+        raise ConfigError("set FACEMATCH_TARGET_FAR or FACEMATCH_THRESHOLD, not both")
+    if not math.isfinite(rate) or not 0.0 < rate <= 1.0:
+        raise ConfigError("FACEMATCH_TARGET_FAR must be a rate above 0 and at most 1")
+    if calibration is None:
+        raise ConfigError(
+            "FACEMATCH_TARGET_FAR needs a calibration table for this configuration; build one "
+            "with python -m deployment_utils.calibration (see docs/calibration.md)"
+        )
+    try:
+        cosine = calibration.threshold_at_far(rate)
+    except ValueError as error:
+        raise ConfigError(f"FACEMATCH_TARGET_FAR={rate:g} cannot be resolved: {error}") from None
+    return convert_threshold(cosine, "cosine", settings.metric)

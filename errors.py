@@ -151,3 +151,25 @@ class NoReferences(ApiError):
 
     status = 409
     code = "no_references"
+
+
+class UnreachableTarget(ApiError):
+    """A ``threshold=far:`` target below the smallest rate the calibration sample resolves."""
+
+    code = "far_unreachable"
+
+
+class LowQuality(ApiError):
+    """A face below the quality bars while ``FACEMATCH_QUALITY=reject`` (the reasons say which)."""
+
+    status = 422
+    code = "low_quality"
+
+    def __init__(self, reasons: list[str]):
+        super().__init__("the face is below the quality bar: " + "; ".join(reasons))
+        self.reasons = reasons
+
+    def to_dict(self) -> dict:
+        body = super().to_dict()
+        body["error"]["reasons"] = self.reasons
+        return body

@@ -255,6 +255,7 @@ def verify(gallery: str, subject: str):
         "model": model,
         "rule": result.rule,
         "references": result.references,
+        **steps.calibration_json(result.distance, result.threshold, decision.metric),
     }
     if result.votes is not None:
         body.update(votes=result.votes, voters=result.voters)
@@ -263,6 +264,7 @@ def verify(gallery: str, subject: str):
         "gallery": gallery,
         "subject": subject,
         "faces": steps.faces_json(steps.outcome()),
+        **steps.quality_warnings(steps.outcome()),
         "latency_ms": _latency(work),
     }
 
@@ -301,17 +303,24 @@ def identify(gallery: str):
                 "index": i,
                 "box": [round(v, 1) for v in face.box],
                 "probability": face.probability,
+                "quality": steps.face_quality_json(steps.outcome(), "sample", i),
                 **_identification_json(answer),
+                **_identify_calibration(answer, decision),
             }
             for i, (face, answer) in enumerate(zip(compared, found))
         ]
         body = {"results": results, **common}
     else:
-        body = {**_identification_json(found[0]), **common}
+        body = {
+            **_identification_json(found[0]),
+            **common,
+            **_identify_calibration(found[0], decision),
+        }
     return {
         **body,
         "gallery": gallery,
         "faces": steps.faces_json(steps.outcome()),
+        **steps.quality_warnings(steps.outcome()),
         "latency_ms": _latency(work),
     }
 
@@ -373,6 +382,13 @@ def _int_arg(fields, name: str, default: int, maximum: int) -> int:
 
 def _latency(work: GalleryWork) -> dict:
     return steps.latency_json(steps.outcome(), search=work.search_ms)
+
+
+def _identify_calibration(answer: Identification, decision: Decision) -> dict:
+    """The calibration of a 1:N answer at its nearest candidate's distance (far is per
+    comparison: over a gallery of N subjects the chance of a false match grows with N)."""
+    nearest = answer.candidates[0].distance if answer.candidates else None
+    return steps.calibration_json(nearest, decision.threshold, decision.metric)
 
 
 def _identification_json(answer: Identification) -> dict:

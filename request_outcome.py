@@ -15,17 +15,21 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from decision_policy import Decision
+    from face_quality import FaceQuality
     from photo_inferencing import DetectedFace, PhotoFaces
     from score_service import MatchResult
 
 
 @dataclass
 class InputPhoto:
-    """One uploaded photo: its size once decoded, and the faces found (None until detected)."""
+    """One uploaded photo: its size once decoded, the faces found (None until detected), each
+    face's quality (in the faces' order) and what of the primary face is below the bars."""
 
     width: int
     height: int
     found: PhotoFaces | None = None
+    qualities: list[FaceQuality] = field(default_factory=list)
+    below_bar: list[str] = field(default_factory=list)
 
     @property
     def count(self) -> int:

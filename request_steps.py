@@ -17,9 +17,12 @@ import numpy as np
 from flask import current_app, g, request
 from PIL import Image
 
+import face_quality
+from calibration import Calibration
 from config import Settings
-from decision_policy import Decision, DecisionPolicy
-from errors import MissingField, NoFace
+from decision_policy import Decision, DecisionPolicy, convert_threshold
+from errors import LowQuality, MissingField, NoFace
+from face_quality import QualityGate
 from image_decoding import decode_image
 from monitoring.publisher import Publisher
 from photo_inferencing import FaceEngine, PhotoFaces
@@ -36,6 +39,8 @@ class Services:
     policy: DecisionPolicy
     signer: ReferenceSigner | None  # None: signing is off
     publisher: Publisher  # also started by gunicorn_hooks in each worker
+    calibration: Calibration | None = None  # None: no table for this configuration
+    gate: QualityGate = QualityGate()
 
 
 def services() -> Services:
@@ -105,10 +110,22 @@ def find_faces(role: str, image: Image.Image) -> PhotoFaces:
 
 
 def detect(role: str, image: Image.Image) -> PhotoFaces:
-    """Detect faces, note them in the outcome, and refuse a photo without any (422)."""
+    """Detect and measure faces, note them in the outcome, and refuse a photo without any
+    (422 ``no_face``) or, with the gate on ``reject``, one whose primary face is below the
+    quality bars (422 ``low_quality`` with the reasons)."""
     found = find_faces(role, image)
+    photo = outcome().photos[role]
     if found.primary is None:
         raise NoFace(f"no face was found in '{role}'")
+    photo.qualities = [
+        face_quality.measure(image, face.box, face.landmarks, face.probability)
+        for face in found.faces
+    ]
+    gate = services().gate
+    if gate.mode != "off":
+        photo.below_bar = gate.reasons(photo.qualities[0])
+        if photo.below_bar and gate.mode == "reject":
+            raise LowQuality([f"{role}: {reason}" for reason in photo.below_bar])
     return found
 
 
@@ -128,16 +145,45 @@ def embed(crops) -> np.ndarray:
 
 
 def faces_json(done: Outcome) -> dict:
-    """Per uploaded photo: faces found, the primary face's probability and box, image size."""
+    """Per uploaded photo: faces found, the primary face's probability, box and quality, image
+    size, and with the gate on, what of the primary face is below the bars (``below_bar``)."""
+    gated = services().gate.mode != "off"
     return {
         role: {
             "count": photo.count,
             "probability": photo.primary.probability if photo.primary else None,
             "box": [round(v, 1) for v in photo.primary.box] if photo.primary else None,
             "image_size": [photo.width, photo.height],
+            "quality": photo.qualities[0].to_json() if photo.qualities else None,
+            **({"below_bar": photo.below_bar} if gated else {}),
         }
         for role, photo in done.photos.items()
     }
+
+
+def quality_warnings(done: Outcome) -> dict:
+    """With the gate on ``warn``: ``{"quality_warnings": [...]}`` naming each photo's primary
+    face below the bars (``sample: face 38 px wide, needs 60``); else nothing."""
+    if services().gate.mode != "warn":
+        return {}
+    found = [f"{role}: {r}" for role, photo in done.photos.items() for r in photo.below_bar]
+    return {"quality_warnings": found}
+
+
+def face_quality_json(done: Outcome, role: str, index: int) -> dict | None:
+    """The measured quality of face ``index`` (in ranked order) of photo ``role``."""
+    qualities = done.photos[role].qualities
+    return qualities[index].to_json() if index < len(qualities) else None
+
+
+def calibration_json(distance: float | None, threshold: float, metric: str) -> dict:
+    """``{"calibration": {...}}`` for a decision at ``distance`` (None: no candidate) under
+    ``threshold`` in ``metric``, from the serving configuration's table; nothing without one."""
+    table = services().calibration
+    if table is None:
+        return {}
+    cosine = None if distance is None else convert_threshold(distance, metric, "cosine")
+    return {"calibration": table.describe(cosine, convert_threshold(threshold, metric, "cosine"))}
 
 
 def latency_json(done: Outcome, **more: float) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
+import calibration
 import face_listing
 import gallery_routes
 import prometheus_metrics
@@ -32,10 +33,11 @@ import request_steps as steps
 import score_service
 import security
 import web_page
-from config import Settings
+from config import ConfigError, Settings
 from decision_policy import Decision, DecisionPolicy
 from embedding_codec import FORMATS, encode_embedding, parse_embedding
 from errors import ApiError, InvalidParameter, PayloadTooLarge, TooManyParts
+from face_quality import QualityGate
 from photo_inferencing import FaceEngine
 from request_outcome import Outcome
 from request_steps import Services
@@ -61,7 +63,7 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     raise ``ConfigError``.
     """
     settings = config if isinstance(config, Settings) else Settings.from_env(**dict(config or {}))
-    policy = DecisionPolicy.from_settings(settings)
+    gate = QualityGate.from_settings(settings)
     app = _App(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_upload_bytes,
@@ -70,17 +72,54 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     )
     app.json.sort_keys = False
     engine = engine or FaceEngine.from_settings(settings)
+    table = _calibration(settings, engine)
+    policy = DecisionPolicy.from_settings(settings, table)
     build = prometheus_metrics.BuildInfo.of(engine.options)
     publisher = request_metrics.init_app(app, settings, build)
     app.register_blueprint(bp)  # its hooks run before the API-key check: 401s are recorded
     signer = security.init_app(app, settings, OPEN_ENDPOINTS)
-    app.extensions["facematch"] = Services(settings, engine, policy, signer, publisher)
+    app.extensions["facematch"] = Services(
+        settings, engine, policy, signer, publisher, calibration=table, gate=gate
+    )
     gallery_routes.init_app(app, settings)  # the gallery routes; the store opens on first use
     web_page.init_app(app)  # the page at / and its static files
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
+
+
+def _calibration(settings: Settings, engine: FaceEngine) -> calibration.Calibration | None:
+    """The calibration table of the configuration ``engine`` runs, from
+    ``FACEMATCH_CALIBRATION_DIR`` (default: model_data/); None when there is none, and
+    ``ConfigError`` for one that cannot be read."""
+    directory = Path(settings.calibration_dir) if settings.calibration_dir else None
+    try:
+        return calibration.load(engine.options, directory or calibration.MODEL_DATA)
+    except ValueError as error:
+        raise ConfigError(f"FACEMATCH_CALIBRATION_DIR: {error}") from None
+
+
+def _calibration_health(services: Services) -> dict:
+    """Whether decisions carry calibrated rates, and from which table (or why not)."""
+    options = services.engine.options
+    table = services.calibration
+    if table is None:
+        return {
+            "available": False,
+            "key": calibration.embedding_key(options),
+            "reason": f"no calibration table for model '{options.model}' with these engine "
+            f"options (key {calibration.embedding_key(options)}); build one with "
+            "python -m deployment_utils.calibration",
+        }
+    return {
+        "available": True,
+        "key": table.key,
+        "table": table.source,
+        "population": table.population,
+        "pairs": table.pairs,
+        "smallest_far": table.smallest_far,
+    }
 
 
 class _InMemoryRequest(Request):
@@ -161,6 +200,9 @@ def health():
         "device": str(services.engine.device),
         "threshold": services.policy.threshold,
         "metric": services.policy.metric,
+        "target_far": services.policy.target_far,
+        "calibration": _calibration_health(services),
+        "quality": services.gate.mode,
         "metrics": services.publisher.stats(),
     }
 
@@ -207,7 +249,12 @@ def embeddings():
     signed = {"signature": signer.sign(vector, model)} if signer else {}
     if fmt == "json":
         body = json.loads(encode_embedding(vector, "json", {"model": model, **signed}))
-        return {**body, "faces": faces, "latency_ms": steps.latency_json(outcome)}
+        return {
+            **body,
+            "faces": faces,
+            **steps.quality_warnings(outcome),
+            "latency_ms": steps.latency_json(outcome),
+        }
     response = Response(encode_embedding(vector, fmt), mimetype="application/octet-stream")
     response.headers["Content-Disposition"] = f'attachment; filename="embedding.{fmt}"'
     response.headers["X-Facematch-Model"] = model
@@ -255,7 +302,9 @@ def _match_json(outcome: Outcome) -> dict:
         "threshold": result.threshold,
         "metric": result.metric,
         "model": steps.services().engine.model_name,
+        **steps.calibration_json(result.distance, result.threshold, result.metric),
         "faces": steps.faces_json(outcome),
+        **steps.quality_warnings(outcome),
     }
     if outcome.decision.sample_faces == "all":
         body["sample_faces"] = [
@@ -263,8 +312,10 @@ def _match_json(outcome: Outcome) -> dict:
                 "index": i,
                 "box": [round(v, 1) for v in face.box],
                 "probability": face.probability,
+                "quality": steps.face_quality_json(outcome, "sample", i),
                 "distance": r.distance,
                 "match": r.match,
+                **steps.calibration_json(r.distance, r.threshold, r.metric),
             }
             for i, (face, r) in enumerate(zip(outcome.compared, outcome.results))
         ]

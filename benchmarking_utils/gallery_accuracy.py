@@ -37,7 +37,6 @@ from tqdm import tqdm
 import gallery_scoring
 import score_service
 from benchmarking_utils.common import Config, machine, parse_config, write_json
-from benchmarking_utils.lfw import GET_LFW, lfw_dir
 from benchmarking_utils.lfw_embeddings import (
     LfwEmbeddings,
     embed_lfw,
@@ -45,6 +44,7 @@ from benchmarking_utils.lfw_embeddings import (
     person_of,
     settings_key,
 )
+from deployment_utils.lfw import GET_LFW, lfw_dir
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_TO_ONE = score_service.default_threshold("cosine")

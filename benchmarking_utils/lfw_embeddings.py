@@ -23,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarking_utils.common import Config, parse_config
-from benchmarking_utils.lfw import GET_LFW, lfw_dir
 from config import Settings
+from deployment_utils.lfw import GET_LFW, lfw_dir
 from image_decoding import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
