@@ -71,6 +71,11 @@ class Settings:
     max_upload_mb: float = 10.0
     max_pixels: int = 40_000_000
 
+    # Galleries (gallery_store.py): enrolled subjects and their embeddings
+    gallery_url: str = ""  # sqlite:///PATH or postgresql://...; empty: DATA_DIR/gallery.db
+    gallery_max_faces: int = 1_000_000  # faces one gallery may hold
+    gallery_max_subject_faces: int = 100  # faces one subject may hold
+
     # Metrics over MQTT (off when mqtt_host is empty)
     node: str = field(default_factory=socket.gethostname)
     mqtt_host: str = ""

@@ -57,6 +57,40 @@ class NoFace(ApiError):
     code = "no_face"
 
 
+class InvalidId(ApiError):
+    """A gallery, subject or face id outside ``[A-Za-z0-9._-]{1,128}``."""
+
+    code = "invalid_id"
+
+
+class NotFound(ApiError):
+    """An unknown gallery, subject or face; the message names which."""
+
+    status = 404
+    code = "not_found"
+
+
+class ModelMismatch(ApiError):
+    """A gallery holds embeddings of one model and the request brings another (names both)."""
+
+    status = 409
+    code = "model_mismatch"
+
+
+class GalleryFull(ApiError):
+    """A configured gallery size limit would be exceeded; the message gives the limit."""
+
+    status = 409
+    code = "gallery_full"
+
+
+class GalleryUnavailable(ApiError):
+    """The gallery database is down or unreachable; the routes add ``Retry-After``."""
+
+    status = 503
+    code = "gallery_unavailable"
+
+
 class Unauthorized(ApiError):
     """No API key, or one that is not configured: the message never says which."""
 

@@ -638,3 +638,63 @@ def nginx():
     for server, directory in started:
         server.stop()
         remove(directory)
+
+
+# --- PostgreSQL with pgvector (PyPI pgserver) ------------------------------------------------
+
+
+class Postgres:
+    """A PostgreSQL 16 with pgvector from PyPI's ``pgserver``, on a unix socket in its own
+    temporary data directory; ``database()`` makes a fresh database and returns its URL."""
+
+    def __init__(self):
+        import pgserver
+
+        self.workdir = workdir("postgres")
+        self.server = pgserver.get_server(self.workdir, cleanup_mode="stop")
+        self.url = self.server.get_uri()
+        self._count = 0
+
+    def database(self) -> str:
+        """A new empty database on this server: its ``postgresql://`` URL."""
+        import psycopg
+
+        self._count += 1
+        name = f"test_{os.getpid()}_{self._count}"
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return self.server.get_uri(name)
+
+    def drop(self, url: str) -> None:
+        """Drop a database ``database()`` made (its connections are ended first)."""
+        import psycopg
+
+        name = urllib.parse.urlsplit(url).path.lstrip("/")
+        with psycopg.connect(self.url, autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def stop(self) -> None:
+        """Stop the server (idempotent) and remove its data directory."""
+        if self.server is not None:
+            self.server.cleanup()
+            self.server = None
+        remove(self.workdir)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One PostgreSQL with pgvector for the whole run (about 1.3 s to start)."""
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def postgres(postgres_server) -> str:
+    """The URL of a fresh, empty database on the session's PostgreSQL, dropped after the test;
+    facematch servers started by the test can share it."""
+    url = postgres_server.database()
+    yield url
+    postgres_server.drop(url)
