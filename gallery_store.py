@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -134,6 +135,14 @@ class GalleryStore(Protocol):
     ) -> FaceAdded:
         """Store one embedding of ``subject``, creating the gallery and subject if new.
         ``GalleryFull`` past a limit, ``ModelMismatch`` if the gallery holds another model's."""
+        ...
+
+    def add_faces(
+        self, gallery: str, faces: Sequence[tuple[str, np.ndarray, FaceSource]], model: str
+    ) -> list[FaceAdded]:
+        """Store several ``(subject, vector, source)`` embeddings in one transaction (all or
+        none; many times faster than one ``add_face`` each: an import, a bulk enrolment); one
+        ``FaceAdded`` each, in order. Same checks and errors as ``add_face``."""
         ...
 
     def put_subject(self, gallery: str, subject: str, name: str | None, metadata: Any) -> Subject:
