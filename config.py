@@ -75,6 +75,8 @@ class Settings:
     gallery_url: str = ""  # sqlite:///PATH or postgresql://...; empty: DATA_DIR/gallery.db
     gallery_max_faces: int = 1_000_000  # faces one gallery may hold
     gallery_max_subject_faces: int = 100  # faces one subject may hold
+    # PostgreSQL's HNSW search: candidates visited per query (recall against speed, 1..1000)
+    gallery_ef_search: int = 100
 
     # Metrics over MQTT (off when mqtt_host is empty)
     node: str = field(default_factory=socket.gethostname)

@@ -299,9 +299,12 @@ def default_url(data_dir: str) -> str:
     return f"sqlite:///{data_dir}/gallery.db"
 
 
-def open_gallery_store(url: str, limits: StoreLimits | None = None) -> GalleryStore:
+def open_gallery_store(
+    url: str, limits: StoreLimits | None = None, ef_search: int | None = None
+) -> GalleryStore:
     """Open the store ``url`` names (``sqlite:///PATH`` or ``postgresql://...``) without
-    connecting: the first call connects, in the process and thread that makes it."""
+    connecting: the first call connects, in the process and thread that makes it.
+    ``ef_search``: PostgreSQL's ``hnsw.ef_search`` (None: the backend's default)."""
     limits = limits or StoreLimits()
     if url.startswith("sqlite:///"):
         from gallery_sqlite import SqliteGalleryStore
@@ -310,7 +313,9 @@ def open_gallery_store(url: str, limits: StoreLimits | None = None) -> GallerySt
     if url.startswith(("postgresql://", "postgres://")):
         from gallery_postgres import PostgresGalleryStore
 
-        return PostgresGalleryStore(url, limits)
+        if ef_search is None:
+            return PostgresGalleryStore(url, limits)
+        return PostgresGalleryStore(url, limits, ef_search=ef_search)
     raise ValueError("FACEMATCH_GALLERY_URL must start with sqlite:/// or postgresql://")
 
 
@@ -318,4 +323,4 @@ def store_from_settings(settings) -> GalleryStore:
     """The store a ``config.Settings`` configures (not yet connected)."""
     url = settings.gallery_url or default_url(str(settings.data_path))
     limits = StoreLimits(settings.gallery_max_faces, settings.gallery_max_subject_faces)
-    return open_gallery_store(url, limits)
+    return open_gallery_store(url, limits, settings.gallery_ef_search)

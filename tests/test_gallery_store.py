@@ -418,7 +418,7 @@ def test_concurrent_adds_never_pass_the_subject_limit(open_store):
     assert len(stores[1].get_subject("site", "mo").faces) == 5
 
 
-def test_limits_come_from_settings(tmp_path):
+def test_limits_and_ef_search_come_from_settings(tmp_path):
     settings = Settings(data_dir=str(tmp_path), gallery_max_faces=7, gallery_max_subject_faces=2)
     store = store_from_settings(settings)
     try:
@@ -427,6 +427,14 @@ def test_limits_come_from_settings(tmp_path):
         assert (tmp_path / "gallery.db").exists()
     finally:
         store.close()
+    postgres = store_from_settings(settings.replace(gallery_url="postgresql://h/db"))
+    assert postgres.ef_search == settings.gallery_ef_search == gallery_postgres.EF_SEARCH
+    tuned = store_from_settings(
+        settings.replace(gallery_url="postgresql://h/db", gallery_ef_search=250)
+    )
+    assert tuned.ef_search == 250
+    with pytest.raises(ValueError, match="ef_search"):
+        gallery_postgres.PostgresGalleryStore("postgresql://h/db", ef_search=1001)
 
 
 # --- several workers and nodes ----------------------------------------------------------------
