@@ -60,6 +60,7 @@ import numpy as np
 
 from benchmarking_utils.common import machine, write_json
 from config import Settings
+from deployment_utils.lfw import lfw_dir
 from gallery_store import FaceSource, open_gallery_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +71,6 @@ K = 5  # identify's default top_k
 CHUNK = 50_000  # synthetic vectors generated (and written) at a time
 EF_SEARCHES = (40, 100, 200)
 LFW_CACHE = REPO / "benchmark_results" / "cache"
-LFW_IMAGES = REPO.parent.parent / "shared" / "data" / "lfw" / "images"
 
 
 # --- the data ---------------------------------------------------------------------------------
@@ -639,7 +639,7 @@ def http_identify(url: str, gallery: str, photos: list[Path], api_key: str, roun
 
 def lfw_photos(count: int, seed: int) -> list[Path]:
     """``count`` LFW photos of different people, chosen with ``seed``."""
-    people = sorted(p for p in LFW_IMAGES.iterdir() if p.is_dir())
+    people = sorted(p for p in (lfw_dir() / "images").iterdir() if p.is_dir())
     rng = np.random.default_rng(seed)
     chosen = rng.permutation(len(people))[:count]
     return [sorted(people[i].glob("*.jpg"))[0] for i in sorted(chosen)]
