@@ -83,18 +83,17 @@ class FaceMatrix:
         self.subjects: list[str] = []
         self._subject_index: dict[str, int] = {}
 
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` faces in all (a load that knows its size grows once)."""
+        if capacity > len(self.vectors):
+            self._grow_to(capacity)
+
     def append(self, ids: list[int], subjects: list[str], vectors: np.ndarray) -> None:
         """Add faces (unit vectors, shape (m, 512)); not thread-safe: callers serialise."""
         m = len(ids)
         need = self.n + m
         if need > len(self.vectors):
-            capacity = max(need + need // 4, 1024)
-            self.vectors = _grow(self.vectors, capacity)
-            self.ids = _grow(self.ids, capacity)
-            self.owners = _grow(self.owners, capacity)
-            self.scales = _grow(self.scales, capacity)
-            self.residuals = _grow(self.residuals, capacity)
-            self.offsets = _grow(self.offsets, capacity)
+            self._grow_to(max(need + need // 4, 1024))
         rows = slice(self.n, need)
         self.vectors[rows] = vectors
         self.ids[rows] = ids
@@ -122,6 +121,14 @@ class FaceMatrix:
             ].T
             start = end
         self.n = need
+
+    def _grow_to(self, capacity: int) -> None:
+        self.vectors = _grow(self.vectors, capacity)
+        self.ids = _grow(self.ids, capacity)
+        self.owners = _grow(self.owners, capacity)
+        self.scales = _grow(self.scales, capacity)
+        self.residuals = _grow(self.residuals, capacity)
+        self.offsets = _grow(self.offsets, capacity)
 
     def _snapshot(self) -> _Snapshot:
         n = self.n

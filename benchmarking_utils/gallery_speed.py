@@ -359,6 +359,22 @@ def recall_at_1(tops: list, exact: tuple[np.ndarray, list[str]]) -> float:
     return round(hits / len(tops), 4)
 
 
+def int8_scan(matrix, queries: np.ndarray) -> dict:
+    """The int8 pass alone (what bounds the SQLite search): p50 and p99 per query, and the
+    rate it reads the int8 matrix at (GB/s)."""
+    from gallery_search import _approximate
+
+    snapshot = matrix._snapshot()
+    times = []
+    for query in queries:
+        start = time.perf_counter()
+        _approximate(snapshot, query)
+        times.append((time.perf_counter() - start) * 1000)
+    result = percentiles(times)
+    read = snapshot.n * DIM / 1e9
+    return {**result, "read_gb_per_s": round(read / (result["p50_ms"] / 1000), 2), **conditions()}
+
+
 def worker_memory(path: Path, gallery: str, model: str) -> dict:
     """RSS and PSS (MiB) of a fresh process before and after it searched ``gallery`` once
     (which loads its matrix), and the seconds that first search took."""
@@ -473,10 +489,12 @@ def measure_sqlite(run: Run, dataset: Dataset, exact) -> dict:
     memory = {**worker_memory(path, gallery, run.model), **conditions()}
     store = open_gallery_store(url)
     times, tops = time_searches(store, gallery, dataset, run.model)
+    search = {**percentiles(times), **conditions()}
     result = {
         "backend": "sqlite",
         "faces": dataset.size,
-        "search": {**percentiles(times), **conditions()},
+        "search": search,
+        "int8_scan": int8_scan(store._matrices[gallery].faces, dataset.queries),
         "recall_at_1": recall_at_1(tops, exact),
         "memory_per_worker": memory,
         "database_mib": round(path.stat().st_size / 2**20, 1),

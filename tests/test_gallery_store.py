@@ -630,9 +630,26 @@ def test_opening_a_version_1_database_upgrades_it_and_keeps_its_data(
     )
     assert store.search("old", vector, MODEL, 1)[0].subject == "vic"
     np.testing.assert_allclose(store.subject_vectors("old", "vic", MODEL), [vector], atol=1e-6)
-    assert query("SELECT version FROM schema_version") == [(2,)]
+    current = gallery_sqlite if gallery_url.startswith("sqlite") else gallery_postgres
+    assert query("SELECT version FROM schema_version") == [(current.SCHEMA_VERSION,)]
     store.add_face("old", "vic", unit(1, seed=14)[0], MODEL, SOURCE)
     assert store.gallery_size("old") == 2
+
+
+def test_sqlite_loads_a_gallery_in_id_order_from_its_index_without_sorting(tmp_path):
+    """SQLite only (schema 3): the matrix load reads one gallery's faces by (gallery, id)."""
+    store = open_gallery_store(f"sqlite:///{tmp_path / 'gallery.db'}")
+    store.add_face("site", "x", unit(1)[0], MODEL, SOURCE)
+    connection = sqlite3.connect(tmp_path / "gallery.db")
+    plan = connection.execute(
+        "EXPLAIN QUERY PLAN SELECT id, subject, vector FROM faces "
+        "WHERE gallery = ? AND model = ? AND id > ? ORDER BY id LIMIT ?",
+        ("site", MODEL, 0, 10),
+    ).fetchall()
+    connection.close()
+    store.close()
+    details = " ".join(row[-1] for row in plan)
+    assert "faces_by_gallery" in details and "TEMP B-TREE" not in details
 
 
 def test_a_database_from_a_newer_facematch_is_refused(gallery_store, query):
