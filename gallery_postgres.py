@@ -134,6 +134,8 @@ class PostgresGalleryStore(SqlGalleryStore):
         index_from: int = INDEX_FROM,
         ef_search: int = EF_SEARCH,
         build_memory: str = BUILD_MEMORY,
+        hnsw_m: int = HNSW_M,
+        hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
     ) -> None:
         super().__init__(limits or StoreLimits())
         if not 1 <= ef_search <= 1000 or not re.fullmatch(r"[1-9][0-9]*[kMG]B", build_memory):
@@ -142,6 +144,8 @@ class PostgresGalleryStore(SqlGalleryStore):
         self.index_from = index_from  # faces from which a gallery gets its HNSW index
         self.ef_search = ef_search  # hnsw.ef_search of indexed searches (at least)
         self.build_memory = build_memory  # maintenance_work_mem of an index build
+        self.hnsw_m = int(hnsw_m)  # the index's graph degree (pgvector: 2..100)
+        self.hnsw_ef_construction = int(hnsw_ef_construction)  # build candidates (4..1000)
         self._pid = -1
         self._reset()
 
@@ -261,8 +265,8 @@ class PostgresGalleryStore(SqlGalleryStore):
                         "WHERE gallery = {}"
                     ).format(
                         sql.Identifier(name),
-                        HNSW_M,
-                        HNSW_EF_CONSTRUCTION,
+                        self.hnsw_m,
+                        self.hnsw_ef_construction,
                         sql.Literal(gallery),
                     )
                 )

@@ -61,6 +61,7 @@ import numpy as np
 from benchmarking_utils.common import machine, write_json
 from config import Settings
 from deployment_utils.lfw import lfw_dir
+from gallery_postgres import HNSW_EF_CONSTRUCTION, HNSW_M
 from gallery_store import FaceSource, open_gallery_store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -458,6 +459,8 @@ class Run:
     pg_url: str
     shared_buffers: str
     build_memory: str
+    hnsw_m: int
+    hnsw_ef_construction: int
     enrol_faces: int
     batch: int
     reuse: bool
@@ -508,8 +511,11 @@ def measure_postgres(run: Run, base_url: str, dataset: Dataset, exact) -> dict:
     from gallery_postgres import PostgresGalleryStore
 
     gallery = _gallery(dataset.size)
-    url = database_url(base_url, f"gallery_speed_{dataset.size}")
-    builds = run.workdir / f"postgres-{dataset.size}-build.json"
+    index = f"{dataset.size}"
+    if (run.hnsw_m, run.hnsw_ef_construction) != (HNSW_M, HNSW_EF_CONSTRUCTION):
+        index += f"_m{run.hnsw_m}_efc{run.hnsw_ef_construction}"
+    url = database_url(base_url, f"gallery_speed_{index}")
+    builds = run.workdir / f"postgres-{index}-build.json"
     if not (run.reuse and _prepared(url, gallery, dataset.size) and builds.exists()):
         import psycopg
 
@@ -522,7 +528,12 @@ def measure_postgres(run: Run, base_url: str, dataset: Dataset, exact) -> dict:
         load_postgres(url, gallery, dataset, run.model)
         loaded = time.perf_counter() - start
         print(f"postgres {dataset.size}: loaded in {loaded:.0f} s", flush=True)
-        store = PostgresGalleryStore(url, build_memory=run.build_memory)
+        store = PostgresGalleryStore(
+            url,
+            build_memory=run.build_memory,
+            hnsw_m=run.hnsw_m,
+            hnsw_ef_construction=run.hnsw_ef_construction,
+        )
         before = conditions()
         start = time.perf_counter()
         if not store.build_index(gallery):
@@ -532,6 +543,8 @@ def measure_postgres(run: Run, base_url: str, dataset: Dataset, exact) -> dict:
             "build_s": round(seconds, 1),
             "load_s": round(loaded, 1),
             "maintenance_work_mem": run.build_memory,
+            "m": run.hnsw_m,
+            "ef_construction": run.hnsw_ef_construction,
             "load_average_before": before["load_average"],
             **conditions(),
         }
@@ -564,7 +577,7 @@ def measure_postgres(run: Run, base_url: str, dataset: Dataset, exact) -> dict:
     return {
         "backend": "postgres",
         "faces": dataset.size,
-        "index": build,
+        "index": {"m": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, **build},
         "searches": searches,
         "table_mib": round(table / 2**20, 1),
         "index_mib": round(index / 2**20, 1),
@@ -682,11 +695,15 @@ def table(result: dict) -> str:
                 f"{s['p99_ms']} | {entry['recall_at_1']} | {s['load_average']}{mark} |"
             )
         else:
+            graph = (
+                f"HNSW m {entry['index']['m']}, ef_construction {entry['index']['ef_construction']}"
+            )
             for s in entry["searches"]:
                 mark = " (loaded)" if s["loaded"] else ""
                 lines.append(
-                    f"| PostgreSQL | {faces} | HNSW ef_search {s['ef_search']} | {s['p50_ms']} | "
-                    f"{s['p99_ms']} | {s['recall_at_1']} | {s['load_average']}{mark} |"
+                    f"| PostgreSQL | {faces} | {graph}, ef_search {s['ef_search']} | "
+                    f"{s['p50_ms']} | {s['p99_ms']} | {s['recall_at_1']} | "
+                    f"{s['load_average']}{mark} |"
                 )
     return "\n".join(lines)
 
@@ -721,6 +738,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pg-url", default="", help="a PostgreSQL with pgvector to use")
     parser.add_argument("--shared-buffers", default="4GB", help="of the started PostgreSQL")
     parser.add_argument("--build-memory", default="4GB", help="maintenance_work_mem of builds")
+    parser.add_argument("--hnsw-m", type=int, default=HNSW_M, help="the index's graph degree")
+    parser.add_argument("--ef-construction", type=int, default=HNSW_EF_CONSTRUCTION)
     parser.add_argument("--enrol-faces", type=int, default=1000, help="0: skip enrolment rates")
     parser.add_argument("--batch", type=int, default=500, help="faces per add_faces call")
     parser.add_argument("--reuse", action="store_true", help="keep galleries already loaded")
@@ -765,6 +784,8 @@ def main(argv: list[str] | None = None) -> int:
         pg_url=args.pg_url,
         shared_buffers=args.shared_buffers,
         build_memory=args.build_memory,
+        hnsw_m=args.hnsw_m,
+        hnsw_ef_construction=args.ef_construction,
         enrol_faces=args.enrol_faces,
         batch=args.batch,
         reuse=args.reuse,

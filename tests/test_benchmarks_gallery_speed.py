@@ -54,7 +54,7 @@ def test_the_command_measures_both_backends_and_reuses_its_galleries(
     for backend in ("sqlite", "postgres"):
         rates = result["enrolment"][backend]
         assert rates["one_by_one_faces_per_s"] > 0 and rates["batch_faces_per_s"] > 0
-    assert "| PostgreSQL | 1,500 | HNSW ef_search 200 |" in first
+    assert "| PostgreSQL | 1,500 | HNSW m 16, ef_construction 64, ef_search 200 |" in first
     assert "loaded in" in first
 
     assert gallery_speed.main(argv) == 0  # --reuse: the galleries are not written again
