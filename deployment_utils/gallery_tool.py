@@ -396,9 +396,11 @@ def import_gallery(
                 continue
             record = _record(line, number)
             subject = record["subject"]
-            if record.get("name") is not None or record.get("metadata") is not None:
+            faces = _faces_of(record, number)
+            described = record.get("name") is not None or record.get("metadata") is not None
+            if described or not faces:  # a subject without faces is kept too
                 store.put_subject(target, subject, record.get("name"), record.get("metadata"))
-            for vector, source in _faces_of(record, number):
+            for vector, source in faces:
                 pending.append((subject, vector, source))
             if len(pending) >= batch:
                 store.add_faces(target, pending, model)

@@ -110,6 +110,7 @@ def sqlite_gallery(engine, settings, photo_tree, tmp_path):
     store = open_gallery_store(f"sqlite:///{tmp_path / 'source.db'}")
     enrol_folder(store, engine, "staff", photo_tree, settings.max_pixels, progress=False)
     store.put_subject("staff", "Colin_Powell", "Colin Powell", {"team": "blue", "n": [1, 2]})
+    store.put_subject("staff", "Zoe_New", None, None)  # no face yet
     yield store
     store.close()
 
@@ -123,13 +124,14 @@ def test_export_from_sqlite_then_import_into_postgres_searches_the_same(
     assert main(["--url", source_url, "--quiet", "export", "--gallery", "staff", str(export)]) == 0
     lines = export.read_bytes().splitlines()
     assert json.loads(lines[0])["model"] == engine.model_name
-    assert json.loads(lines[-1])["end"] == {"subjects": 4, "faces": 9}
+    assert json.loads(lines[-1])["end"] == {"subjects": 5, "faces": 9}
     assert json.loads(lines[-1])["signature"].startswith("v1.")
 
     assert main(["--url", postgres, "--quiet", "import", str(export)]) == 0
 
     target = open_gallery_store(postgres)
     try:
+        assert target.get_subject("staff", "Zoe_New").faces == ()
         colin = target.get_subject("staff", "Colin_Powell")
         assert colin.subject.name == "Colin Powell"
         assert colin.subject.metadata == {"team": "blue", "n": [1, 2]}
