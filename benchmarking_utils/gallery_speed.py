@@ -335,18 +335,34 @@ def percentiles(values: list[float]) -> dict:
     }
 
 
-def time_searches(store, gallery: str, dataset: Dataset, model: str) -> tuple[list, list]:
-    """One untimed pass, then one timed pass of ``search_subjects`` over every query: the
-    milliseconds and the top candidate of each."""
+def time_searches(store, gallery: str, dataset: Dataset, model: str) -> tuple[dict, list]:
+    """One untimed pass, then one timed pass of ``search_subjects`` over every query: p50 and
+    p99 of the wall time, the CPU time of the searching thread (p50; a search that had a core to
+    itself would take about this long), for PostgreSQL the mean CPU time of its server process
+    per search, and the top candidate of each."""
     for query in dataset.queries:
         store.search_subjects(gallery, query, model, K)
-    times, tops = [], []
+    connection = getattr(getattr(store, "_local", None), "connection", None)
+    server = connection.info.backend_pid if hasattr(connection, "info") else None
+    server_before = _process_cpu_ms(server) if server else 0.0
+    times, cpu, tops = [], [], []
     for query in dataset.queries:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         found = store.search_subjects(gallery, query, model, K)
+        cpu.append((time.thread_time() - start_cpu) * 1000)
         times.append((time.perf_counter() - start) * 1000)
         tops.append(found[0])
-    return times, tops
+    result = {**percentiles(times), "thread_cpu_p50_ms": round(float(np.median(cpu)), 3)}
+    if server:
+        used = _process_cpu_ms(server) - server_before
+        result["server_cpu_mean_ms"] = round(used / len(times), 3)
+    return result, tops
+
+
+def _process_cpu_ms(pid: int) -> float:
+    """User plus system CPU time of process ``pid`` so far, in milliseconds (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * 1000 / os.sysconf("SC_CLK_TCK")
 
 
 def recall_at_1(tops: list, exact: tuple[np.ndarray, list[str]]) -> float:
@@ -491,8 +507,8 @@ def measure_sqlite(run: Run, dataset: Dataset, exact) -> dict:
         print(f"sqlite {dataset.size}: loaded in {time.perf_counter() - start:.0f} s", flush=True)
     memory = {**worker_memory(path, gallery, run.model), **conditions()}
     store = open_gallery_store(url)
-    times, tops = time_searches(store, gallery, dataset, run.model)
-    search = {**percentiles(times), **conditions()}
+    timed, tops = time_searches(store, gallery, dataset, run.model)
+    search = {**timed, **conditions()}
     result = {
         "backend": "sqlite",
         "faces": dataset.size,
@@ -555,12 +571,12 @@ def measure_postgres(run: Run, base_url: str, dataset: Dataset, exact) -> dict:
     searches = []
     for ef_search in run.ef_searches:
         store = PostgresGalleryStore(url, ef_search=ef_search)
-        times, tops = time_searches(store, gallery, dataset, run.model)
+        timed, tops = time_searches(store, gallery, dataset, run.model)
         store.close()
         searches.append(
             {
                 "ef_search": ef_search,
-                **percentiles(times),
+                **timed,
                 "recall_at_1": recall_at_1(tops, exact),
                 **conditions(),
             }
@@ -680,31 +696,30 @@ def lfw_photos(count: int, seed: int) -> list[Path]:
 
 
 def table(result: dict) -> str:
-    """Markdown rows of the search figures."""
+    """Markdown rows of the search figures (CPU: the searching thread's for SQLite, the server
+    process's for PostgreSQL)."""
     lines = [
-        "| backend | faces | setting | search p50 (ms) | p99 (ms) | recall@1 | load avg |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| backend | faces | setting | search p50 (ms) | p99 (ms) | CPU (ms) | recall@1 | load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for entry in result.get("results", []):
         faces = f"{entry['faces']:,}"
         if entry["backend"] == "sqlite":
-            s = entry["search"]
+            rows = [("SQLite", "exact (int8 + rescoring)", entry["search"], entry["recall_at_1"])]
+        else:
+            index = entry["index"]
+            graph = f"HNSW m {index.get('m')}, ef_construction {index.get('ef_construction')}"
+            rows = [
+                ("PostgreSQL", f"{graph}, ef_search {s['ef_search']}", s, s["recall_at_1"])
+                for s in entry["searches"]
+            ]
+        for backend, setting, s, recall in rows:
+            cpu = s.get("thread_cpu_p50_ms") if backend == "SQLite" else s.get("server_cpu_mean_ms")
             mark = " (loaded)" if s["loaded"] else ""
             lines.append(
-                f"| SQLite | {faces} | exact (int8 + rescoring) | {s['p50_ms']} | "
-                f"{s['p99_ms']} | {entry['recall_at_1']} | {s['load_average']}{mark} |"
+                f"| {backend} | {faces} | {setting} | {s['p50_ms']} | {s['p99_ms']} | {cpu} | "
+                f"{recall} | {s['load_average']}{mark} |"
             )
-        else:
-            graph = (
-                f"HNSW m {entry['index']['m']}, ef_construction {entry['index']['ef_construction']}"
-            )
-            for s in entry["searches"]:
-                mark = " (loaded)" if s["loaded"] else ""
-                lines.append(
-                    f"| PostgreSQL | {faces} | {graph}, ef_search {s['ef_search']} | "
-                    f"{s['p50_ms']} | {s['p99_ms']} | {s['recall_at_1']} | "
-                    f"{s['load_average']}{mark} |"
-                )
     return "\n".join(lines)
 
 

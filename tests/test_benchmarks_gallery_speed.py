@@ -51,6 +51,8 @@ def test_the_command_measures_both_backends_and_reuses_its_galleries(
         assert postgres["index"]["build_s"] >= 0 and postgres["index_mib"] > 0
         assert [s["ef_search"] for s in postgres["searches"]] == [40, 200]
         assert postgres["searches"][-1]["recall_at_1"] >= 0.95
+        assert sqlite["search"]["thread_cpu_p50_ms"] > 0
+        assert postgres["searches"][0]["server_cpu_mean_ms"] >= 0
     for backend in ("sqlite", "postgres"):
         rates = result["enrolment"][backend]
         assert rates["one_by_one_faces_per_s"] > 0 and rates["batch_faces_per_s"] > 0
