@@ -86,6 +86,9 @@ class Settings:
     verify_rules: str = "centroid"  # verify rules a request may choose; the first: default
     gallery_retry_after: int = 5  # s: a 503's Retry-After; a worker retries a down db after it
 
+    # PostgreSQL's HNSW search: candidates visited per query (recall against speed, 1..1000)
+    gallery_ef_search: int = 100
+
     # Metrics over MQTT (off when mqtt_host is empty)
     node: str = field(default_factory=socket.gethostname)
     mqtt_host: str = ""

@@ -62,8 +62,9 @@ class _Snapshot:
     blocks: tuple[np.ndarray, ...]  # (512, BLOCK) int8 each, columns = rows
     scales: np.ndarray  # (n,) float32: row ~= scale * int8 row
     residuals: np.ndarray  # (n,) float32: || row - scale * int8 row ||
-    sums: np.ndarray  # (n,) int32: sum of each int8 row (the query goes in as u8 = int8 + 128)
+    offsets: np.ndarray  # (n,) int32: 128 x the sum of each int8 row (the query's u8 shift)
     owners: np.ndarray  # (n,) int32: index of each row's subject
+    max_residual: float  # the largest of ``residuals``
 
 
 class FaceMatrix:
@@ -76,23 +77,23 @@ class FaceMatrix:
         self.owners = np.empty(0, np.int32)
         self.scales = np.empty(0, np.float32)
         self.residuals = np.empty(0, np.float32)
-        self.sums = np.empty(0, np.int32)
+        self.offsets = np.empty(0, np.int32)
+        self.max_residual = 0.0
         self.blocks: list[np.ndarray] = []
         self.subjects: list[str] = []
         self._subject_index: dict[str, int] = {}
+
+    def reserve(self, capacity: int) -> None:
+        """Make room for ``capacity`` faces in all (a load that knows its size grows once)."""
+        if capacity > len(self.vectors):
+            self._grow_to(capacity)
 
     def append(self, ids: list[int], subjects: list[str], vectors: np.ndarray) -> None:
         """Add faces (unit vectors, shape (m, 512)); not thread-safe: callers serialise."""
         m = len(ids)
         need = self.n + m
         if need > len(self.vectors):
-            capacity = max(need + need // 4, 1024)
-            self.vectors = _grow(self.vectors, capacity)
-            self.ids = _grow(self.ids, capacity)
-            self.owners = _grow(self.owners, capacity)
-            self.scales = _grow(self.scales, capacity)
-            self.residuals = _grow(self.residuals, capacity)
-            self.sums = _grow(self.sums, capacity)
+            self._grow_to(max(need + need // 4, 1024))
         rows = slice(self.n, need)
         self.vectors[rows] = vectors
         self.ids[rows] = ids
@@ -105,8 +106,10 @@ class FaceMatrix:
         scales = np.maximum(np.abs(vectors).max(axis=1), 1e-12) / 127.0
         codes = np.rint(vectors / scales[:, None]).astype(np.int8)
         self.scales[rows] = scales
-        self.residuals[rows] = np.linalg.norm(vectors - scales[:, None] * codes, axis=1)
-        self.sums[rows] = codes.sum(axis=1, dtype=np.int32)
+        residuals = np.linalg.norm(vectors - scales[:, None] * codes, axis=1)
+        self.residuals[rows] = residuals
+        self.max_residual = max(self.max_residual, float(residuals.max(initial=0.0)))
+        self.offsets[rows] = 128 * codes.sum(axis=1, dtype=np.int32)
         start = self.n
         while start < need:
             block, column = divmod(start, BLOCK)
@@ -119,6 +122,14 @@ class FaceMatrix:
             start = end
         self.n = need
 
+    def _grow_to(self, capacity: int) -> None:
+        self.vectors = _grow(self.vectors, capacity)
+        self.ids = _grow(self.ids, capacity)
+        self.owners = _grow(self.owners, capacity)
+        self.scales = _grow(self.scales, capacity)
+        self.residuals = _grow(self.residuals, capacity)
+        self.offsets = _grow(self.offsets, capacity)
+
     def _snapshot(self) -> _Snapshot:
         n = self.n
         return _Snapshot(
@@ -127,8 +138,9 @@ class FaceMatrix:
             tuple(self.blocks[: -(-n // BLOCK)]),
             self.scales[:n],
             self.residuals[:n],
-            self.sums[:n],
+            self.offsets[:n],
             self.owners[:n],
+            self.max_residual,
         )
 
     def nearest(self, query: np.ndarray, k: int, per_subject: bool) -> list[tuple[int, float]]:
@@ -137,7 +149,7 @@ class FaceMatrix:
         snap = self._snapshot()
         if snap.n == 0:
             return []
-        approx, bound = _approximate(snap, query)
+        approx, q_error = _approximate(snap, query)
         # an exact k-th best score from the best approximate rows: a floor for the answer
         take = min(snap.n, 4 * k if per_subject else k)
         while True:
@@ -147,7 +159,11 @@ class FaceMatrix:
                 break
             take = min(snap.n, 4 * take)
         floor = chosen[-1][1] if len(chosen) == k else -np.inf
-        candidates = np.flatnonzero(approx + bound >= floor)
+        # rows within the largest error bound of the floor, then each row's own bound
+        loose = snap.max_residual + (1.0 + snap.max_residual) * q_error + _SLACK
+        candidates = np.flatnonzero(approx >= np.float32(floor - loose))
+        bound = snap.residuals[candidates] + (1.0 + snap.residuals[candidates]) * q_error
+        candidates = candidates[approx[candidates] + bound + np.float32(_SLACK) >= floor]
         exact = snap.vectors[candidates] @ query
         return [
             (int(i), float(min(max(1.0 - s, 0.0), 2.0)))
@@ -155,8 +171,9 @@ class FaceMatrix:
         ]
 
 
-def _approximate(snap: _Snapshot, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """int8 scores of every row, and a bound on each one's distance from the exact score."""
+def _approximate(snap: _Snapshot, query: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """int8 scores of every row, and the query's rounding error ``e``: a row's score is within
+    ``r + (1 + r) e`` of the exact one (``r``: the row's residual)."""
     q_scale = max(float(np.abs(query).max()), 1e-12) / 127.0
     q_codes = np.rint(query / q_scale)
     q_error = float(np.linalg.norm(query - q_scale * q_codes))
@@ -165,17 +182,28 @@ def _approximate(snap: _Snapshot, query: np.ndarray) -> tuple[np.ndarray, np.nda
     parts = [session.run(None, {"query": q_bytes, "block": block})[0][0] for block in snap.blocks]
     raw = np.concatenate(parts)[: snap.n] if len(parts) > 1 else parts[0][: snap.n]
     # (p + 128).c = p.c + 128 sum(c): a zero point in the graph would take a slower kernel
-    approx = (raw - 128 * snap.sums).astype(np.float32) * (snap.scales * np.float32(q_scale))
+    np.subtract(raw, snap.offsets, out=raw)
+    approx = raw.astype(np.float32)
+    approx *= snap.scales
+    approx *= np.float32(q_scale)
     # |v.q - (s c).(t p)| <= |(v - s c).q| + |(s c).(q - t p)| <= r + (1 + r) e
-    bound = snap.residuals + (1.0 + snap.residuals) * np.float32(q_error) + np.float32(_SLACK)
-    return approx, bound
+    return approx, np.float32(q_error)
 
 
 def _top(scores: np.ndarray, count: int) -> np.ndarray:
-    """Indexes of the ``count`` highest scores (any order)."""
-    if count >= len(scores):
-        return np.arange(len(scores))
-    return np.argpartition(-scores, count - 1)[:count]
+    """Indexes of the ``count`` highest scores (any order). The ``count``-th highest maximum of
+    runs of 64 scores is at most the ``count``-th highest score, so only the rows at or above it
+    (few) are partitioned, not all."""
+    n = len(scores)
+    if count * 64 >= n:
+        return np.argpartition(scores, n - count)[n - count :] if count < n else np.arange(n)
+    whole = n // 64 * 64
+    maxima = scores[:whole].reshape(-1, 64).max(axis=1)
+    if whole < n:
+        maxima = np.append(maxima, scores[whole:].max())
+    floor = np.partition(maxima, len(maxima) - count)[len(maxima) - count]
+    rows = np.flatnonzero(scores >= floor)
+    return rows[np.argpartition(scores[rows], len(rows) - count)[len(rows) - count :]]
 
 
 def _select(

@@ -19,6 +19,7 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -64,6 +65,21 @@ class Db:
         """Execute a statement; the number of rows it changed."""
         self._cursor.execute(self._sql(sql), params)
         return self._cursor.rowcount
+
+    def many(self, sql: str, rows: list[tuple], returning: bool = False) -> list:
+        """Execute a statement once per row of parameters (pipelined where the driver can);
+        with ``returning``, the first column each execution returned, in order."""
+        if not returning:
+            self._cursor.executemany(self._sql(sql), rows)
+            return []
+        if self._placeholder == "?":  # sqlite3's executemany returns no rows
+            return [self.one(sql, row)[0] for row in rows]
+        self._cursor.executemany(self._sql(sql), rows, returning=True)
+        values = []
+        while True:
+            values.append(self._cursor.fetchone()[0])
+            if not self._cursor.nextset():
+                return values
 
     def one(self, sql: str, params: tuple = ()) -> tuple | None:
         self._cursor.execute(self._sql(sql), params)
@@ -163,7 +179,6 @@ class SqlGalleryStore:
         check_model(model)
         vector = check_vector(vector)
         check_source(source)
-        box = source.box or (None, None, None, None)
         now = time.time()
         with self._transaction(write=True) as db:
             stored_model, faces, _ = self._lock_gallery(db, gallery, create=True)
@@ -194,10 +209,7 @@ class SqlGalleryStore:
                     subject,
                     model,
                     self._encode_vector(vector),
-                    *(None if v is None else float(v) for v in box),
-                    None if source.probability is None else float(source.probability),
-                    source.image_width,
-                    source.image_height,
+                    *_source_row(source),
                     now,
                 ),
             )
@@ -212,6 +224,90 @@ class SqlGalleryStore:
             )
         self._after_add(gallery, faces + 1)
         return FaceAdded(face=str(new_id), faces=subject_faces + 1)
+
+    def add_faces(
+        self, gallery: str, faces: Sequence[tuple[str, np.ndarray, FaceSource]], model: str
+    ) -> list[FaceAdded]:
+        check_id("gallery", gallery)
+        check_model(model)
+        checked = [
+            (check_id("subject", subject), check_vector(vector), check_source(source))
+            for subject, vector, source in faces
+        ]
+        if not checked:
+            return []
+        adding: dict[str, int] = {}
+        for subject, _, _ in checked:
+            adding[subject] = adding.get(subject, 0) + 1
+        now = time.time()
+        with self._transaction(write=True) as db:
+            stored_model, count, _ = self._lock_gallery(db, gallery, create=True)
+            self._check_model(gallery, stored_model, count, model)
+            if count + len(checked) > self.limits.max_faces:
+                raise GalleryFull(
+                    f"gallery {gallery!r} would pass its limit of {self.limits.max_faces} faces"
+                )
+            held = self._subject_faces(db, gallery, list(adding))
+            for subject, added in adding.items():
+                if held.get(subject, 0) + added > self.limits.max_subject_faces:
+                    raise GalleryFull(
+                        f"subject {subject!r} would pass its limit of "
+                        f"{self.limits.max_subject_faces} faces"
+                    )
+            new = [s for s in adding if s not in held]
+            db.many(
+                "INSERT INTO subjects (gallery, id, faces, created, updated) "
+                "VALUES (?, ?, 0, ?, ?)",
+                [(gallery, subject, now, now) for subject in new],
+            )
+            ids = db.many(
+                "INSERT INTO faces (gallery, subject, model, vector, box_x1, box_y1, box_x2, "
+                "box_y2, probability, image_width, image_height, created) "
+                "VALUES (?, ?, ?, " + self._vector_placeholder() + ", ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
+                [
+                    (
+                        gallery,
+                        subject,
+                        model,
+                        self._encode_vector(vector),
+                        *_source_row(source),
+                        now,
+                    )
+                    for subject, vector, source in checked
+                ],
+                returning=True,
+            )
+            db.many(
+                "UPDATE subjects SET faces = faces + ?, updated = ? WHERE gallery = ? AND id = ?",
+                [(added, now, gallery, subject) for subject, added in adding.items()],
+            )
+            db.run(
+                "UPDATE galleries SET faces = faces + ?, subjects = subjects + ?, model = ?, "
+                "generation = generation + 1 WHERE id = ?",
+                (len(checked), len(new), model, gallery),
+            )
+        self._after_add(gallery, count + len(checked))
+        added = []
+        for (subject, _, _), new_id in zip(checked, ids, strict=True):
+            held[subject] = held.get(subject, 0) + 1
+            added.append(FaceAdded(face=str(new_id), faces=held[subject]))
+        return added
+
+    @staticmethod
+    def _subject_faces(db: Db, gallery: str, subjects: list[str]) -> dict[str, int]:
+        """How many faces each of ``subjects`` that exists holds."""
+        held: dict[str, int] = {}
+        for start in range(0, len(subjects), 500):
+            part = subjects[start : start + 500]
+            rows = db.all(
+                "SELECT id, faces FROM subjects WHERE gallery = ? AND id IN ("
+                + ", ".join("?" * len(part))
+                + ")",
+                (gallery, *part),
+            )
+            held.update(rows)
+        return held
 
     def put_subject(self, gallery: str, subject: str, name: str | None, metadata: Any) -> Subject:
         check_id("gallery", gallery)
@@ -355,6 +451,17 @@ class SqlGalleryStore:
         stored_model, faces = self._need_gallery(db, gallery)
         self._check_model(gallery, stored_model, faces, model)
         return faces
+
+
+def _source_row(source: FaceSource) -> tuple:
+    """The face columns of a source: box (4), probability, image width and height."""
+    box = source.box or (None, None, None, None)
+    return (
+        *(None if v is None else float(v) for v in box),
+        None if source.probability is None else float(source.probability),
+        source.image_width,
+        source.image_height,
+    )
 
 
 def _subject(row: tuple) -> Subject:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -134,6 +135,14 @@ class GalleryStore(Protocol):
     ) -> FaceAdded:
         """Store one embedding of ``subject``, creating the gallery and subject if new.
         ``GalleryFull`` past a limit, ``ModelMismatch`` if the gallery holds another model's."""
+        ...
+
+    def add_faces(
+        self, gallery: str, faces: Sequence[tuple[str, np.ndarray, FaceSource]], model: str
+    ) -> list[FaceAdded]:
+        """Store several ``(subject, vector, source)`` embeddings in one transaction (all or
+        none; many times faster than one ``add_face`` each: an import, a bulk enrolment); one
+        ``FaceAdded`` each, in order. Same checks and errors as ``add_face``."""
         ...
 
     def put_subject(self, gallery: str, subject: str, name: str | None, metadata: Any) -> Subject:
@@ -290,9 +299,12 @@ def default_url(data_dir: str) -> str:
     return f"sqlite:///{data_dir}/gallery.db"
 
 
-def open_gallery_store(url: str, limits: StoreLimits | None = None) -> GalleryStore:
+def open_gallery_store(
+    url: str, limits: StoreLimits | None = None, ef_search: int | None = None
+) -> GalleryStore:
     """Open the store ``url`` names (``sqlite:///PATH`` or ``postgresql://...``) without
-    connecting: the first call connects, in the process and thread that makes it."""
+    connecting: the first call connects, in the process and thread that makes it.
+    ``ef_search``: PostgreSQL's ``hnsw.ef_search`` (None: the backend's default)."""
     limits = limits or StoreLimits()
     if url.startswith("sqlite:///"):
         from gallery_sqlite import SqliteGalleryStore
@@ -301,7 +313,9 @@ def open_gallery_store(url: str, limits: StoreLimits | None = None) -> GallerySt
     if url.startswith(("postgresql://", "postgres://")):
         from gallery_postgres import PostgresGalleryStore
 
-        return PostgresGalleryStore(url, limits)
+        if ef_search is None:
+            return PostgresGalleryStore(url, limits)
+        return PostgresGalleryStore(url, limits, ef_search=ef_search)
     raise ValueError("FACEMATCH_GALLERY_URL must start with sqlite:/// or postgresql://")
 
 
@@ -309,4 +323,4 @@ def store_from_settings(settings) -> GalleryStore:
     """The store a ``config.Settings`` configures (not yet connected)."""
     url = settings.gallery_url or default_url(str(settings.data_path))
     limits = StoreLimits(settings.gallery_max_faces, settings.gallery_max_subject_faces)
-    return open_gallery_store(url, limits)
+    return open_gallery_store(url, limits, settings.gallery_ef_search)

@@ -137,6 +137,47 @@ def test_add_face_creates_gallery_and_subject_and_counts_faces(gallery_store):
     assert abs(detail.faces[0].created - time.time()) < 60
 
 
+def test_add_faces_stores_a_batch_in_one_transaction_in_order(gallery_store):
+    vectors = unit(7, seed=21)
+    gallery_store.add_face("site", "alice", vectors[0], MODEL, SOURCE)
+    batch = [("alice", vectors[1], FaceSource()), ("bob", vectors[2], SOURCE)]
+    batch += [("carol", v, SOURCE) for v in vectors[3:6]] + [("bob", vectors[6], SOURCE)]
+    added = gallery_store.add_faces("site", batch, MODEL)
+    assert [a.faces for a in added] == [2, 1, 1, 2, 3, 2]
+    assert len({a.face for a in added}) == 6
+    assert gallery_store.gallery_size("site") == 7
+    page = gallery_store.list_subjects("site")
+    assert [(s.subject, s.faces) for s in page.subjects] == [("alice", 2), ("bob", 2), ("carol", 3)]
+    bob = gallery_store.get_subject("site", "bob")
+    assert [f.face for f in bob.faces] == [added[1].face, added[5].face]
+    np.testing.assert_allclose(
+        gallery_store.subject_vectors("site", "carol", MODEL), vectors[3:6], atol=1e-6
+    )
+    hit = gallery_store.search("site", vectors[4], MODEL, 1)[0]
+    assert (hit.subject, hit.face) == ("carol", added[3].face)
+    assert gallery_store.add_faces("site", [], MODEL) == []
+
+
+def test_add_faces_past_a_limit_or_with_another_model_writes_nothing(open_store):
+    store = open_store(StoreLimits(max_faces=6, max_subject_faces=3))
+    vectors = unit(8, seed=22)
+    store.add_faces("site", [("kim", vectors[0], SOURCE), ("kim", vectors[1], SOURCE)], MODEL)
+    too_many = [("kim", vectors[2], SOURCE), ("lee", vectors[3], SOURCE)]
+    too_many.append(("kim", vectors[4], SOURCE))
+    with pytest.raises(GalleryFull, match="limit of 3 faces"):
+        store.add_faces("site", too_many, MODEL)
+    with pytest.raises(GalleryFull, match="limit of 6 faces"):
+        store.add_faces("site", [(f"p{i}", vectors[i], SOURCE) for i in range(2, 7)], MODEL)
+    with pytest.raises(ModelMismatch, match="other-model"):
+        store.add_faces("site", [("lee", vectors[5], SOURCE)], "other-model")
+    with pytest.raises(InvalidEmbedding):
+        store.add_faces(
+            "site", [("lee", vectors[5], SOURCE), ("lee", np.zeros(512), SOURCE)], MODEL
+        )
+    assert store.gallery_size("site") == 2
+    assert [s.subject for s in store.list_subjects("site").subjects] == ["kim"]
+
+
 def test_put_subject_creates_then_replaces_name_and_metadata(gallery_store):
     created = gallery_store.put_subject("site", "carol", "Carol", {"team": "blue", "n": [1, 2]})
     assert (created.name, created.metadata, created.faces) == (
@@ -377,7 +418,7 @@ def test_concurrent_adds_never_pass_the_subject_limit(open_store):
     assert len(stores[1].get_subject("site", "mo").faces) == 5
 
 
-def test_limits_come_from_settings(tmp_path):
+def test_limits_and_ef_search_come_from_settings(tmp_path):
     settings = Settings(data_dir=str(tmp_path), gallery_max_faces=7, gallery_max_subject_faces=2)
     store = store_from_settings(settings)
     try:
@@ -386,6 +427,14 @@ def test_limits_come_from_settings(tmp_path):
         assert (tmp_path / "gallery.db").exists()
     finally:
         store.close()
+    postgres = store_from_settings(settings.replace(gallery_url="postgresql://h/db"))
+    assert postgres.ef_search == settings.gallery_ef_search == gallery_postgres.EF_SEARCH
+    tuned = store_from_settings(
+        settings.replace(gallery_url="postgresql://h/db", gallery_ef_search=250)
+    )
+    assert tuned.ef_search == 250
+    with pytest.raises(ValueError, match="ef_search"):
+        gallery_postgres.PostgresGalleryStore("postgresql://h/db", ef_search=1001)
 
 
 # --- several workers and nodes ----------------------------------------------------------------
@@ -581,9 +630,26 @@ def test_opening_a_version_1_database_upgrades_it_and_keeps_its_data(
     )
     assert store.search("old", vector, MODEL, 1)[0].subject == "vic"
     np.testing.assert_allclose(store.subject_vectors("old", "vic", MODEL), [vector], atol=1e-6)
-    assert query("SELECT version FROM schema_version") == [(2,)]
+    current = gallery_sqlite if gallery_url.startswith("sqlite") else gallery_postgres
+    assert query("SELECT version FROM schema_version") == [(current.SCHEMA_VERSION,)]
     store.add_face("old", "vic", unit(1, seed=14)[0], MODEL, SOURCE)
     assert store.gallery_size("old") == 2
+
+
+def test_sqlite_loads_a_gallery_in_id_order_from_its_index_without_sorting(tmp_path):
+    """SQLite only (schema 3): the matrix load reads one gallery's faces by (gallery, id)."""
+    store = open_gallery_store(f"sqlite:///{tmp_path / 'gallery.db'}")
+    store.add_face("site", "x", unit(1)[0], MODEL, SOURCE)
+    connection = sqlite3.connect(tmp_path / "gallery.db")
+    plan = connection.execute(
+        "EXPLAIN QUERY PLAN SELECT id, subject, vector FROM faces "
+        "WHERE gallery = ? AND model = ? AND id > ? ORDER BY id LIMIT ?",
+        ("site", MODEL, 0, 10),
+    ).fetchall()
+    connection.close()
+    store.close()
+    details = " ".join(row[-1] for row in plan)
+    assert "faces_by_gallery" in details and "TEMP B-TREE" not in details
 
 
 def test_a_database_from_a_newer_facematch_is_refused(gallery_store, query):

@@ -7,6 +7,7 @@ import dataclasses
 import os
 import re
 import subprocess
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,13 @@ def default_of(value: str) -> str:
     return match[1] if match else value
 
 
+def with_defaults(value: str) -> str:
+    """A compose value with every ``${VAR:-default}`` (nested too) replaced by its default."""
+    while (replaced := re.sub(r"\$\{\w+:-([^${}]*)\}", r"\1", value)) != value:
+        value = replaced
+    return value
+
+
 def test_stack_has_api_broker_database_bridge_and_grafana(compose):
     services = compose["services"]
     assert set(services) == {
@@ -41,6 +49,7 @@ def test_stack_has_api_broker_database_bridge_and_grafana(compose):
         "bridge",
         "prometheus",
         "grafana",
+        "postgres",
     }
     assert services["bridge"]["command"] == ["python", "-m", "monitoring.bridge"]
     assert services["api"]["build"] == services["bridge"]["build"] == "."
@@ -83,6 +92,22 @@ def test_api_bridge_broker_and_grafana_agree_on_credentials_and_database(compose
         assert grafana[variable] == bridge[variable], variable
     assert bridge["FACEMATCH_INFLUX_URL"] == "http://influxdb:8086"
     assert len(default_of(influx["DOCKER_INFLUXDB_INIT_PASSWORD"])) >= 8  # influx setup's rule
+
+
+def test_galleries_live_in_the_postgres_service_with_pgvector_a_volume_and_a_healthcheck(compose):
+    services = compose["services"]
+    postgres, api = services["postgres"], services["api"]
+    assert postgres["image"] == "pgvector/pgvector:pg16"
+    assert "postgres-data:/var/lib/postgresql/data" in postgres["volumes"]
+    assert "postgres-data" in compose["volumes"]
+    assert postgres["healthcheck"]["test"][:2] == ["CMD", "pg_isready"]
+    assert "ports" not in postgres  # only the api reaches it
+    env = postgres["environment"]
+    url = urllib.parse.urlsplit(with_defaults(api["environment"]["FACEMATCH_GALLERY_URL"]))
+    assert url.scheme == "postgresql" and (url.hostname, url.port) == ("postgres", 5432)
+    assert url.username == env["POSTGRES_USER"] and url.path == "/" + env["POSTGRES_DB"]
+    assert url.password == default_of(env["POSTGRES_PASSWORD"])
+    assert "postgres" in api["depends_on"]
 
 
 def test_mounted_files_exist_in_the_repo(compose):
