@@ -161,8 +161,8 @@ serve() {
   [ "$up" = 1 ] || { tail -n 40 "$ROOT/srv/out/$name.log"; fail "$name: no answer on /ping"; }
   echo "$name: /ping answered $(( $(date +%s) - t0 ))s after start"
   grep -iE 'backend|onnx|device|fell back|cpu' "$ROOT/srv/out/$name.log" | grep -v '"POST\|"GET' | head -n 10 || true
-  step "$name: warm-up (each pair twice, every worker), then the answers"
-  for _ in 1 2; do ask "http://127.0.0.1:$port" "$ROOT/srv/out/$name.warm.jsonl" >/dev/null; done
+  step "$name: warm-up (each pair once), then the answers"
+  ask "http://127.0.0.1:$port" "$ROOT/srv/out/$name.warm.jsonl" >/dev/null
   t0=$(date +%s)
   ask "http://127.0.0.1:$port" "$ROOT/srv/out/$name.jsonl"
   echo "$name: the two pairs took $(( $(date +%s) - t0 ))s warm"
