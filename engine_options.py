@@ -141,11 +141,47 @@ class EngineOptions:
 
 
 def pick_device(requested: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU; otherwise the named device
-    (``ConfigError`` naming FACEMATCH_DEVICE when torch does not know the name)."""
+    """The torch device ``requested`` names. ``auto`` picks CUDA when a GPU is visible, else the
+    CPU, and says in one log line when a CUDA build of torch falls back to the CPU. A CUDA device
+    asked for by name must be there: ``ConfigError`` (naming FACEMATCH_DEVICE) otherwise, as for
+    a name torch does not know, so the service refuses to start rather than run elsewhere."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return _check_device(requested)
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.cuda.is_built():
+            log.warning(
+                "%s=auto: no CUDA GPU visible (torch %s, built for CUDA %s): "
+                "falling back to the CPU",
+                _var("device"),
+                torch.__version__,
+                torch.version.cuda,
+            )
+        return torch.device("cpu")
+    device = _check_device(requested)
+    if device.type == "cuda":
+        _check_cuda(requested, device)
+    return device
+
+
+def _check_cuda(requested: str, device: torch.device) -> None:
+    """``ConfigError`` unless the CUDA ``device`` exists on this machine."""
+    var = f"{_var('device')}={requested}"
+    if not torch.backends.cuda.is_built():
+        raise ConfigError(
+            f"{var}, but this torch ({torch.__version__}) is a CPU-only build: "
+            "use the CUDA image (Dockerfile.cuda) or FACEMATCH_DEVICE=cpu"
+        )
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise ConfigError(
+            f"{var}, but no CUDA GPU is visible (torch {torch.__version__}, CUDA "
+            f"{torch.version.cuda}): check the NVIDIA driver and `docker run --gpus all`, or use "
+            "FACEMATCH_DEVICE=auto to fall back to the CPU"
+        )
+    if device.index is not None and device.index >= count:
+        raise ConfigError(
+            f"{var}, but only {count} CUDA GPU(s) are visible (cuda:0 to cuda:{count - 1})"
+        )
 
 
 def default_threads(workers: int) -> int:

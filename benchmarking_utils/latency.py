@@ -8,13 +8,20 @@ input set are not counted. Per input set: image size, median, p95 and max of eve
     python -m benchmarking_utils.latency --sizes lfw,1280x720,1920x1080,4032x3024 \\
         --out docs/results/latency.json --plot docs/latency.png
     python -m benchmarking_utils.latency --photos ~/my-photos --endpoint cached_match
+
+``--table docs`` prints the table the docs show (one row per input set and route, stage medians,
+total median/p95/max) under a header naming the date, commit, machine, device and runtimes, ready
+to paste into docs/raspberry-pi.md or docs/performance.md: the command an operator runs on a Pi,
+a GPU box or any machine to contribute figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import io
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -98,6 +105,69 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def docs_table(results: list[dict]) -> str:
+    """The docs' latency table: one row per input set and route, with the median of each stage
+    and the median, p95 and max of the total, in milliseconds."""
+    rows = [
+        "| input | route | decode | detection | embedding | total median | total p95 | total max |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        s = r["stages_ms"]
+        if not s["total"].get("n"):
+            continue
+        medians = " | ".join(f"{s[stage]['median']:.1f}" for stage in STAGES[:3])
+        total = s["total"]
+        rows.append(
+            f"| {', '.join(r['image_sizes'])} | `/{r['endpoint']}` | {medians} | "
+            f"{total['median']:.1f} | {total['p95']:.1f} | {total['max']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def runtime(engine: FaceEngine) -> dict:
+    """Where the engine ran: device (with the GPU's name), backends, threads and versions."""
+    options = engine.options
+    device = options.device
+    if device.startswith("cuda"):
+        device = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    try:
+        onnxruntime = importlib.metadata.version("onnxruntime")
+    except importlib.metadata.PackageNotFoundError:
+        onnxruntime = "not installed"
+    return {
+        "device": device,
+        "embed_backend": options.embed_backend,
+        "detect_backend": options.detect_backend,
+        "threads": options.threads,
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime,
+    }
+
+
+def header(report: dict) -> str:
+    """The lines above the docs table: command, date, commit, machine and runtime."""
+    rt = report["runtime"]
+    return (
+        f"`{report['command']}` ({report['date']}, commit `{report['commit']}`)\n"
+        f"machine: {report['machine']}; device: {rt['device']}; "
+        f"backends: embed {rt['embed_backend']}, detect {rt['detect_backend']}; "
+        f"threads: {rt['threads']}; torch {rt['torch']}, onnxruntime {rt['onnxruntime']}\n"
+    )
+
+
+def commit() -> str:
+    """The checkout's short commit (``+`` when it has changes), or ``unknown`` outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], check=False).returncode
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
 def plot(results: list[dict], path: Path) -> None:
     """Stacked median stage times per input set and endpoint."""
     import matplotlib
@@ -137,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="current:", help="NAME:key=value,... settings")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--plot", type=Path)
+    parser.add_argument(
+        "--table",
+        default="stages",
+        choices=("stages", "docs"),
+        help="stages: every stage's median/p95/max; docs: the docs' table with a header",
+    )
     args = parser.parse_args(argv)
     fixed = {"torch_threads": args.threads} if args.threads else {}
     config = parse_config(args.config, **fixed)
@@ -162,13 +238,15 @@ def main(argv: list[str] | None = None) -> int:
     ]
     report = {
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
+        "commit": commit(),
         "machine": machine(),
+        "runtime": runtime(engine),
         "command": "python -m benchmarking_utils.latency " + " ".join(argv or sys.argv[1:]),
         "config": {"name": config.name, **config.describe()},
         "threads": torch.get_num_threads(),
         "results": results,
     }
-    print(table(results))
+    print(header(report) + "\n" + docs_table(results) if args.table == "docs" else table(results))
     write_json(args.out, report)
     if args.plot:
         plot(results, args.plot)

@@ -7,23 +7,30 @@
 #   3. runs the image's own CMD as its own user, checks GET /ping, the image's HEALTHCHECK
 #      command and POST /photo_match on two LFW pairs (same person, two people);
 #   4. prints the image size, then deletes all its storage.
+# `cuda` builds Dockerfile.cuda (amd64) the same way and, on this machine without a GPU, also
+# checks that the image logs its fall-back to the CPU and that FACEMATCH_DEVICE=cuda refuses to
+# start with a clear message.
 # Differences from the shipped build (build args and mounts, never the Dockerfile): pip trusts this
 # machine's CA bundle and uses its pip mirrors; torch comes from PyPI, not PyTorch's CPU index
 # (not reachable here): on amd64 that is PyPI's CUDA build of the pinned torch 2.14.1 (much bigger
 # image), on arm64 PyPI's CPU build of torch 2.9.1 / torchvision 0.24.1 (newer ones not on PyPI).
 #
-# Usage: scripts/build_image_local.sh [amd64|arm64]
-# Env: LOG (default .data/build_image_local-ARCH.log), FACEMATCH_LFW_DIR (default ../shared/data/lfw),
+# Usage: scripts/build_image_local.sh [amd64|arm64|cuda]
+# Env: LOG (default .data/build_image_local-VARIANT.log), FACEMATCH_LFW_DIR (default ../shared/data/lfw),
 #      BUILD_TIMEOUT_MIN (default 120; 360 for arm64), KEEP_STORAGE=1 keeps the buildah storage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
-ARCH=${1:-amd64}
-case "$ARCH" in amd64 | arm64) ;; *) echo "usage: $0 [amd64|arm64]" >&2; exit 2 ;; esac
+VARIANT=${1:-amd64}
+case "$VARIANT" in
+  amd64 | arm64) ARCH=$VARIANT DOCKERFILE=Dockerfile ;;
+  cuda) ARCH=amd64 DOCKERFILE=Dockerfile.cuda ;;
+  *) echo "usage: $0 [amd64|arm64|cuda]" >&2; exit 2 ;;
+esac
 [ "$(id -u)" = 0 ] || { echo "build_image_local: run as root (buildah, debootstrap)" >&2; exit 2; }
 
-LOG=${LOG:-$REPO/.data/build_image_local-$ARCH.log}
+LOG=${LOG:-$REPO/.data/build_image_local-$VARIANT.log}
 mkdir -p "$(dirname "$LOG")"
 exec > >(tee "$LOG") 2>&1
 
@@ -31,12 +38,12 @@ if [ "$ARCH" = arm64 ]; then default_timeout=360; else default_timeout=120; fi
 BUILD_TIMEOUT_MIN=${BUILD_TIMEOUT_MIN:-$default_timeout}
 LFW=${FACEMATCH_LFW_DIR:-$REPO/../shared/data/lfw}
 BASE=docker.io/library/python:3.11-slim-bookworm
-IMAGE=localhost/facematch:local-$ARCH
+IMAGE=localhost/facematch:local-$VARIANT
 START=$(date +%s)
 step() { echo "== [$(( $(date +%s) - START ))s] $*"; }
 fail() {
   [ -f "${WORK:-}/server.log" ] && { echo "-- server log:"; cat "$WORK/server.log"; }
-  echo "RESULT: FAILURE ($ARCH): $*"
+  echo "RESULT: FAILURE ($VARIANT): $*"
   exit 1
 }
 
@@ -103,12 +110,13 @@ done
 cat "$WORK/pip.conf"
 ARGS=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
 [ "$ARCH" = arm64 ] && ARGS+=(--build-arg TORCH_VERSION=2.9.1 --build-arg TORCHVISION_VERSION=0.24.1)
+[ "$VARIANT" = cuda ] && ARGS=(--build-arg FACEMATCH_MODEL=casia-webface)  # requirements.txt decides
 echo "build args: ${ARGS[*]}"
 
-step "buildah bud -f Dockerfile ($ARCH, limit ${BUILD_TIMEOUT_MIN} min)"
+step "buildah bud -f $DOCKERFILE ($ARCH, limit ${BUILD_TIMEOUT_MIN} min)"
 build_start=$(date +%s)
 timeout "${BUILD_TIMEOUT_MIN}m" buildah "${STORE[@]}" bud --isolation chroot --format docker --pull=never \
-  --arch "$ARCH" "${ARGS[@]}" "${VOLS[@]}" -f Dockerfile -t "$IMAGE" . || fail "buildah bud (exit $?)"
+  --arch "$ARCH" "${ARGS[@]}" "${VOLS[@]}" -f "$DOCKERFILE" -t "$IMAGE" . || fail "buildah bud (exit $?)"
 echo "build took $(( $(date +%s) - build_start ))s"
 buildah "${STORE[@]}" images
 SIZE=$(buildah "${STORE[@]}" images --format '{{.Size}}' "$IMAGE")
@@ -184,4 +192,22 @@ grep -q 'Shutting down: Master' "$WORK/server.log" || fail "Gunicorn did not shu
 echo "SIGTERM to the Gunicorn master -> clean shutdown"
 echo "-- server log:"
 cat "$WORK/server.log"
-echo "RESULT: SUCCESS ($ARCH) image $SIZE uncompressed, ~$(( BYTES / 1000000 )) MB gzipped, total $(( $(date +%s) - START ))s"
+
+if [ "$VARIANT" = cuda ]; then
+  step "cuda image without a GPU: the fall-back to the CPU is logged, FACEMATCH_DEVICE=cuda refuses"
+  grep 'falling back to the CPU' "$WORK/server.log" || fail "no fall-back line in the server log"
+  ctr=$(buildah "${STORE[@]}" from "$IMAGE")
+  buildah "${STORE[@]}" config --env FACEMATCH_HOST=127.0.0.1 --env "FACEMATCH_PORT=$PORT" \
+    --env FACEMATCH_DEVICE=cuda "$ctr"
+  set +e
+  timeout 600 buildah "${STORE[@]}" run --isolation chroot --user "$USER_ID" "$ctr" -- "${CMD[@]}" \
+    >"$WORK/refusal.log" 2>&1
+  refused=$?
+  set -e
+  tail -n 5 "$WORK/refusal.log"
+  [ "$refused" != 0 ] && [ "$refused" != 124 ] || fail "FACEMATCH_DEVICE=cuda without a GPU: exit $refused"
+  grep -q 'FACEMATCH_DEVICE=cuda, but no CUDA GPU is visible' "$WORK/refusal.log" \
+    || fail "FACEMATCH_DEVICE=cuda without a GPU: no clear message"
+  echo "FACEMATCH_DEVICE=cuda without a GPU -> refused to start (exit $refused) with the message above"
+fi
+echo "RESULT: SUCCESS ($VARIANT) image $SIZE uncompressed, ~$(( BYTES / 1000000 )) MB gzipped, total $(( $(date +%s) - START ))s"

@@ -59,11 +59,20 @@ def test_ci_workflow_runs_the_test_command_on_push_and_pull_request():
     assert re.search(r"^        run: scripts/test\.sh$", text, re.M)
 
 
-def test_images_workflow_builds_cpu_for_amd64_and_arm64_and_cuda_for_amd64():
+def test_images_workflow_builds_and_tests_cpu_natively_on_amd64_and_arm64_and_cuda_on_amd64():
     text = (REPO / ".github" / "workflows" / "images.yml").read_text()
-    assert re.search(r"file: Dockerfile\n\s+platforms: linux/amd64,linux/arm64\n", text)
+    assert "runner: ubuntu-24.04\n" in text and "runner: ubuntu-24.04-arm\n" in text
+    assert "docker/setup-qemu-action" not in text
+    assert re.search(r"file: Dockerfile\n\s+platforms: linux/\$\{\{ matrix\.arch \}\}\n", text)
     assert re.search(r"file: Dockerfile\.cuda\n\s+platforms: linux/amd64\n", text)
+    assert "FACEMATCH_DEVICE=cuda, but no CUDA GPU is visible" in text
     assert "registry: ghcr.io" in text and "images: ghcr.io/${{ github.repository }}" in text
+
+
+def test_ci_workflow_tests_on_amd64_and_arm64_runners():
+    text = (REPO / ".github" / "workflows" / "ci.yml").read_text()
+    assert "runner: ubuntu-24.04\n" in text and "runner: ubuntu-24.04-arm\n" in text
+    assert "runs-on: ${{ matrix.runner }}" in text
 
 
 @pytest.mark.parametrize("workflow", WORKFLOWS)
