@@ -22,8 +22,6 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
-
 from config import PREFIX, ConfigError, Settings
 from runtime_backends.onnx_int8_runtime import int8_graph_path
 
@@ -55,7 +53,8 @@ class EngineOptions:
     """Every option of the face engine; see config.py's ``Settings`` for the defaults.
 
     ``device`` is a resolved torch device name (``cpu``, ``cuda``, ``cuda:1``); ``threads`` the
-    intra-op threads of each runtime; ``int8_graph`` where the ``onnx-int8`` embedder is read.
+    intra-op threads of each runtime; ``graph_dir`` where the networks' ONNX graphs built at
+    set-up are read; ``int8_graph`` where the ``onnx-int8`` embedder is read.
     """
 
     model: str
@@ -68,6 +67,7 @@ class EngineOptions:
     detect_backend: str
     embed_backend: str
     int8_graph: Path
+    graph_dir: Path
     flip_embeddings: bool
     center_embeddings: bool
     align_faces: bool
@@ -85,7 +85,7 @@ class EngineOptions:
         _check_choice("embed_backend", self.embed_backend, EMBED_BACKENDS)
         device = _check_device(self.device)
         runtimes = (self.embed_backend, self.detect_runtime)
-        if device.type != "cpu" and runtimes != ("torch", "torch"):
+        if device.split(":")[0] != "cpu" and runtimes != ("torch", "torch"):
             raise ConfigError(
                 f"{_var('embed_backend')}={self.embed_backend} and "
                 f"{_var('detect_backend')}={self.detect_backend} need the CPU "
@@ -112,7 +112,7 @@ class EngineOptions:
         _check_choice("detect_backend", settings.detect_backend, DETECT_BACKENDS)
         device = pick_device(settings.device)
         embed, detect = settings.embed_backend, settings.detect_backend
-        if device.type != "cpu" and (embed, detect) != ("torch", "torch"):
+        if device.split(":")[0] != "cpu" and (embed, detect) != ("torch", "torch"):
             log.warning(
                 "%s=%s and %s=%s asked for, but ONNX Runtime runs on the CPU only: "
                 "both use torch on %s",
@@ -125,7 +125,7 @@ class EngineOptions:
             embed = detect = "torch"
         return cls(
             model=settings.model,
-            device=str(device),
+            device=device,
             threads=settings.torch_threads or default_threads(settings.workers),
             margin=settings.margin,
             face_selection=settings.face_selection,
@@ -134,18 +134,30 @@ class EngineOptions:
             detect_backend=detect,
             embed_backend=embed,
             int8_graph=int8_graph_path(settings.data_path, settings.model),
+            graph_dir=settings.data_path,
             flip_embeddings=settings.flip_embeddings,
             center_embeddings=settings.center_embeddings,
             align_faces=settings.align_faces,
         )
 
 
-def pick_device(requested: str = "auto") -> torch.device:
+def pick_device(requested: str = "auto") -> str:
     """``auto`` picks CUDA when available, else CPU; otherwise the named device
     (``ConfigError`` naming FACEMATCH_DEVICE when torch does not know the name)."""
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return "cuda" if _cuda_available() else "cpu"
     return _check_device(requested)
+
+
+def _cuda_available() -> bool:
+    """Whether PyTorch finds a GPU; asked of PyTorch (a second and 100 MB to import) only where
+    a GPU driver is present (NVIDIA's, or ROCm's, which PyTorch also calls ``cuda``)."""
+    drivers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+    if not any(os.path.exists(path) for path in drivers):
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def default_threads(workers: int) -> int:
@@ -158,9 +170,15 @@ def _var(name: str) -> str:
     return PREFIX + name.upper()
 
 
-def _check_device(name: str) -> torch.device:
+def _check_device(name: str) -> str:
+    """The canonical name of device ``name`` (PyTorch is asked only for devices other than the
+    CPU); ``ConfigError`` when PyTorch does not know it."""
+    if name == "cpu":
+        return name
+    import torch
+
     try:
-        return torch.device(name)
+        return str(torch.device(name))
     except (RuntimeError, TypeError):
         raise ConfigError(f"{_var('device')}={name!r} is not a torch device") from None
 
