@@ -113,7 +113,7 @@ class Evaluator:
             f"{aligned}-{s.embed_backend}"
         )
         result: dict[str, np.ndarray | None] = {}
-        todo: list[tuple[str, tuple, torch.Tensor]] = []
+        todo: list[tuple[str, tuple, np.ndarray]] = []
         for name in tqdm(names, desc=f"{config.name} {label}", unit="img", mininterval=5):
             key = self._primary_key(engine, detections, name)
             if key is None:
@@ -141,7 +141,7 @@ class Evaluator:
         best = rank_faces(boxes, probs, width, height, engine.options.face_selection)[0]
         return (name, tuple(round(float(v), 3) for v in boxes[best]))
 
-    def _crop_of(self, engine: FaceEngine, detections: Cache, name: str) -> torch.Tensor:
+    def _crop_of(self, engine: FaceEngine, detections: Cache, name: str) -> np.ndarray:
         found = Detections(*detections.data[name])
         return engine.faces_from(self.image(name), found)[0].crop
 
@@ -155,8 +155,8 @@ class Evaluator:
     def _embed(self, engine, todo, embeddings: Cache, result: dict, flip: bool) -> None:
         if not todo:
             return
-        batch = torch.stack([crop for _, _, crop in todo])
-        vectors = engine.embedder.forward(torch.cat([batch, torch.flip(batch, dims=[3])]))
+        batch = np.stack([crop for _, _, crop in todo])
+        vectors = engine.embedder.forward(np.concatenate([batch, batch[:, :, :, ::-1]]))
         for i, (name, key, _) in enumerate(todo):
             pair = (vectors[i].copy(), vectors[len(todo) + i].copy())
             embeddings.put(key, pair)
