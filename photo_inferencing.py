@@ -30,10 +30,11 @@ from PIL import Image
 
 from compute_slots import ComputeSlots, usable_cores
 from config import Settings
-from engine_options import EngineOptions
+from engine_options import FACE_SIZE, EngineOptions
 from face_crops import FaceCropper
 from face_detection import Detections, FaceDetector, rank_faces
 from face_embedding import Embeddings, FaceEmbedder, embedder_network
+from image_decoding import DecodedPhoto
 from model_weights import resolve_weights
 
 T = TypeVar("T")
@@ -135,27 +136,64 @@ class FaceEngine:
         failing item's exception is raised). Used for the photos of one request."""
         return self.slots.map(work, items)
 
-    def detect(self, image: Image.Image) -> PhotoFaces:
-        """Find every face in an RGB image; the primary face (by ``face_selection``) first."""
+    def detect(self, photo: Image.Image | DecodedPhoto) -> PhotoFaces:
+        """Find every face in an RGB image, or a photo decoded at a reduced scale; the primary
+        face (by ``face_selection``) first; boxes in the full photo's pixels."""
         start = time.perf_counter()
-        faces = self.faces_from(image, self.detector.find_faces(image))
-        return PhotoFaces(faces, image.width, image.height, (time.perf_counter() - start) * 1000)
+        faces = self.faces_from(photo, self.find_faces(photo))
+        width, height = photo.width, photo.height
+        return PhotoFaces(faces, width, height, (time.perf_counter() - start) * 1000)
 
-    def faces_from(self, image: Image.Image, found: Detections) -> list[DetectedFace]:
-        """Rank detections by ``face_selection`` and cut each face from the original image."""
+    def find_faces(self, photo: Image.Image | DecodedPhoto) -> Detections:
+        """The detector's faces, unranked, in the full photo's pixels."""
+        if isinstance(photo, Image.Image):
+            return self.detector.find_faces(photo)
+        found = self.detector.find_faces(photo.image)
+        sx, sy = photo.scale
+        return Detections(
+            found.boxes * np.array([sx, sy, sx, sy]), found.probs, found.landmarks * [sx, sy]
+        )
+
+    def faces_from(
+        self, photo: Image.Image | DecodedPhoto, found: Detections
+    ) -> list[DetectedFace]:
+        """Rank detections (full-photo pixels) by ``face_selection`` and cut each face from the
+        photo: from a reduced decode only where every face's crop region spans at least the
+        crop's 160 pixels in it, else from a finer decode (``crop_source``)."""
         order = (
             rank_faces(
-                found.boxes, found.probs, image.width, image.height, self.options.face_selection
+                found.boxes, found.probs, photo.width, photo.height, self.options.face_selection
             )
             if len(found.boxes)
             else []
         )
+        image, sx, sy = self.crop_source(photo, found.boxes)
         faces = []
         for i in order:
             box = tuple(float(v) for v in found.boxes[i])
-            crop = self.cropper.crop(image, box, found.landmarks[i])
-            faces.append(DetectedFace(box, float(found.probs[i]), crop, found.landmarks[i]))
+            landmarks = found.landmarks[i]
+            scaled = (box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy)
+            crop = self.cropper.crop(image, scaled, landmarks / [sx, sy])
+            faces.append(DetectedFace(box, float(found.probs[i]), crop, landmarks))
         return faces
+
+    def crop_source(
+        self, photo: Image.Image | DecodedPhoto, boxes: np.ndarray
+    ) -> tuple[Image.Image, float, float]:
+        """The image faces are cut from and its full-photo pixels per pixel (across, down): the
+        photo itself, or the coarsest decode in which every face's crop region (the box grown by
+        the margin) is at least ``FACE_SIZE`` pixels on its shorter side, the full decode when
+        a face is smaller than that."""
+        if isinstance(photo, Image.Image):
+            return photo, 1.0, 1.0
+        if len(boxes):
+            sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            region = float(sides.min()) * FACE_SIZE / (FACE_SIZE - self.options.margin)
+            reduction = photo.reduction
+            while reduction > 1 and region / reduction < FACE_SIZE:
+                reduction //= 2
+            photo.at_reduction(reduction)
+        return (photo.image, *photo.scale)
 
     def embed(self, crops: list[np.ndarray]) -> Embeddings:
         """Embed face crops; unit-norm (n, 512) float32 vectors. A batch is split in as many

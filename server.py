@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
-from PIL import Image
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 import request_metrics
@@ -31,7 +30,7 @@ from config import Settings
 from decision_policy import Decision, DecisionPolicy
 from embedding_codec import FORMATS, encode_embedding, parse_embedding
 from errors import ApiError, InvalidParameter, MissingField, NoFace, PayloadTooLarge, TooManyParts
-from image_decoding import decode_image
+from image_decoding import DecodedPhoto, decode_photo
 from monitoring.publisher import Publisher
 from photo_inferencing import FaceEngine, PhotoFaces
 from request_outcome import InputPhoto, Outcome
@@ -264,25 +263,29 @@ def _verify_reference(data: bytes, vector: np.ndarray) -> None:
     signer.verify(vector, _services().engine.model_name, signature, model)
 
 
-def _image_field(name: str) -> Image.Image:
-    """The upload ``name`` decoded into an RGB image (noted in the outcome)."""
+def _image_field(name: str) -> DecodedPhoto:
+    """The upload ``name`` decoded into an RGB photo, a large JPEG at the reduced scale the
+    detector needs (``decode_photo``; noted in the outcome)."""
     data = _bytes_field(name)
     start = time.perf_counter()
-    image = decode_image(data, _services().settings.max_pixels, name)
+    services = _services()
+    image = decode_photo(
+        data, services.settings.max_pixels, name, services.engine.options.detect_max_side
+    )
     outcome = _outcome()
     outcome.times.decode += (time.perf_counter() - start) * 1000
     outcome.photos[name] = InputPhoto(image.width, image.height)
     return image
 
 
-def _detect(role: str, image: Image.Image) -> PhotoFaces:
+def _detect(role: str, image: DecodedPhoto) -> PhotoFaces:
     """Detect faces, note them in the outcome, and refuse a photo without any (422)."""
     found = _services().engine.detect(image)
     _outcome().times.detection += found.detection_ms
     return _noted(role, found)
 
 
-def _detect_all(images: dict[str, Image.Image]) -> list[PhotoFaces]:
+def _detect_all(images: dict[str, DecodedPhoto]) -> list[PhotoFaces]:
     """``_detect`` for each photo (role -> image), the photos at once on the engine's compute
     threads (the detection time noted is the wall time of all); the first photo in order
     without a face is refused."""
