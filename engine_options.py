@@ -71,6 +71,7 @@ class EngineOptions:
     flip_embeddings: bool
     center_embeddings: bool
     align_faces: bool
+    reduced_decode: bool = False
 
     def __post_init__(self):
         for f in fields(self):
@@ -91,6 +92,12 @@ class EngineOptions:
                 f"{_var('detect_backend')}={self.detect_backend} need the CPU "
                 f"(this ONNX Runtime is the CPU build); use torch on {self.device}"
             )
+
+    @property
+    def decode_min_side(self) -> int:
+        """The longer side a photo must keep when decoded at a reduced scale (0: decode in
+        full): the detector's ``detect_max_side`` when ``reduced_decode`` is on."""
+        return self.detect_max_side if self.reduced_decode else 0
 
     @property
     def detect_runtime(self) -> str:
@@ -138,6 +145,7 @@ class EngineOptions:
             flip_embeddings=settings.flip_embeddings,
             center_embeddings=settings.center_embeddings,
             align_faces=settings.align_faces,
+            reduced_decode=settings.reduced_decode,
         )
 
 

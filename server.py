@@ -264,13 +264,13 @@ def _verify_reference(data: bytes, vector: np.ndarray) -> None:
 
 
 def _image_field(name: str) -> DecodedPhoto:
-    """The upload ``name`` decoded into an RGB photo, a large JPEG at the reduced scale the
-    detector needs (``decode_photo``; noted in the outcome)."""
+    """The upload ``name`` decoded into an RGB photo (with ``FACEMATCH_REDUCED_DECODE`` a large
+    JPEG at the reduced scale the detector needs: ``decode_photo``; noted in the outcome)."""
     data = _bytes_field(name)
     start = time.perf_counter()
     services = _services()
     image = decode_photo(
-        data, services.settings.max_pixels, name, services.engine.options.detect_max_side
+        data, services.settings.max_pixels, name, services.engine.options.decode_min_side
     )
     outcome = _outcome()
     outcome.times.decode += (time.perf_counter() - start) * 1000

@@ -55,13 +55,17 @@ def post(url: str, a: Photo, b: Photo) -> tuple[float, dict]:
     return ms, response.json()
 
 
-def compare_size(baseline: str, service: str, photos: list, warmup: int, repeats: int) -> dict:
-    """Interleaved requests of one input size; medians, the ratio, facematch's stages."""
+def compare_size(
+    baseline: str, service: str, photos: list, warmup: int, repeats: int, variants: dict
+) -> dict:
+    """Interleaved requests of one input size; medians, the ratio, facematch's stages (and each
+    variant server's median and ratio)."""
     pair = photos[0]
     for _ in range(warmup):
-        post(baseline, *pair)
-        post(service, *pair)
+        for url in (baseline, service, *variants.values()):
+            post(url, *pair)
     base, served, stages = [], [], []
+    others: dict[str, list[float]] = {name: [] for name in variants}
     load = [os.getloadavg()[0]]
     for i in range(repeats):
         a, b = photos[i % len(photos)]
@@ -69,6 +73,8 @@ def compare_size(baseline: str, service: str, photos: list, warmup: int, repeats
         ms, body = post(service, a, b)
         served.append(ms)
         stages.append(body["latency_ms"])
+        for name, url in variants.items():
+            others[name].append(post(url, a, b)[0])
     load.append(os.getloadavg()[0])
     base_ms, service_ms = float(np.median(base)), float(np.median(served))
     return {
@@ -78,6 +84,13 @@ def compare_size(baseline: str, service: str, photos: list, warmup: int, repeats
         "speedup": round(base_ms / service_ms, 2),
         "facematch_stage_median_ms": {
             s: round(float(np.median([r[s] for r in stages])), 1) for s in STAGES
+        },
+        "variants": {
+            name: {
+                "ms": round(float(np.median(v)), 1),
+                "speedup": round(base_ms / float(np.median(v)), 2),
+            }
+            for name, v in others.items()
         },
         "baseline_all_ms": [round(v, 1) for v in base],
         "facematch_all_ms": [round(v, 1) for v in served],
@@ -145,6 +158,8 @@ def table(results: dict, footprints: list[dict]) -> str:
             f"{s['decode']:.0f} / {s['detection']:.0f} / {s['embedding']:.0f} / {s['total']:.0f}"
             f" | {r['load_average_1min'][0]:.1f}-{r['load_average_1min'][1]:.1f} |"
         )
+        for name, v in r["variants"].items():
+            rows.append(f"| {size}, {name} | | {v['ms']:.0f} | {v['speedup']:.1f}x | | |")
     rows += [
         "",
         "| server | commit | start to first /photo_match s | total PSS MiB (master; workers) |",
@@ -166,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5, help="counted rounds per size")
     parser.add_argument("--warmup", type=int, default=3, help="uncounted requests per server")
     parser.add_argument("--before", type=Path, action="append", default=[], help="another checkout")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        help="NAME:VAR=value,... another facematch server (FACEMATCH_ variables) in the same loop",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     if not (args.lfw / "pairsDevTest.txt").exists():
@@ -187,16 +208,22 @@ def main(argv: list[str] | None = None) -> int:
     ]
     baseline = LocalGunicorn(log_dir / "baseline.log", BASELINE_ENV, app=BASELINE)
     service = LocalGunicorn(log_dir / "facematch.log", {})
+    variants = {}
+    for text in args.variant:
+        name, _, spec = text.partition(":")
+        env = dict(item.split("=", 1) for item in filter(None, spec.split(",")))
+        variants[name] = LocalGunicorn(log_dir / f"{name}.log", env)
     try:
-        baseline.wait_until_up(300)
-        service.wait_until_up(300)
+        for server in (baseline, service, *variants.values()):
+            server.wait_until_up(300)
+        urls = {name: server.url for name, server in variants.items()}
         results = {
-            size: compare_size(baseline.url, service.url, photos, args.warmup, args.repeats)
+            size: compare_size(baseline.url, service.url, photos, args.warmup, args.repeats, urls)
             for size, photos in inputs.items()
         }
     finally:
-        baseline.stop()
-        service.stop()
+        for server in (baseline, service, *variants.values()):
+            server.stop()
     report = {
         "date": datetime.datetime.now().isoformat(timespec="minutes"),
         "machine": machine(),
@@ -204,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m benchmarking_utils.http_compare " + " ".join(argv or sys.argv[1:]),
         "baseline": {"app": BASELINE, "env": BASELINE_ENV, "torch_threads": "PyTorch's default"},
         "facematch": "wsgi:app at its defaults (no FACEMATCH_* serving variable set)",
+        "variants": args.variant,
         "results": results,
         "footprint": footprints,
     }
