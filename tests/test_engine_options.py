@@ -422,3 +422,11 @@ def settings_lfw_path(name: str):
     from deployment_utils.lfw import lfw_dir
 
     return lfw_dir() / "images" / name
+
+
+def test_plain_crop_is_facenet_pytorchs_extract_face(torch_engine, photo):
+    from facenet_pytorch.models.utils.detect_face import extract_face
+
+    box = torch_engine.detect(photo).primary.box
+    expected = (extract_face(photo, np.asarray(box), 160, 32).numpy() - 127.5) / 128.0
+    assert np.array_equal(torch_engine.cropper.plain_crop(photo, box), expected)
