@@ -328,24 +328,6 @@ class PostgresGalleryStore(SqlGalleryStore):
         rows = self._query(gallery, vector, model, k, per_subject=True)
         return [_candidate(row) for row in rows]
 
-    def health(self) -> bool:
-        try:
-            with self._transaction(write=False) as db:
-                db.one("SELECT 1")
-            return True
-        except GalleryUnavailable:
-            return False
-
-    def close(self) -> None:
-        """Close this process's connections and forget its state (the next call reconnects,
-        and checks the schema again)."""
-        inherited = os.getpid() != self._pid
-        connections = self._connections
-        self._reset()
-        if not inherited:
-            for connection in connections:
-                connection.close()
-
 
 def _candidate(row: tuple) -> Candidate:
     subject, face, distance = row

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import secrets
 import time
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from errors import GalleryFull, ModelMismatch, NotFound
+from errors import GalleryFull, GalleryUnavailable, ModelMismatch, NotFound
 from gallery_store import (
     Deleted,
     Face,
@@ -126,6 +127,31 @@ class SqlGalleryStore:
 
     def _decode_vectors(self, rows: list) -> np.ndarray:
         raise NotImplementedError
+
+    def _reset(self) -> None:
+        """Forget this process's connections (``_connections``, opened by ``_pid``)."""
+        raise NotImplementedError
+
+    # --- what both backends share --------------------------------------------------------
+
+    def health(self) -> bool:
+        """Whether the database answers a trivial query now."""
+        try:
+            with self._transaction(write=False) as db:
+                db.one("SELECT 1")
+            return True
+        except GalleryUnavailable:
+            return False
+
+    def close(self) -> None:
+        """Close this process's connections and forget its state (the next call reconnects,
+        and checks the schema again)."""
+        inherited = os.getpid() != self._pid
+        connections = self._connections
+        self._reset()
+        if not inherited:
+            for connection in connections:
+                connection.close()
 
     # --- helpers ---------------------------------------------------------------------------
 

@@ -256,24 +256,6 @@ class SqliteGalleryStore(SqlGalleryStore):
     def search_subjects(self, gallery: str, vector, model: str, k: int) -> list[Candidate]:
         return self._nearest(gallery, vector, model, k, per_subject=True)
 
-    def health(self) -> bool:
-        try:
-            with self._transaction(write=False) as db:
-                db.one("SELECT 1")
-            return True
-        except GalleryUnavailable:
-            return False
-
-    def close(self) -> None:
-        """Close this process's connections and forget its state (the next call reconnects,
-        and checks the schema again)."""
-        inherited = os.getpid() != self._pid
-        connections = self._connections
-        self._reset()
-        if not inherited:
-            for connection in connections:
-                connection.close()
-
 
 def _reason(error: BaseException) -> str:
     """A short reason for the log (an SQLite message or an OS error's strerror)."""
