@@ -30,7 +30,7 @@ import psycopg
 from psycopg import sql
 
 from errors import GalleryUnavailable
-from gallery_sql import Db, SqlGalleryStore
+from gallery_sql import Db, SqlGalleryStore, migrate_schema
 from gallery_store import (
     EMBEDDING_DIM,
     Candidate,
@@ -95,21 +95,7 @@ def migrate(connection: psycopg.Connection, target: int = SCHEMA_VERSION) -> int
     version it was at. A database newer than this code is refused (``GalleryUnavailable``)."""
     with connection.transaction():
         connection.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
-        row = connection.execute("SELECT version FROM schema_version").fetchone()
-        current = row[0] if row else 0
-        if current > SCHEMA_VERSION:
-            raise GalleryUnavailable(
-                f"the gallery database has schema version {current}; this facematch knows "
-                f"{SCHEMA_VERSION} (upgrade facematch)"
-            )
-        for version in range(current + 1, target + 1):
-            for statement in MIGRATIONS[version - 1]:
-                connection.execute(statement)
-        if row is None:
-            connection.execute("INSERT INTO schema_version (version) VALUES (%s)", (target,))
-        elif target > current:
-            connection.execute("UPDATE schema_version SET version = %s", (target,))
+        current = migrate_schema(connection.execute, MIGRATIONS, target, "%s")
     return current
 
 

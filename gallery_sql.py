@@ -97,6 +97,29 @@ def face_id(value: str) -> int | None:
     return int(value) if value.isdigit() and len(value) <= 18 else None
 
 
+def migrate_schema(execute, migrations: Sequence[Sequence[str]], target: int, param: str) -> int:
+    """Run the ``migrations`` (one list of statements per version) that bring the schema from
+    its recorded version to ``target``, through ``execute(sql, params)`` inside the caller's
+    transaction; the version it was at. A database newer than this code is refused
+    (``GalleryUnavailable``); no migration ever drops data."""
+    execute("CREATE TABLE IF NOT EXISTS schema_version (version integer NOT NULL)")
+    row = execute("SELECT version FROM schema_version").fetchone()
+    current = row[0] if row else 0
+    if current > len(migrations):
+        raise GalleryUnavailable(
+            f"the gallery database has schema version {current}; this facematch knows "
+            f"{len(migrations)} (upgrade facematch)"
+        )
+    for version in range(current + 1, target + 1):
+        for statement in migrations[version - 1]:
+            execute(statement)
+    if row is None:
+        execute(f"INSERT INTO schema_version (version) VALUES ({param})", (target,))
+    elif target > current:
+        execute(f"UPDATE schema_version SET version = {param}", (target,))
+    return current
+
+
 class SqlGalleryStore:
     """The shared operations; subclasses provide the connection, the vector encoding and the
     searches."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from errors import GalleryUnavailable
 from gallery_search import FaceMatrix
-from gallery_sql import Db, SqlGalleryStore
+from gallery_sql import Db, SqlGalleryStore, migrate_schema
 from gallery_store import (
     EMBEDDING_DIM,
     Candidate,
@@ -82,21 +82,7 @@ def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int
     A database newer than this code is refused (``GalleryUnavailable``)."""
     connection.execute("BEGIN IMMEDIATE")
     try:
-        connection.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        row = connection.execute("SELECT version FROM schema_version").fetchone()
-        current = row[0] if row else 0
-        if current > SCHEMA_VERSION:
-            raise GalleryUnavailable(
-                f"the gallery database has schema version {current}; this facematch knows "
-                f"{SCHEMA_VERSION} (upgrade facematch)"
-            )
-        for version in range(current + 1, target + 1):
-            for statement in MIGRATIONS[version - 1]:
-                connection.execute(statement)
-        if row is None:
-            connection.execute("INSERT INTO schema_version (version) VALUES (?)", (target,))
-        elif target > current:
-            connection.execute("UPDATE schema_version SET version = ?", (target,))
+        current = migrate_schema(connection.execute, MIGRATIONS, target, "?")
         connection.execute("COMMIT")
         return current
     except BaseException:
