@@ -170,11 +170,16 @@ echo "GET /openapi.json -> 200"
 
 total_kb=0
 master=""
+gunicorns=()
 for pid in $(pgrep -g "$SERVER_PGID"); do
   cmd=$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null) || continue
-  case "$cmd" in *buildah*) continue ;; *gunicorn*) ;; *) continue ;; esac
+  case "$cmd" in *buildah*) continue ;; *gunicorn*) gunicorns+=("$pid") ;; esac
+done
+for pid in "${gunicorns[@]}"; do
+  # The master is the Gunicorn process whose parent is not one (buildah's own command line
+  # names gunicorn too, so the parent's command line cannot tell).
   parent=$(awk '{print $4}' "/proc/$pid/stat")
-  grep -q gunicorn "/proc/$parent/cmdline" 2>/dev/null || master=$pid
+  case " ${gunicorns[*]} " in *" $parent "*) ;; *) master=$pid ;; esac
   pss=$(awk '/^Pss:/ {print $2}' "/proc/$pid/smaps_rollup")
   rss=$(awk '/^Rss:/ {print $2}' "/proc/$pid/smaps_rollup")
   echo "gunicorn pid $pid: RSS $(( rss / 1024 )) MiB, PSS $(( pss / 1024 )) MiB"
