@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prove facematch's CUDA path on a machine with an NVIDIA GPU, in one run (not part of the tests):
 #   1. the engine and API tests with FACEMATCH_DEVICE=cuda (both backends then run in PyTorch on
-#      the GPU): tests/test_device_choice.py tests/test_embed_references.py tests/test_api.py
+#      the GPU): tests/gpu_checks.py, tests/test_device_choice.py tests/test_embed_references.py tests/test_api.py
 #      tests/test_cached_match.py;
 #   2. embeddings on the GPU equal the CPU's (the default CPU engine, ONNX Runtime) within 1e-4:
 #      the same face crops through both embedders, and whole photos end to end (detection,
@@ -35,7 +35,7 @@ step "GPU: $GPU; commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 
 step "1. engine and API tests with FACEMATCH_DEVICE=cuda"
-FACEMATCH_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/test_device_choice.py \
+FACEMATCH_DEVICE=cuda "$PY" -m pytest -q -p no:cacheprovider tests/gpu_checks.py tests/test_device_choice.py \
   tests/test_embed_references.py tests/test_api.py tests/test_cached_match.py 2>&1 | tee "$OUT/tests.log"
 tests=${PIPESTATUS[0]}
 
