@@ -9,6 +9,7 @@ from __future__ import annotations
 from gunicorn.ctl.client import ControlClient
 
 from config import Settings
+from tests.servers import wait_until
 
 
 def start_two(gunicorn, home, **per_instance):
@@ -25,7 +26,9 @@ def start_two(gunicorn, home, **per_instance):
 
 
 def listens_on(socket_path, port: int) -> bool:
-    """Whether the control socket at ``socket_path`` answers for the server on ``port``."""
+    """Whether the control socket at ``socket_path`` answers for the server on ``port`` (the
+    master opens it in its own thread, possibly after the first answer: waited for, 30 s)."""
+    wait_until(socket_path.exists, 30, what=f"the control socket {socket_path.name}")
     with ControlClient(str(socket_path), timeout=10) as client:
         listeners = client.send_command("show listeners")["listeners"]
     return any(listener["address"].endswith(f":{port}") for listener in listeners)
