@@ -160,19 +160,7 @@ class PostgresGalleryStore(SqlGalleryStore):
         connection = getattr(self._local, "connection", None)
         if connection is not None and not connection.closed:
             return connection
-        connection = self._open()
-        try:
-            with self._lock:
-                if not self._migrated:
-                    migrate(connection)
-                    self._migrated = True
-        except BaseException:
-            connection.close()
-            raise
-        self._local.connection = connection
-        with self._lock:
-            self._connections.append(connection)
-        return connection
+        return self._adopt(self._open(), migrate)
 
     def _drop_connection(self) -> None:
         connection = getattr(self._local, "connection", None)

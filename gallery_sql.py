@@ -157,6 +157,22 @@ class SqlGalleryStore:
 
     # --- what both backends share --------------------------------------------------------
 
+    def _adopt(self, connection, migrate) -> Any:
+        """Make ``connection`` this thread's, after bringing the schema forward once per
+        process (``migrate(connection)``); a connection that fails that is closed."""
+        try:
+            with self._lock:
+                if not self._migrated:
+                    migrate(connection)
+                    self._migrated = True
+        except BaseException:
+            connection.close()
+            raise
+        self._local.connection = connection
+        with self._lock:
+            self._connections.append(connection)
+        return connection
+
     def health(self) -> bool:
         """Whether the database answers a trivial query now."""
         try:

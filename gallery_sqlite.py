@@ -136,17 +136,10 @@ class SqliteGalleryStore(SqlGalleryStore):
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA secure_delete = ON")
             connection.execute("PRAGMA foreign_keys = ON")
-            with self._lock:
-                if not self._migrated:
-                    migrate(connection)
-                    self._migrated = True
         except BaseException:
             connection.close()
             raise
-        self._local.connection = connection
-        with self._lock:
-            self._connections.append(connection)
-        return connection
+        return self._adopt(connection, migrate)
 
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Db]:
