@@ -58,6 +58,9 @@ class Settings:
     min_face_size: int = 40
     center_embeddings: bool = True
     align_faces: bool = False
+    # Decode a JPEG of at least 4x FACEMATCH_DETECT_MAX_SIDE at 1/4 or 1/8 of its size (faces
+    # too small there are cut from a finer decode); off until LFW View 1 on large photos is in
+    reduced_decode: bool = False
 
     # Decision
     threshold: float | None = None

@@ -17,12 +17,14 @@ import math
 import pickletools
 import re
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from errors import InvalidEmbedding
+
+if TYPE_CHECKING:  # PyTorch is imported only to read or write a .pt embedding
+    import torch
 
 EMBEDDING_DIM = 512
 FORMATS = ("json", "npy", "pt")
@@ -110,6 +112,8 @@ def encode_embedding(embedding: np.ndarray, fmt: str, extra: dict | None = None)
     if fmt == "npy":
         np.save(buffer, vector, allow_pickle=False)
     elif fmt == "pt":
+        import torch
+
         torch.save(torch.from_numpy(vector.copy()), buffer)
     else:
         raise ValueError(f"unknown embedding format {fmt!r}")
@@ -183,6 +187,8 @@ def _load_npy(data: bytes) -> np.ndarray:
 def _load_pt(data: bytes, device: torch.device | str) -> np.ndarray:
     """Check the archive and its pickle's globals, load with ``weights_only=True``, then check
     the tensor's kind and shape before it is converted (a strided view may claim any shape)."""
+    import torch
+
     _check_pt_archive(data)
     try:
         value = torch.load(io.BytesIO(data), map_location=device, weights_only=True)

@@ -22,8 +22,6 @@ import os
 from dataclasses import dataclass, fields
 from pathlib import Path
 
-import torch
-
 from config import PREFIX, ConfigError, Settings
 from runtime_backends.onnx_int8_runtime import int8_graph_path
 
@@ -55,7 +53,8 @@ class EngineOptions:
     """Every option of the face engine; see config.py's ``Settings`` for the defaults.
 
     ``device`` is a resolved torch device name (``cpu``, ``cuda``, ``cuda:1``); ``threads`` the
-    intra-op threads of each runtime; ``int8_graph`` where the ``onnx-int8`` embedder is read.
+    intra-op threads of each runtime; ``graph_dir`` where the networks' ONNX graphs built at
+    set-up are read; ``int8_graph`` where the ``onnx-int8`` embedder is read.
     """
 
     model: str
@@ -68,9 +67,11 @@ class EngineOptions:
     detect_backend: str
     embed_backend: str
     int8_graph: Path
+    graph_dir: Path
     flip_embeddings: bool
     center_embeddings: bool
     align_faces: bool
+    reduced_decode: bool = False
 
     def __post_init__(self):
         for f in fields(self):
@@ -85,12 +86,18 @@ class EngineOptions:
         _check_choice("embed_backend", self.embed_backend, EMBED_BACKENDS)
         device = _check_device(self.device)
         runtimes = (self.embed_backend, self.detect_runtime)
-        if device.type != "cpu" and runtimes != ("torch", "torch"):
+        if device.split(":")[0] != "cpu" and runtimes != ("torch", "torch"):
             raise ConfigError(
                 f"{_var('embed_backend')}={self.embed_backend} and "
                 f"{_var('detect_backend')}={self.detect_backend} need the CPU "
                 f"(this ONNX Runtime is the CPU build); use torch on {self.device}"
             )
+
+    @property
+    def decode_min_side(self) -> int:
+        """The longer side a photo must keep when decoded at a reduced scale (0: decode in
+        full): the detector's ``detect_max_side`` when ``reduced_decode`` is on."""
+        return self.detect_max_side if self.reduced_decode else 0
 
     @property
     def detect_runtime(self) -> str:
@@ -112,7 +119,7 @@ class EngineOptions:
         _check_choice("detect_backend", settings.detect_backend, DETECT_BACKENDS)
         device = pick_device(settings.device)
         embed, detect = settings.embed_backend, settings.detect_backend
-        if device.type != "cpu" and (embed, detect) != ("torch", "torch"):
+        if device.split(":")[0] != "cpu" and (embed, detect) != ("torch", "torch"):
             log.warning(
                 "%s=%s and %s=%s asked for, but ONNX Runtime runs on the CPU only: "
                 "both use torch on %s",
@@ -125,7 +132,7 @@ class EngineOptions:
             embed = detect = "torch"
         return cls(
             model=settings.model,
-            device=str(device),
+            device=device,
             threads=settings.torch_threads or default_threads(settings.workers),
             margin=settings.margin,
             face_selection=settings.face_selection,
@@ -134,37 +141,51 @@ class EngineOptions:
             detect_backend=detect,
             embed_backend=embed,
             int8_graph=int8_graph_path(settings.data_path, settings.model),
+            graph_dir=settings.data_path,
             flip_embeddings=settings.flip_embeddings,
             center_embeddings=settings.center_embeddings,
             align_faces=settings.align_faces,
+            reduced_decode=settings.reduced_decode,
         )
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """The torch device ``requested`` names. ``auto`` picks CUDA when a GPU is visible, else the
-    CPU, and says in one log line when a CUDA build of torch falls back to the CPU. A CUDA device
-    asked for by name must be there: ``ConfigError`` (naming FACEMATCH_DEVICE) otherwise, as for
-    a name torch does not know, so the service refuses to start rather than run elsewhere."""
+def pick_device(requested: str = "auto") -> str:
+    """The torch device name ``requested`` names (``cpu``, ``cuda``, ``cuda:1``). ``auto`` picks
+    CUDA when a GPU is visible, else the CPU, and says in one log line when a CUDA build of torch
+    falls back to the CPU. A CUDA device asked for by name must be there: ``ConfigError`` (naming
+    FACEMATCH_DEVICE) otherwise, as for a name torch does not know, so the service refuses to
+    start rather than run elsewhere. PyTorch is imported only where a GPU driver is present or a
+    device other than the CPU is named, so a CPU server never loads it."""
     if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.cuda.is_built():
-            log.warning(
-                "%s=auto: no CUDA GPU visible (torch %s, built for CUDA %s): "
-                "falling back to the CPU",
-                _var("device"),
-                torch.__version__,
-                torch.version.cuda,
-            )
-        return torch.device("cpu")
+        if _cuda_available():
+            return "cuda"
+        _warn_if_cuda_build()
+        return "cpu"
     device = _check_device(requested)
-    if device.type == "cuda":
+    if device.split(":")[0] == "cuda":
         _check_cuda(requested, device)
     return device
 
 
-def _check_cuda(requested: str, device: torch.device) -> None:
+def _warn_if_cuda_build() -> None:
+    """One log line when a GPU driver is present but PyTorch (a CUDA build) sees no GPU."""
+    if not _gpu_driver_present():
+        return
+    import torch
+
+    if torch.backends.cuda.is_built():
+        log.warning(
+            "%s=auto: no CUDA GPU visible (torch %s, built for CUDA %s): falling back to the CPU",
+            _var("device"),
+            torch.__version__,
+            torch.version.cuda,
+        )
+
+
+def _check_cuda(requested: str, device: str) -> None:
     """``ConfigError`` unless the CUDA ``device`` exists on this machine."""
+    import torch
+
     var = f"{_var('device')}={requested}"
     if not torch.backends.cuda.is_built():
         raise ConfigError(
@@ -178,10 +199,27 @@ def _check_cuda(requested: str, device: torch.device) -> None:
             f"{torch.version.cuda}): check the NVIDIA driver and `docker run --gpus all`, or use "
             "FACEMATCH_DEVICE=auto to fall back to the CPU"
         )
-    if device.index is not None and device.index >= count:
+    index = torch.device(device).index
+    if index is not None and index >= count:
         raise ConfigError(
             f"{var}, but only {count} CUDA GPU(s) are visible (cuda:0 to cuda:{count - 1})"
         )
+
+
+def _gpu_driver_present() -> bool:
+    """Whether a GPU driver (NVIDIA's, or ROCm's, which PyTorch also calls ``cuda``) is present."""
+    drivers = ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd")
+    return any(os.path.exists(path) for path in drivers)
+
+
+def _cuda_available() -> bool:
+    """Whether PyTorch finds a GPU; asked of PyTorch (a second and 100 MB to import) only where
+    a GPU driver is present."""
+    if not _gpu_driver_present():
+        return False
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def default_threads(workers: int) -> int:
@@ -194,9 +232,15 @@ def _var(name: str) -> str:
     return PREFIX + name.upper()
 
 
-def _check_device(name: str) -> torch.device:
+def _check_device(name: str) -> str:
+    """The canonical name of device ``name`` (PyTorch is asked only for devices other than the
+    CPU); ``ConfigError`` when PyTorch does not know it."""
+    if name == "cpu":
+        return name
+    import torch
+
     try:
-        return torch.device(name)
+        return str(torch.device(name))
     except (RuntimeError, TypeError):
         raise ConfigError(f"{_var('device')}={name!r} is not a torch device") from None
 

@@ -1,9 +1,10 @@
 """Face crops: each detected face cut from the original image as the embedder's 160x160 input.
 
 A plain crop is facenet-pytorch's ``extract_face`` (the box grown by ``margin`` pixels of the
-crop, clamped to the image); an aligned crop (``align_faces``) is also rotated about the box
-centre so that the eyes are level (measured: it does not help this model). Both are standardised
-as ``(x - 127.5) / 128``.
+crop, clamped to the image, resized bilinearly by Pillow), computed here without PyTorch; an
+aligned crop (``align_faces``) is also rotated about the box centre so that the eyes are level
+(measured: it does not help this model). Both are standardised as ``(x - 127.5) / 128``, as
+(3, 160, 160) float32 arrays.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from facenet_pytorch.models.utils.detect_face import extract_face
 from PIL import Image
 
 from engine_options import FACE_SIZE, EngineOptions
@@ -36,18 +35,30 @@ class FaceCropper:
     def from_options(cls, options: EngineOptions) -> FaceCropper:
         return cls(options.margin, options.align_faces)
 
-    def crop(self, image: Image.Image, box: Box, landmarks: np.ndarray) -> torch.Tensor:
+    def crop(self, image: Image.Image, box: Box, landmarks: np.ndarray) -> np.ndarray:
         """The (3, 160, 160) standardised crop of the face at ``box`` (original-image pixels)."""
         if self.align:
             return self.aligned_crop(image, box, landmarks)
         return self.plain_crop(image, box)
 
-    def plain_crop(self, image: Image.Image, box: Box) -> torch.Tensor:
+    def plain_crop(self, image: Image.Image, box: Box) -> np.ndarray:
         """Cut the face with the margin from the original image, 160x160, standardised."""
-        face = extract_face(image, np.asarray(box), FACE_SIZE, self.margin)
-        return (face - 127.5) / 128.0
+        return standardise(np.asarray(self.plain_face(image, box)))
 
-    def aligned_crop(self, image: Image.Image, box: Box, landmarks: np.ndarray) -> torch.Tensor:
+    def plain_face(self, image: Image.Image, box: Box) -> Image.Image:
+        """The 160x160 face of ``plain_crop`` as an image (``extract_face``'s arithmetic)."""
+        x1, y1, x2, y2 = (float(v) for v in box)
+        grow_x = self.margin * (x2 - x1) / (FACE_SIZE - self.margin)
+        grow_y = self.margin * (y2 - y1) / (FACE_SIZE - self.margin)
+        region = (
+            int(max(x1 - grow_x / 2, 0)),
+            int(max(y1 - grow_y / 2, 0)),
+            int(min(x2 + grow_x / 2, image.width)),
+            int(min(y2 + grow_y / 2, image.height)),
+        )
+        return image.crop(region).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
+
+    def aligned_crop(self, image: Image.Image, box: Box, landmarks: np.ndarray) -> np.ndarray:
         """Like ``plain_crop``, but rotated about the box centre so that the eyes (the first two
         ``landmarks``) are level; outside the photo is black rather than clamped."""
         x1, y1, x2, y2 = box
@@ -69,4 +80,4 @@ class FaceCropper:
         face = level.crop(
             (int(cx - width / 2), int(cy - height / 2), int(cx + width / 2), int(cy + height / 2))
         ).resize((FACE_SIZE, FACE_SIZE), Image.BILINEAR)
-        return torch.from_numpy(standardise(np.asarray(face)))
+        return standardise(np.asarray(face))

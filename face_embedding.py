@@ -20,10 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from facenet_pytorch import InceptionResnetV1
 
 from engine_options import FACE_SIZE, EngineOptions
+from model_weights import load_state_dict
 from runtime_backends import Network, Placement, Runtime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -39,12 +38,26 @@ class Embeddings:
     embedding_ms: float
 
 
-def load_network(state_dict: dict[str, torch.Tensor]) -> Network:
-    """InceptionResnetV1 (no classifier) holding ``state_dict``, in eval mode, as a ``Network``
-    traced with one crop and a variable batch size."""
+def load_module(state_dict):
+    """InceptionResnetV1 (no classifier) holding ``state_dict``, in eval mode (PyTorch)."""
+    from facenet_pytorch import InceptionResnetV1
+
     module = InceptionResnetV1(pretrained=None, classify=False).eval()
     module.load_state_dict(state_dict)
-    return Network(module, (1, 3, FACE_SIZE, FACE_SIZE), {0: "n"})
+    return module
+
+
+def embedder_network(model: str, weights: Path, state_dict=None) -> Network:
+    """InceptionResnetV1 of ``model`` as a ``Network`` named after the model, traced with one
+    crop and a variable batch size; its module holds ``state_dict`` (read from ``weights``,
+    which decides whether a built graph is current, when not given)."""
+    return Network(
+        model,
+        lambda: load_module(load_state_dict(weights) if state_dict is None else state_dict),
+        (1, 3, FACE_SIZE, FACE_SIZE),
+        {0: "n"},
+        Path(weights),
+    )
 
 
 def load_centers(path: Path = CENTERS_FILE) -> dict[str, np.ndarray]:
@@ -82,29 +95,32 @@ class FaceEmbedder:
         self.center = None if center is None else np.asarray(center, dtype=np.float32)
 
     @classmethod
-    def from_options(
-        cls, options: EngineOptions, state_dict: dict[str, torch.Tensor]
-    ) -> FaceEmbedder:
-        """Load ``state_dict`` into the options' runtime backend (``onnx-int8`` reads the
-        prepared graph at ``options.int8_graph`` instead)."""
-        placement = Placement(torch.device(options.device), options.threads, options.int8_graph)
-        runtime = get_runtime(options.embed_backend, load_network(state_dict), placement)
+    def from_options(cls, options: EngineOptions, network: Network) -> FaceEmbedder:
+        """``network`` in the options' runtime backend (``onnx`` reads its built graph,
+        ``onnx-int8`` the prepared graph at ``options.int8_graph``)."""
+        placement = Placement(
+            options.device, options.threads, options.graph_dir, options.int8_graph
+        )
+        runtime = get_runtime(options.embed_backend, network, placement)
         return cls(runtime, options.flip_embeddings, center_for(options))
 
-    def embed(self, crops: list[torch.Tensor]) -> Embeddings:
-        """Embed face crops in one forward pass; returns unit-norm (n, 512) float32 vectors."""
+    def embed(self, crops: list[np.ndarray], run=None) -> Embeddings:
+        """Embed face crops; returns unit-norm (n, 512) float32 vectors. ``run`` (default: the
+        network itself) maps a batch to its vectors; the engine passes one that splits a batch
+        over its compute threads."""
         start = time.perf_counter()
-        batch = torch.stack(crops)
+        forward = run or self.forward
+        batch = np.stack(crops).astype(np.float32, copy=False)
         if self.flip:
-            vectors = self.forward(torch.cat([batch, torch.flip(batch, dims=[3])]))
+            vectors = forward(np.concatenate([batch, batch[:, :, :, ::-1]]))
             vectors = self.finish(vectors[: len(crops)], vectors[len(crops) :])
         else:
-            vectors = self.finish(self.forward(batch))
+            vectors = self.finish(forward(batch))
         return Embeddings(vectors, (time.perf_counter() - start) * 1000)
 
-    def forward(self, batch: torch.Tensor) -> np.ndarray:
+    def forward(self, batch: np.ndarray) -> np.ndarray:
         """The network on a (n, 3, 160, 160) batch: unit-norm (n, 512) float32."""
-        return self.runtime.run(batch)[0].float().cpu().numpy()
+        return np.asarray(self.runtime.run(batch)[0], dtype=np.float32)
 
     def finish(self, plain: np.ndarray, flipped: np.ndarray | None = None) -> np.ndarray:
         """The served embedding from the network's unit vectors: combined with the mirrored

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 from errors import InvalidParameter
@@ -57,15 +56,15 @@ class FacesOptions:
         return cls(_BOOLEANS[crops], value)
 
 
-def crop_pixels(crop: torch.Tensor) -> Image.Image:
+def crop_pixels(crop: np.ndarray) -> Image.Image:
     """The embedder's standardised (3, 160, 160) crop, ``(x - 127.5) / 128``, back as an RGB
     image of the same size."""
-    values = crop.detach().cpu().numpy() * 128.0 + 127.5
+    values = np.asarray(crop, dtype=np.float32) * 128.0 + 127.5
     pixels = np.clip(np.rint(values), 0, 255).astype(np.uint8).transpose(1, 2, 0)
     return Image.fromarray(np.ascontiguousarray(pixels), "RGB")
 
 
-def crop_jpeg(crop: torch.Tensor) -> str:
+def crop_jpeg(crop: np.ndarray) -> str:
     """A standardised crop as a base64 JPEG (what ``crop`` in the answer holds)."""
     buffer = io.BytesIO()
     crop_pixels(crop).save(buffer, "JPEG", quality=CROP_JPEG_QUALITY)

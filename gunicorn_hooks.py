@@ -2,11 +2,12 @@
 
 ``post_worker_init`` runs in each worker after the fork, before it serves, and does three things:
 
-1. Builds torch's intra-op thread pool in the worker's main thread. The app is preloaded in the
-   master, so every worker starts from a forked copy of torch whose pool was torn down by the
-   fork; the first request threads that then run inference at the same moment race to rebuild
-   it, and one of them fails with "pool INTERNAL ASSERT FAILED ... Invalid thread pool!" (a 500).
-   Measured: 3 of 4 fresh servers (1 worker, 2 threads) failed one of their first 4 concurrent
+1. Builds torch's intra-op thread pool in the worker's main thread, where PyTorch serves (with the
+   default ONNX Runtime backends and graphs built at set-up it is never imported). The app is
+   preloaded in the master, so every worker starts from a forked copy of torch whose pool was torn
+   down by the fork; the first request threads that then run inference at the same moment race to
+   rebuild it, and one of them fails with "pool INTERNAL ASSERT FAILED ... Invalid thread pool!" (a
+   500). Measured: 3 of 4 fresh servers (1 worker, 2 threads) failed one of their first 4 concurrent
    requests before this; 10 of 10 were clean after.
 
 2. Makes SIGTERM close the worker's copy of the listening socket as well as begin its graceful
@@ -59,9 +60,9 @@ _prometheus_dir_owner: int | None = None
 def post_worker_init(worker) -> None:
     """Prepare torch for this process, make SIGTERM close this worker's listeners and
     connect its metrics publisher."""
-    import torch
-
-    torch.set_num_threads(torch.get_num_threads())  # rebuild the pool before request threads
+    torch = sys.modules.get("torch")  # only a PyTorch backend imports it
+    if torch is not None:
+        torch.set_num_threads(torch.get_num_threads())  # rebuild the pool before request threads
     begin_exit = worker.handle_exit
 
     def handle_exit(sig, frame) -> None:

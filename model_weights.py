@@ -12,8 +12,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-import torch
-
 MODELS = ("casia-webface", "vggface2")
 BUILD_COMMAND = "python -m deployment_utils.weights build"
 
@@ -56,8 +54,11 @@ def resolve_weights(model: str, weights: str | Path | None, data_dir: Path) -> P
     )
 
 
-def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Load a state_dict safely (``weights_only``) and check it fits InceptionResnetV1 exactly."""
+def load_state_dict(path: str | Path) -> dict:
+    """Load a state_dict safely (``weights_only``) and check it fits InceptionResnetV1 exactly
+    (imports PyTorch)."""
+    import torch
+
     path = Path(path)
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
@@ -69,6 +70,8 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def check_state_dict(state: Any, origin: str) -> None:
     """Raise WeightsError unless ``state`` fits InceptionResnetV1(classify=False) exactly."""
+    import torch
+
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{origin} is not a state_dict of tensors")
     expected = expected_shapes()

@@ -8,25 +8,37 @@
 * ``face_crops``: plain and aligned 160x160 crops from the original image (``FaceCropper``);
 * ``face_embedding``: InceptionResnetV1, the mirrored crop, centring (``FaceEmbedder``);
 * ``runtime_backends``: where each network runs (PyTorch, ONNX Runtime, ONNX Runtime int8);
-* ``model_weights``: finding and checking the InceptionResnetV1 state_dict.
+* ``model_weights``: finding and checking the InceptionResnetV1 state_dict;
+* ``compute_slots``: the threads a request's independent work runs on (both photos detected
+  at once, a batch embedded in halves), never more at once than the machine has cores.
+
+With the ONNX Runtime backends and graphs built at set-up, nothing here imports PyTorch.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
+from compute_slots import ComputeSlots, usable_cores
 from config import Settings
-from engine_options import EngineOptions
+from engine_options import FACE_SIZE, EngineOptions
 from face_crops import FaceCropper
 from face_detection import Detections, FaceDetector, rank_faces
-from face_embedding import Embeddings, FaceEmbedder
-from model_weights import load_state_dict, resolve_weights
+from face_embedding import Embeddings, FaceEmbedder, embedder_network
+from image_decoding import DecodedPhoto
+from model_weights import resolve_weights
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = [
     "DetectedFace",
@@ -46,7 +58,7 @@ class DetectedFace:
 
     box: tuple[float, float, float, float]
     probability: float
-    crop: torch.Tensor = field(repr=False)  # (3, 160, 160), standardised as (x - 127.5) / 128
+    crop: np.ndarray = field(repr=False)  # (3, 160, 160) float32, standardised (x - 127.5) / 128
     landmarks: np.ndarray | None = field(default=None, repr=False)  # (5, 2) x, y in the original
 
 
@@ -67,18 +79,34 @@ class PhotoFaces:
 class FaceEngine:
     """Turns RGB images into ranked faces and faces into embeddings, as ``options`` say."""
 
-    def __init__(self, state_dict: dict[str, torch.Tensor], options: EngineOptions):
+    def __init__(
+        self,
+        options: EngineOptions,
+        weights: Path,
+        state_dict: dict | None = None,
+        cores: int | None = None,
+    ):
+        """The engine of ``options`` over the InceptionResnetV1 weights file ``weights`` (read
+        only when PyTorch runs the embedder or its graph was not built; ``state_dict``, when
+        given, is used instead of reading it); ``cores``: the compute threads (default: the
+        machine's)."""
         self.options = options
+        self.slots = ComputeSlots(usable_cores() if cores is None else cores)
         self.detector = FaceDetector.from_options(options)
         self.cropper = FaceCropper.from_options(options)
-        self.embedder = FaceEmbedder.from_options(options, state_dict)
+        network = embedder_network(options.model, weights, state_dict)
+        self.embedder = FaceEmbedder.from_options(options, network)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FaceEngine:
-        """Load the configured weights (``WeightsError`` if missing or wrong); build the engine
+        """Find the configured weights (``WeightsError`` if missing or wrong); build the engine
         (``ConfigError`` naming the variable when an option cannot be used)."""
         options = EngineOptions.from_settings(settings)
-        torch.set_num_threads(1)  # OpenMP's pool, once started, would not survive a fork
+        uses_torch = "torch" in (options.embed_backend, options.detect_runtime)
+        if uses_torch or "torch" in sys.modules:
+            import torch
+
+            torch.set_num_threads(1)  # OpenMP's pool, once started, would not survive a fork
         path = resolve_weights(settings.model, settings.weights, settings.data_path)
         log.info(
             "loading %s weights from %s onto %s (%d threads, embed %s, detect %s)",
@@ -89,8 +117,9 @@ class FaceEngine:
             options.embed_backend,
             options.detect_backend,
         )
-        engine = cls(load_state_dict(path), options)
-        torch.set_num_threads(options.threads)
+        engine = cls(options, path)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(options.threads)
         return engine
 
     @property
@@ -98,31 +127,81 @@ class FaceEngine:
         return self.options.model
 
     @property
-    def device(self) -> torch.device:
-        return torch.device(self.options.device)
+    def device(self) -> str:
+        """The device the engine's PyTorch parts (if any) run on: ``cpu``, ``cuda``, ..."""
+        return self.options.device
 
-    def detect(self, image: Image.Image) -> PhotoFaces:
-        """Find every face in an RGB image; the primary face (by ``face_selection``) first."""
+    def concurrently(self, work: Callable[[T], R], items: Sequence[T]) -> list[R]:
+        """``work`` on every item on the engine's compute threads, results in order (the first
+        failing item's exception is raised). Used for the photos of one request."""
+        return self.slots.map(work, items)
+
+    def detect(self, photo: Image.Image | DecodedPhoto) -> PhotoFaces:
+        """Find every face in an RGB image, or a photo decoded at a reduced scale; the primary
+        face (by ``face_selection``) first; boxes in the full photo's pixels."""
         start = time.perf_counter()
-        faces = self.faces_from(image, self.detector.find_faces(image))
-        return PhotoFaces(faces, image.width, image.height, (time.perf_counter() - start) * 1000)
+        faces = self.faces_from(photo, self.find_faces(photo))
+        width, height = photo.width, photo.height
+        return PhotoFaces(faces, width, height, (time.perf_counter() - start) * 1000)
 
-    def faces_from(self, image: Image.Image, found: Detections) -> list[DetectedFace]:
-        """Rank detections by ``face_selection`` and cut each face from the original image."""
+    def find_faces(self, photo: Image.Image | DecodedPhoto) -> Detections:
+        """The detector's faces, unranked, in the full photo's pixels."""
+        if isinstance(photo, Image.Image):
+            return self.detector.find_faces(photo)
+        found = self.detector.find_faces(photo.image)
+        sx, sy = photo.scale
+        return Detections(
+            found.boxes * np.array([sx, sy, sx, sy]), found.probs, found.landmarks * [sx, sy]
+        )
+
+    def faces_from(
+        self, photo: Image.Image | DecodedPhoto, found: Detections
+    ) -> list[DetectedFace]:
+        """Rank detections (full-photo pixels) by ``face_selection`` and cut each face from the
+        photo: from a reduced decode only where every face's crop region spans at least the
+        crop's 160 pixels in it, else from a finer decode (``crop_source``)."""
         order = (
             rank_faces(
-                found.boxes, found.probs, image.width, image.height, self.options.face_selection
+                found.boxes, found.probs, photo.width, photo.height, self.options.face_selection
             )
             if len(found.boxes)
             else []
         )
+        image, sx, sy = self.crop_source(photo, found.boxes)
         faces = []
         for i in order:
             box = tuple(float(v) for v in found.boxes[i])
-            crop = self.cropper.crop(image, box, found.landmarks[i])
-            faces.append(DetectedFace(box, float(found.probs[i]), crop, found.landmarks[i]))
+            landmarks = found.landmarks[i]
+            scaled = (box[0] / sx, box[1] / sy, box[2] / sx, box[3] / sy)
+            crop = self.cropper.crop(image, scaled, landmarks / [sx, sy])
+            faces.append(DetectedFace(box, float(found.probs[i]), crop, landmarks))
         return faces
 
-    def embed(self, crops: list[torch.Tensor]) -> Embeddings:
-        """Embed face crops in one forward pass; unit-norm (n, 512) float32 vectors."""
-        return self.embedder.embed(crops)
+    def crop_source(
+        self, photo: Image.Image | DecodedPhoto, boxes: np.ndarray
+    ) -> tuple[Image.Image, float, float]:
+        """The image faces are cut from and its full-photo pixels per pixel (across, down): the
+        photo itself, or the coarsest decode in which every face's crop region (the box grown by
+        the margin) is at least ``FACE_SIZE`` pixels on its shorter side, the full decode when
+        a face is smaller than that."""
+        if isinstance(photo, Image.Image):
+            return photo, 1.0, 1.0
+        if len(boxes):
+            sides = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+            region = float(sides.min()) * FACE_SIZE / (FACE_SIZE - self.options.margin)
+            reduction = photo.reduction
+            while reduction > 1 and region / reduction < FACE_SIZE:
+                reduction //= 2
+            photo.at_reduction(reduction)
+        return (photo.image, *photo.scale)
+
+    def embed(self, crops: list[np.ndarray]) -> Embeddings:
+        """Embed face crops; unit-norm (n, 512) float32 vectors. A batch is split in as many
+        parts as there are compute threads, run at once."""
+        return self.embedder.embed(crops, run=self._forward)
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        parts = min(self.slots.cores, len(batch))
+        if parts < 2 or self.options.embed_backend == "torch":
+            return self.slots.run(self.embedder.forward, batch)
+        return np.concatenate(self.slots.map(self.embedder.forward, np.array_split(batch, parts)))

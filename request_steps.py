@@ -11,21 +11,20 @@ for bad input. The services a step needs (engine, policy, signer, settings) are 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from flask import current_app, g, request
-from PIL import Image
 
 import face_quality
 from calibration import Calibration
 from config import Settings
 from decision_policy import Decision, DecisionPolicy, convert_threshold
 from errors import LowQuality, MissingField, NoFace
-from face_quality import QualityGate
-from image_decoding import decode_image
+from face_quality import FaceQuality, QualityGate
+from image_decoding import DecodedPhoto, decode_photo
 from monitoring.publisher import Publisher
-from photo_inferencing import FaceEngine, PhotoFaces
+from photo_inferencing import DetectedFace, FaceEngine, PhotoFaces
 from request_outcome import InputPhoto, Outcome
 from security import ReferenceSigner, reference_claims
 
@@ -88,45 +87,75 @@ def verify_reference(data: bytes, vector: np.ndarray) -> None:
     signer.verify(vector, services().engine.model_name, signature, model)
 
 
-def image_field(name: str) -> Image.Image:
-    """The upload ``name`` decoded into an RGB image (noted in the outcome)."""
+def image_field(name: str) -> DecodedPhoto:
+    """The upload ``name`` decoded into an upright RGB photo (with ``FACEMATCH_REDUCED_DECODE``
+    a large JPEG at the reduced scale the detector needs: ``decode_photo``); noted in the
+    outcome with its full size."""
     data = bytes_field(name)
     start = time.perf_counter()
-    image = decode_image(data, services().settings.max_pixels, name)
+    engine = services().engine
+    photo = decode_photo(data, services().settings.max_pixels, name, engine.options.decode_min_side)
     done = outcome()
     done.times.decode += (time.perf_counter() - start) * 1000
-    done.photos[name] = InputPhoto(image.width, image.height)
-    return image
+    done.photos[name] = InputPhoto(photo.width, photo.height)
+    return photo
 
 
-def find_faces(role: str, image: Image.Image) -> PhotoFaces:
+def find_faces(role: str, photo: DecodedPhoto) -> PhotoFaces:
     """Every face in the photo ``role``, primary first (none is not an error here); noted in
     the outcome."""
-    found = services().engine.detect(image)
+    found = services().engine.detect(photo)
     done = outcome()
     done.times.detection += found.detection_ms
     done.photos[role].found = found
     return found
 
 
-def detect(role: str, image: Image.Image) -> PhotoFaces:
+def detect(role: str, photo: DecodedPhoto) -> PhotoFaces:
     """Detect and measure faces, note them in the outcome, and refuse a photo without any
     (422 ``no_face``) or, with the gate on ``reject``, one whose primary face is below the
     quality bars (422 ``low_quality`` with the reasons)."""
-    found = find_faces(role, image)
-    photo = outcome().photos[role]
+    return _accepted(role, photo, find_faces(role, photo))
+
+
+def detect_all(photos: dict[str, DecodedPhoto]) -> list[PhotoFaces]:
+    """``detect`` for each photo (role -> photo), the photos at once on the engine's compute
+    threads (the detection time noted is the wall time of all); the first photo in order that
+    is refused decides the error."""
+    engine = services().engine
+    start = time.perf_counter()
+    found = engine.concurrently(engine.detect, list(photos.values()))
+    done = outcome()
+    done.times.detection += (time.perf_counter() - start) * 1000
+    for role, faces in zip(photos, found):
+        done.photos[role].found = faces
+    return [_accepted(role, photos[role], faces) for role, faces in zip(photos, found)]
+
+
+def _accepted(role: str, photo: DecodedPhoto, found: PhotoFaces) -> PhotoFaces:
+    """``found`` once its photo has a face and, with the gate on ``reject``, a primary face
+    above the bars; every face's quality noted in the outcome."""
+    noted = outcome().photos[role]
     if found.primary is None:
         raise NoFace(f"no face was found in '{role}'")
-    photo.qualities = [
-        face_quality.measure(image, face.box, face.landmarks, face.probability)
-        for face in found.faces
-    ]
+    noted.qualities = [_quality(photo, face) for face in found.faces]
     gate = services().gate
     if gate.mode != "off":
-        photo.below_bar = gate.reasons(photo.qualities[0])
-        if photo.below_bar and gate.mode == "reject":
-            raise LowQuality([f"{role}: {reason}" for reason in photo.below_bar])
+        noted.below_bar = gate.reasons(noted.qualities[0])
+        if noted.below_bar and gate.mode == "reject":
+            raise LowQuality([f"{role}: {reason}" for reason in noted.below_bar])
     return found
+
+
+def _quality(photo: DecodedPhoto, face: DetectedFace) -> FaceQuality:
+    """The quality of ``face`` measured in the image it was cut from (a reduced decode keeps
+    at least the crop's pixels), its width in the full photo's pixels."""
+    sx, sy = photo.scale
+    x1, y1, x2, y2 = face.box
+    measured = face_quality.measure(
+        photo.image, (x1 / sx, y1 / sy, x2 / sx, y2 / sy), face.landmarks, face.probability
+    )
+    return replace(measured, width_px=float(x2 - x1))
 
 
 def sample_faces(sample: PhotoFaces, decided: Decision) -> list:

@@ -211,10 +211,8 @@ def health():
 def photo_match():
     """Compare the primary face of ``reference`` with the face(s) of ``sample``."""
     decision = steps.decision()
-    reference_image = steps.image_field("reference")
-    sample_image = steps.image_field("sample")
-    reference = steps.detect("reference", reference_image)
-    sample = steps.detect("sample", sample_image)
+    photos = {"reference": steps.image_field("reference"), "sample": steps.image_field("sample")}
+    reference, sample = steps.detect_all(photos)
     compared = steps.sample_faces(sample, decision)
     embedded = steps.embed([reference.primary.crop, *(face.crop for face in compared)])
     _score(embedded[0], embedded[1:], decision)

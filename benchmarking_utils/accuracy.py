@@ -47,6 +47,7 @@ from deployment_utils.lfw import (
 )
 from engine_options import EngineOptions
 from face_detection import Detections, rank_faces
+from image_decoding import DecodedPhoto, decode_photo
 from photo_inferencing import FaceEngine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,10 +82,20 @@ class Cache:
 class Evaluator:
     """Embeds LFW images under a configuration through the engine's own steps, with caches."""
 
-    def __init__(self, lfw: Path, size: tuple[int, int] | None, threads: int, limit: int = 0):
+    def __init__(
+        self,
+        lfw: Path,
+        size: tuple[int, int] | None,
+        threads: int,
+        limit: int = 0,
+        served_decode: bool = False,
+    ):
         self.lfw, self.size, self.threads, self.limit = lfw, size, threads, limit
+        self.served_decode = served_decode
         self.current: tuple[EngineOptions, FaceEngine] | None = None
-        self.size_key = "lfw" if size is None else f"{size[0]}x{size[1]}"
+        self.size_key = ("lfw" if size is None else f"{size[0]}x{size[1]}") + (
+            "-served" if served_decode else ""
+        )
 
     def engine(self, settings: Settings) -> FaceEngine:
         """An engine built from ``settings`` (at the evaluator's thread count); the last one is
@@ -95,8 +106,13 @@ class Evaluator:
             self.current = (options, FaceEngine.from_settings(settings))
         return self.current[1]
 
-    def image(self, name: str) -> Image.Image:
+    def image(self, name: str, engine: FaceEngine | None = None) -> Image.Image | DecodedPhoto:
+        """The photo as Pillow opens it, or with ``--served-decode`` as the server decodes it
+        (``decode_photo``: a large JPEG at the reduced scale the detector needs)."""
         data = photo_bytes(self.lfw, name, self.size).data
+        if self.served_decode and engine is not None:
+            side = engine.options.detect_max_side
+            return decode_photo(data, Settings().max_pixels, name, side)
         with Image.open(io.BytesIO(data)) as image:
             return image.convert("RGB")
 
@@ -113,7 +129,7 @@ class Evaluator:
             f"{aligned}-{s.embed_backend}"
         )
         result: dict[str, np.ndarray | None] = {}
-        todo: list[tuple[str, tuple, torch.Tensor]] = []
+        todo: list[tuple[str, tuple, np.ndarray]] = []
         for name in tqdm(names, desc=f"{config.name} {label}", unit="img", mininterval=5):
             key = self._primary_key(engine, detections, name)
             if key is None:
@@ -132,7 +148,7 @@ class Evaluator:
 
     def _primary_key(self, engine: FaceEngine, detections: Cache, name: str) -> tuple | None:
         if name not in detections.data:
-            found = engine.detector.find_faces(self.image(name))
+            found = engine.find_faces(self.image(name, engine))
             detections.put(name, (found.boxes, found.probs, found.landmarks))
         boxes, probs, _ = detections.data[name]
         if len(boxes) == 0:
@@ -141,9 +157,9 @@ class Evaluator:
         best = rank_faces(boxes, probs, width, height, engine.options.face_selection)[0]
         return (name, tuple(round(float(v), 3) for v in boxes[best]))
 
-    def _crop_of(self, engine: FaceEngine, detections: Cache, name: str) -> torch.Tensor:
+    def _crop_of(self, engine: FaceEngine, detections: Cache, name: str) -> np.ndarray:
         found = Detections(*detections.data[name])
-        return engine.faces_from(self.image(name), found)[0].crop
+        return engine.faces_from(self.image(name, engine), found)[0].crop
 
     @staticmethod
     def _combine(engine: FaceEngine, pair: tuple[np.ndarray, np.ndarray], flip: bool) -> np.ndarray:
@@ -155,8 +171,8 @@ class Evaluator:
     def _embed(self, engine, todo, embeddings: Cache, result: dict, flip: bool) -> None:
         if not todo:
             return
-        batch = torch.stack([crop for _, _, crop in todo])
-        vectors = engine.embedder.forward(torch.cat([batch, torch.flip(batch, dims=[3])]))
+        batch = np.stack([crop for _, _, crop in todo])
+        vectors = engine.embedder.forward(np.concatenate([batch, batch[:, :, :, ::-1]]))
         for i, (name, key, _) in enumerate(todo):
             pair = (vectors[i].copy(), vectors[len(todo) + i].copy())
             embeddings.put(key, pair)
@@ -313,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default="lfw", help="'lfw' or WxH for generated large photos")
     parser.add_argument("--threads", type=int, default=1, help="intra-op threads")
     parser.add_argument(
+        "--served-decode",
+        action="store_true",
+        help="decode as the server does (a large JPEG at a reduced scale) instead of in full",
+    )
+    parser.add_argument(
         "--limit", type=int, default=0, help="about this many pairs per list (smoke runs; 0 = all)"
     )
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
@@ -323,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     configs = [parse_config(c) for c in args.config] or [parse_config("default:")]
-    ev = Evaluator(args.lfw, parse_size(args.size), args.threads, args.limit)
+    ev = Evaluator(args.lfw, parse_size(args.size), args.threads, args.limit, args.served_decode)
     started = time.time()
     results, curves = {}, {}
     for config in configs:

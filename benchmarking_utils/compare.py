@@ -136,19 +136,20 @@ def run_size(
 
 
 def embedding_rate(
-    candidates: list[Candidate], baseline: Baseline, crop: torch.Tensor, threads: int, repeats: int
+    candidates: list[Candidate], baseline: Baseline, crop: np.ndarray, threads: int, repeats: int
 ) -> dict:
     """Milliseconds per face (batches of 1 and 2; the baseline's autograd batch of 1) against the
     machine's float32 peak: the best 1024x1024 PyTorch matrix product at the same thread count,
     measured in the same interleaved loop (NumPy's BLAS would ignore the thread count)."""
     torch.set_num_threads(threads)
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-    runs = {"baseline batch 1": (1, lambda: baseline.resnet(crop[None]).detach())}
+    tensor = torch.from_numpy(np.ascontiguousarray(crop))
+    runs = {"baseline batch 1": (1, lambda: baseline.resnet(tensor[None]).detach())}
     for c in candidates:
         runs[f"{c.config.name} batch 1"] = (1, lambda e=c.engine: e.embedder.forward(crop[None]))
         runs[f"{c.config.name} batch 2"] = (
             2,
-            lambda e=c.engine: e.embedder.forward(torch.stack([crop, crop])),
+            lambda e=c.engine: e.embedder.forward(np.stack([crop, crop])),
         )
     per_face: dict[str, list[float]] = {k: [] for k in runs}
     best_matmul = float("inf")

@@ -45,7 +45,9 @@ class LocalGunicorn:
         env: Mapping[str, str] | None = None,
         app: str = "wsgi:app",
         extra_args: Iterable[str] = (),
+        repo: Path = REPO,
     ):
+        """Start it; ``repo``: the checkout to serve (another one for before/after figures)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(log_path)
@@ -56,7 +58,7 @@ class LocalGunicorn:
                 "FACEMATCH_HOST": "127.0.0.1",
                 "FACEMATCH_PORT": str(self.port),
                 "FACEMATCH_MQTT_HOST": "",
-                "PYTHONPATH": str(REPO),
+                "PYTHONPATH": str(repo),
                 **(env or {}),
             }
         )
@@ -64,7 +66,7 @@ class LocalGunicorn:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "wb") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                argv, cwd=REPO, env=environ, stdout=log, stderr=subprocess.STDOUT,
+                argv, cwd=repo, env=environ, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
 

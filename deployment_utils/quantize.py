@@ -1,13 +1,17 @@
-"""Build the int8 embedder for ``FACEMATCH_EMBED_BACKEND=onnx-int8`` (opt-in; see the README).
+"""Build the int8 embedder for ``FACEMATCH_EMBED_BACKEND=onnx-int8``.
 
 InceptionResnetV1 is exported to ONNX from the configured weights and quantized statically with
 ONNX Runtime (QDQ, int8 weights per output channel, uint8 activations). The activation ranges
-are calibrated on primary-face crops of ``--images`` LFW View 1 DevTrain photos (a seeded
-sample; View 2 is never used). The graph goes to ``<data dir>/<model>.int8.onnx`` (where the
-engine reads it) beside a JSON note of how it was built; ``benchmarking_utils.accuracy``
+are calibrated on the primary-face crops of ``--images`` LFW View 1 DevTrain photos (a seeded
+sample; View 2 is never used), cut as the service cuts them. Those crops are shipped, as one
+lossless image (``CALIBRATION_FILE``), so that a fresh set-up and the Docker image build the
+same graph without LFW (``python -m deployment_utils.graphs build`` does, through
+``build_int8_from_shipped_crops``). The graph goes to ``<data dir>/<model>.int8.onnx`` (where
+the engine reads it) beside a JSON note of how it was built; ``benchmarking_utils.accuracy``
 measures what it costs in accuracy.
 
-    python -m deployment_utils.quantize [--images 200]
+    python -m deployment_utils.quantize --write-crops [--images 200]   # once, needs LFW
+    python -m deployment_utils.quantize                                # from the shipped crops
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime
-import torch
 from onnxruntime.quantization import (
     CalibrationDataReader,
     QuantFormat,
@@ -36,13 +39,16 @@ from tqdm import tqdm
 from config import Settings
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from engine_options import EngineOptions
-from face_embedding import load_network
-from model_weights import load_state_dict, resolve_weights
+from face_embedding import embedder_network
+from model_weights import resolve_weights
 from photo_inferencing import FaceEngine
+from runtime_backends.graph_files import write_note
+from runtime_backends.onnx_export import export_onnx
 from runtime_backends.onnx_int8_runtime import int8_graph_path
-from runtime_backends.onnx_runtime import export_onnx
 
 BATCH = 8
+CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model_data" / "int8_calibration.png"
+PER_ROW = 20  # crops per row of the calibration image
 
 
 class Crops(CalibrationDataReader):
@@ -63,8 +69,41 @@ def calibration_crops(engine: FaceEngine, photos: list[Path], progress: bool = T
         with Image.open(path) as image:
             face = engine.detect(image.convert("RGB")).primary
         if face is not None:
-            crops.append(face.crop.numpy())
+            crops.append(face.crop)
     return np.stack(crops).astype(np.float32)
+
+
+def write_crops(crops: np.ndarray, path: Path = CALIBRATION_FILE) -> None:
+    """Save standardised (n, 3, 160, 160) crops losslessly as one PNG, ``PER_ROW`` a row (the
+    standardisation ``(x - 127.5) / 128`` of 8-bit pixels is undone exactly)."""
+    pixels = np.rint(crops.transpose(0, 2, 3, 1) * 128 + 127.5).clip(0, 255).astype(np.uint8)
+    rows = -(-len(pixels) // PER_ROW)
+    side = pixels.shape[1]
+    sheet = np.zeros((rows * side, PER_ROW * side, 3), np.uint8)
+    for i, crop in enumerate(pixels):
+        r, c = divmod(i, PER_ROW)
+        sheet[r * side : (r + 1) * side, c * side : (c + 1) * side] = crop
+    Image.fromarray(sheet).save(path, optimize=True, pnginfo=_count_note(len(pixels)))
+
+
+def _count_note(count: int):
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("crops", str(count))
+    return info
+
+
+def read_crops(path: Path = CALIBRATION_FILE, side: int = 160) -> np.ndarray:
+    """The standardised (n, 3, side, side) float32 crops ``write_crops`` saved."""
+    with Image.open(path) as image:
+        count = int(image.text["crops"])
+        sheet = np.asarray(image.convert("RGB"))
+    crops = [
+        sheet[r * side : (r + 1) * side, c * side : (c + 1) * side]
+        for r, c in (divmod(i, PER_ROW) for i in range(count))
+    ]
+    return ((np.stack(crops).astype(np.float32) - 127.5) / 128).transpose(0, 3, 1, 2)
 
 
 def devtrain_sample(lfw: Path, count: int, seed: int) -> list[Path]:
@@ -75,15 +114,16 @@ def devtrain_sample(lfw: Path, count: int, seed: int) -> list[Path]:
     return [lfw / "images" / names[i] for i in sorted(chosen)]
 
 
-def build_int8_graph(
-    state_dict: dict[str, torch.Tensor], crops: np.ndarray, out: Path
-) -> dict[str, str]:
-    """Quantize InceptionResnetV1 holding ``state_dict``, calibrated on ``crops``, into ``out``;
-    returns the graph's sha256 and the library versions for the build note."""
-    network = load_network(state_dict)
+def build_int8_graph(weights: Path, crops: np.ndarray, out: Path, model: str) -> dict[str, str]:
+    """Quantize InceptionResnetV1 holding the weights file ``weights``, calibrated on ``crops``,
+    into ``out`` with a note of the weights it was built from; returns the graph's sha256 and the
+    library versions for the build note."""
+    import torch
+
+    network = embedder_network(model, weights)
     with tempfile.TemporaryDirectory() as tmp:
         fp32, prepared = Path(tmp) / "fp32.onnx", Path(tmp) / "prepared.onnx"
-        fp32.write_bytes(export_onnx(network.module, network.example_shape, network.dynamic_axes))
+        fp32.write_bytes(export_onnx(network.load(), network.example_shape, network.dynamic_axes))
         quant_pre_process(str(fp32), str(prepared))
         out.parent.mkdir(parents=True, exist_ok=True)
         quantize_static(
@@ -95,11 +135,27 @@ def build_int8_graph(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
         )
-    return {
+    built = {
         "onnxruntime": onnxruntime.__version__,
         "torch": torch.__version__,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
     }
+    write_note(out, weights, built)
+    return built
+
+
+def build_int8_from_shipped_crops(weights: Path, out: Path, model: str = "casia-webface") -> dict:
+    """``build_int8_graph`` calibrated on the shipped crops (``CALIBRATION_FILE``)."""
+    crops = read_crops()
+    built = build_int8_graph(weights, crops, out, model)
+    note = {
+        "model": model,
+        "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "calibration": f"{len(crops)} crops from {CALIBRATION_FILE.name}",
+        **built,
+    }
+    write_note(out, weights, note)
+    return note
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,30 +163,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lfw", type=Path, default=lfw_dir())
     parser.add_argument("--images", type=int, default=200, help="calibration photos")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--write-crops",
+        action="store_true",
+        help=f"cut the calibration crops from LFW View 1 into {CALIBRATION_FILE.name} first",
+    )
     parser.add_argument("--out", type=Path, help="default: <data dir>/<model>.int8.onnx")
     args = parser.parse_args(argv)
-    if not (args.lfw / "pairsDevTrain.txt").exists():
-        print(GET_LFW.format(path=args.lfw), file=sys.stderr)
-        return 2
     settings = Settings.from_env(
-        embed_backend="torch", center_embeddings=False, flip_embeddings=False
+        embed_backend="onnx", center_embeddings=False, flip_embeddings=False
     )
-    state_dict = load_state_dict(
-        resolve_weights(settings.model, settings.weights, settings.data_path)
-    )
-    engine = FaceEngine(state_dict, EngineOptions.from_settings(settings))
-    crops = calibration_crops(engine, devtrain_sample(args.lfw, args.images, args.seed))
+    weights = resolve_weights(settings.model, settings.weights, settings.data_path)
+    if args.write_crops:
+        if not (args.lfw / "pairsDevTrain.txt").exists():
+            print(GET_LFW.format(path=args.lfw), file=sys.stderr)
+            return 2
+        engine = FaceEngine(EngineOptions.from_settings(settings), weights)
+        write_crops(calibration_crops(engine, devtrain_sample(args.lfw, args.images, args.seed)))
+        print(
+            f"wrote {CALIBRATION_FILE}: primary-face crops of {args.images} LFW View 1 DevTrain "
+            f"photos, seed {args.seed}, margin {settings.margin}",
+            file=sys.stderr,
+        )
     out = args.out or int8_graph_path(settings.data_path, settings.model)
-    built = build_int8_graph(state_dict, crops, out)
-    note = {
-        "model": settings.model,
-        "built_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python -m deployment_utils.quantize " + " ".join(argv or sys.argv[1:]),
-        "calibration": f"{len(crops)} primary-face crops of LFW View 1 DevTrain photos, "
-        f"seed {args.seed}, margin {settings.margin}",
-        **built,
-    }
-    out.with_suffix(".json").write_text(json.dumps(note, indent=2) + "\n")
+    note = build_int8_from_shipped_crops(weights, out, settings.model)
     print(json.dumps({"written": str(out), **note}, indent=2))
     return 0
 

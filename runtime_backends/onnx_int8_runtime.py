@@ -1,16 +1,19 @@
 """The ONNX Runtime int8 backend: a prepared, statically quantized embedder read from a file.
 
-``python -m deployment_utils.quantize`` builds the graph (calibrated on LFW View 1 DevTrain
-crops) into ``<data dir>/<model>.int8.onnx``; this module only finds and loads it.
+``python -m deployment_utils.graphs build`` (through ``deployment_utils.quantize``) builds the
+graph, calibrated on the face crops shipped in ``model_data/``, into
+``<data dir>/<model>.int8.onnx``, with a note of the weights file it was built from; this
+module only finds and loads it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from runtime_backends.graph_files import current_file
 from runtime_backends.onnx_runtime import OnnxRuntime
 
-INT8_BUILD = "python -m deployment_utils.quantize"
+INT8_BUILD = "python -m deployment_utils.graphs build"
 
 
 def int8_graph_path(data_dir: Path, model: str) -> Path:
@@ -18,11 +21,16 @@ def int8_graph_path(data_dir: Path, model: str) -> Path:
     return Path(data_dir).expanduser() / f"{model}.int8.onnx"
 
 
-def load_int8_runtime(path: Path | None, threads: int) -> OnnxRuntime:
-    """A session over the prepared int8 graph at ``path``; ValueError naming the build command
-    when there is none."""
+def load_int8_runtime(path: Path | None, threads: int, source: Path | None) -> OnnxRuntime:
+    """A session over the prepared int8 graph at ``path``, built from the weights file
+    ``source`` as it is now; ValueError naming the build command when there is none."""
     if path is None or not Path(path).is_file():
         raise ValueError(
             f"FACEMATCH_EMBED_BACKEND=onnx-int8 needs {path}; build it with {INT8_BUILD}"
+        )
+    if current_file(Path(path), source) is None:
+        raise ValueError(
+            f"{path} was not built from the weights file {source} as it is now; rebuild it "
+            f"with {INT8_BUILD} (or set FACEMATCH_EMBED_BACKEND=onnx)"
         )
     return OnnxRuntime(Path(path).read_bytes(), threads)

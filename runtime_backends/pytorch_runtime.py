@@ -8,21 +8,23 @@ checks them within 1e-4).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
 class TorchRuntime:
     """Runs a PyTorch module in inference mode on ``device``."""
 
-    def __init__(self, module: torch.nn.Module, device: torch.device):
-        if device.type == "cuda":
+    def __init__(self, module: torch.nn.Module, device: str | torch.device):
+        self.device = torch.device(device)
+        if self.device.type == "cuda":
             torch.backends.cudnn.conv.fp32_precision = "ieee"
             torch.backends.cuda.matmul.fp32_precision = "ieee"
-        self.module = module.to(device).eval()
-        self.device = device
+        self.module = module.to(self.device).eval()
 
-    def run(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
         """The module's outputs for ``x`` (moved to the device), always as a tuple."""
         with torch.inference_mode():
-            out = self.module(x.to(self.device))
-        return out if isinstance(out, tuple) else (out,)
+            out = self.module(torch.as_tensor(x, dtype=torch.float32).to(self.device))
+        out = out if isinstance(out, tuple) else (out,)
+        return tuple(o.float().cpu().numpy() for o in out)

@@ -22,3 +22,4 @@ for req in "${files[@]}"; do
   fi
 done
 .venv/bin/python -m deployment_utils.weights build
+.venv/bin/python -m deployment_utils.graphs build

@@ -6,21 +6,29 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-import torch
 from facenet_pytorch import MTCNN
 from PIL import Image
 
 from config import ConfigError
 from deployment_utils.lfw import place_on_canvas
-from deployment_utils.quantize import build_int8_graph, calibration_crops, devtrain_sample
+from deployment_utils.quantize import (
+    build_int8_graph,
+    calibration_crops,
+    devtrain_sample,
+    read_crops,
+    write_crops,
+)
 from engine_options import EngineOptions
 from face_detection import RETRY_MIN_FACE_SIZE
 from face_embedding import CENTERS_FILE, combine_flipped, load_centers
 from model_weights import load_state_dict, resolve_weights
 from photo_inferencing import FaceEngine
+from runtime_backends.graph_files import current_graph
 from runtime_backends.onnx_runtime import OnnxRuntime
 from runtime_backends.pytorch_runtime import TorchRuntime
 
@@ -29,8 +37,13 @@ OTHER = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
 
 
 @pytest.fixture(scope="module")
-def state_dict(settings):
-    return load_state_dict(resolve_weights(settings.model, settings.weights, settings.data_path))
+def weights(settings):
+    return resolve_weights(settings.model, settings.weights, settings.data_path)
+
+
+@pytest.fixture(scope="module")
+def state_dict(weights):
+    return load_state_dict(weights)
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +67,11 @@ def plain(settings) -> EngineOptions:
 
 
 @pytest.fixture(scope="module")
-def build(state_dict, plain):
+def build(weights, state_dict, plain):
     """An engine on the plain options with ``changes`` applied."""
 
     def engine(**changes) -> FaceEngine:
-        return FaceEngine(state_dict, dataclasses.replace(plain, **changes))
+        return FaceEngine(dataclasses.replace(plain, **changes), weights, state_dict)
 
     return engine
 
@@ -165,7 +178,7 @@ def test_settings_choose_the_backends_and_detection_sizes(settings):
     )
     assert engine.detector.min_face_size == 40 and engine.detector.detect_max_side == 800
     assert isinstance(engine.embedder.runtime, OnnxRuntime)
-    assert all(isinstance(stage.runtime, TorchRuntime) for stage in engine.detector.stages)
+    assert all(isinstance(net, TorchRuntime) for net in engine.detector.networks)
 
 
 @pytest.mark.parametrize("size", [(1280, 720), (1920, 1080), (4032, 3024)])
@@ -187,7 +200,7 @@ def test_downscaled_detection_crops_from_the_original_pixels(downscaling_engine,
     search, scale = downscaling_engine.detector.search_image(canvas)
     face = downscaling_engine.detect(canvas).primary
     assert search.size == (640, 360) and scale == pytest.approx(1 / 3)
-    assert torch.equal(face.crop, downscaling_engine.cropper.plain_crop(canvas, face.box))
+    assert np.array_equal(face.crop, downscaling_engine.cropper.plain_crop(canvas, face.box))
 
 
 def test_a_photo_smaller_than_detect_max_side_is_searched_as_it_is(downscaling_engine, photo):
@@ -243,10 +256,10 @@ def test_flip_embedding_is_the_normalised_sum_of_crop_and_mirror(build, torch_en
     crop = torch_engine.detect(photo).primary.crop
     flipping = build(flip_embeddings=True)
     got = flipping.embed([crop]).vectors
-    plain = torch_engine.embed([crop, torch.flip(crop, dims=[2])]).vectors
+    plain = torch_engine.embed([crop, crop[:, :, ::-1]]).vectors
     assert np.allclose(got, combine_flipped(plain[:1], plain[1:]), atol=1e-5)
     assert np.linalg.norm(got[0]) == pytest.approx(1.0, abs=1e-5)
-    mirrored = flipping.embed([torch.flip(crop, dims=[2])]).vectors
+    mirrored = flipping.embed([crop[:, :, ::-1]]).vectors
     assert np.allclose(got, mirrored, atol=1e-5)
 
 
@@ -257,7 +270,7 @@ def test_a_batch_embeds_each_crop_as_it_would_alone(onnx_engine, photo, other):
     assert np.allclose(together, alone, atol=1e-5)
 
 
-def _embed_in_child(engine: FaceEngine, crop: torch.Tensor, queue) -> None:
+def _embed_in_child(engine: FaceEngine, crop: np.ndarray, queue) -> None:
     queue.put(engine.embed([crop]).vectors)
 
 
@@ -278,13 +291,13 @@ def test_an_onnx_engine_built_before_a_fork_works_in_the_child(build, torch_engi
 
 @pytest.mark.slow
 def test_int8_embedder_built_from_a_few_crops_stays_within_a_small_angle_of_float(
-    state_dict, build, torch_engine, lfw, photo, other, tmp_path
+    weights, build, torch_engine, lfw, photo, other, tmp_path
 ):
     """The int8 graph is built here, as ``python -m deployment_utils.quantize`` builds it, but
     calibrated on eight DevTrain photos (the tool uses 200), then served by the engine."""
     calibration = calibration_crops(torch_engine, devtrain_sample(lfw, 8, seed=0), progress=False)
     graph = tmp_path / "casia-webface.int8.onnx"
-    build_int8_graph(state_dict, calibration, graph)
+    build_int8_graph(weights, calibration, graph, "casia-webface")
     int8 = build(embed_backend="onnx-int8", int8_graph=graph)
     crops = [torch_engine.detect(photo).primary.crop, torch_engine.detect(other).primary.crop]
     got = int8.embed(crops).vectors
@@ -294,7 +307,7 @@ def test_int8_embedder_built_from_a_few_crops_stays_within_a_small_angle_of_floa
 
 
 def test_int8_backend_without_its_graph_is_refused_naming_the_build_command(build, tmp_path):
-    with pytest.raises(ValueError, match="onnx-int8 needs .*deployment_utils.quantize"):
+    with pytest.raises(ValueError, match="onnx-int8 needs .*deployment_utils.graphs build"):
         build(embed_backend="onnx-int8", int8_graph=tmp_path / "absent.int8.onnx")
 
 
@@ -348,3 +361,73 @@ def test_detections_match_facenet_pytorch_mtcnn(torch_engine, photo):
     assert np.allclose(found.boxes[order], np.asarray(boxes, dtype=float), atol=1e-3)
     assert np.allclose(found.probs[order], np.asarray(probs, dtype=float), atol=1e-6)
     assert np.allclose(found.landmarks[order], np.asarray(points, dtype=float), atol=1e-3)
+
+
+def test_shipped_calibration_crops_round_trip_exactly(torch_engine, photo, other, tmp_path):
+    crops = np.stack([torch_engine.detect(p).primary.crop for p in (photo, other)])
+    path = tmp_path / "crops.png"
+    write_crops(crops, path)
+    assert np.array_equal(read_crops(path), crops)
+    shipped = read_crops()
+    assert shipped.shape == (200, 3, 160, 160) and shipped.dtype == np.float32
+
+
+@pytest.mark.parametrize("step", [97, 331])
+def test_numpy_search_finds_facenet_pytorchs_boxes_within_a_pixel_on_lfw(build, lfw, step):
+    """The served search (``mtcnn_search``, NumPy, batched) against facenet-pytorch's own
+    ``detect_face`` with the same networks, on LFW photos spread over the alphabet."""
+    numpy_engine = build(detect_backend="onnx", min_face_size=40)
+    facenet_engine = build(detect_backend="torch", min_face_size=40)
+    people = sorted((lfw / "images").iterdir())[::step]
+    for person in people:
+        path = sorted(person.iterdir())[0]
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+        got = numpy_engine.detector.find_faces(image)
+        expected = facenet_engine.detector.find_faces(image)
+        assert got.boxes.shape == expected.boxes.shape, path.name
+        assert np.abs(got.boxes - expected.boxes).max(initial=0) < 1.0, path.name
+        assert np.abs(got.landmarks - expected.landmarks).max(initial=0) < 1.0, path.name
+        assert np.allclose(got.probs, expected.probs, atol=1e-3), path.name
+
+
+def test_a_graph_built_from_other_weights_is_not_used(settings, weights, tmp_path):
+    assert current_graph(settings.data_path, settings.model, weights) is not None
+    other = tmp_path / "other.pt"
+    other.write_bytes(weights.read_bytes()[:1000])
+    assert current_graph(settings.data_path, settings.model, other) is None
+    assert current_graph(tmp_path, settings.model, weights) is None
+
+
+def test_the_default_engine_answers_without_importing_pytorch(settings, face_bytes):
+    """With the graphs built at set-up, a served request never imports PyTorch."""
+    script = (
+        "import sys, io\n"
+        "from server import create_app\n"
+        "app = create_app({'mqtt_host': ''})\n"
+        "a, b = (open(p, 'rb').read() for p in sys.argv[1:3])\n"
+        "r = app.test_client().post('/photo_match', data={'reference': (io.BytesIO(a), 'a.jpg'),"
+        " 'sample': (io.BytesIO(b), 'b.jpg')})\n"
+        "assert r.status_code == 200, r.get_json()\n"
+        "print('torch' in sys.modules, 'facenet_pytorch' in sys.modules)\n"
+    )
+    images = [str(settings_lfw_path(name)) for name in (PHOTO, OTHER)]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *images], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
+
+
+def settings_lfw_path(name: str):
+    from deployment_utils.lfw import lfw_dir
+
+    return lfw_dir() / "images" / name
+
+
+def test_plain_crop_is_facenet_pytorchs_extract_face(torch_engine, photo):
+    from facenet_pytorch.models.utils.detect_face import extract_face
+
+    box = torch_engine.detect(photo).primary.box
+    expected = (extract_face(photo, np.asarray(box), 160, 32).numpy() - 127.5) / 128.0
+    assert np.array_equal(torch_engine.cropper.plain_crop(photo, box), expected)

@@ -1,0 +1,51 @@
+"""Where the networks' ONNX graphs built at set-up live, and whether one is current.
+
+``python -m deployment_utils.graphs build`` writes ``<data dir>/<network>.onnx`` and beside it
+``<network>.onnx.json``, which records the size and modification time of the weights file the
+graph was exported from. A graph whose weights file has changed since (rebuilt weights, or
+``FACEMATCH_WEIGHTS`` naming another file) is not current, and the engine exports the network
+from PyTorch at start-up instead, as it does when no graph was built.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def graph_path(graph_dir: Path, name: str) -> Path:
+    """The graph file of network ``name`` in ``graph_dir``."""
+    return Path(graph_dir).expanduser() / f"{name}.onnx"
+
+
+def source_stamp(source: Path | None) -> dict | None:
+    """What identifies a weights file's version: its resolved path, size and mtime."""
+    if source is None:
+        return None
+    stat = Path(source).stat()
+    return {"path": str(Path(source).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def write_note(graph: Path, source: Path | None, extra: dict) -> None:
+    """Record beside ``graph`` the weights file it was exported from (and ``extra``)."""
+    note = {"source": source_stamp(source), **extra}
+    graph.with_name(graph.name + ".json").write_text(json.dumps(note, indent=2) + "\n")
+
+
+def current_graph(graph_dir: Path | None, name: str, source: Path | None) -> Path | None:
+    """The built graph of ``name`` if it exists and was exported from ``source`` as it is now;
+    otherwise None."""
+    if graph_dir is None:
+        return None
+    return current_file(graph_path(graph_dir, name), source)
+
+
+def current_file(graph: Path, source: Path | None) -> Path | None:
+    """``graph`` if it exists and its note says it was built from ``source`` as it is now."""
+    try:
+        note = json.loads(graph.with_name(graph.name + ".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not graph.is_file() or note.get("source") != source_stamp(source):
+        return None
+    return graph
