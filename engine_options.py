@@ -17,8 +17,10 @@ Backends (each measured in the README's Performance section):
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
+import re
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -168,18 +170,28 @@ def pick_device(requested: str = "auto") -> str:
 
 
 def _warn_if_cuda_build() -> None:
-    """One log line when a GPU driver is present but PyTorch (a CUDA build) sees no GPU."""
-    if not _gpu_driver_present():
-        return
-    import torch
-
-    if torch.backends.cuda.is_built():
+    """One log line when this PyTorch is a CUDA build but no GPU is visible (read from its
+    ``version.py``, so a CPU server does not import PyTorch to say so)."""
+    cuda = _torch_cuda_version()
+    if cuda:
         log.warning(
-            "%s=auto: no CUDA GPU visible (torch %s, built for CUDA %s): falling back to the CPU",
+            "%s=auto: no CUDA GPU visible (torch built for CUDA %s): falling back to the CPU",
             _var("device"),
-            torch.__version__,
-            torch.version.cuda,
+            cuda,
         )
+
+
+def _torch_cuda_version() -> str | None:
+    """The CUDA version this PyTorch was built for (None: a CPU build, or no PyTorch)."""
+    spec = importlib.util.find_spec("torch")
+    if spec is None or spec.origin is None:
+        return None
+    try:
+        text = (Path(spec.origin).parent / "version.py").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^cuda\b[^=]*=\s*'([^']+)'", text, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def _check_cuda(requested: str, device: str) -> None:

@@ -18,7 +18,7 @@ no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has 
 @no_gpu
 def test_auto_without_a_gpu_runs_on_the_cpu_and_a_cuda_build_logs_the_fall_back(caplog):
     with caplog.at_level(logging.WARNING, logger="engine_options"):
-        assert pick_device("auto") == torch.device("cpu")
+        assert pick_device("auto") == "cpu"
     lines = [r.getMessage() for r in caplog.records]
     if torch.backends.cuda.is_built():
         assert len(lines) == 1
@@ -48,7 +48,7 @@ def test_engine_options_refuse_cuda_without_a_gpu_rather_than_run_on_the_cpu(set
 
 
 def test_cpu_asked_for_is_the_cpu_and_an_unknown_device_is_refused():
-    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("cpu") == "cpu"
     with pytest.raises(ConfigError, match="FACEMATCH_DEVICE='gpu' is not a torch device"):
         pick_device("gpu")
 
