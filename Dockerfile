@@ -20,10 +20,16 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
     && grep -v -E '^(torch|torchvision)==' requirements.txt > /tmp/requirements-rest.txt \
     && pip install --no-cache-dir -r /tmp/requirements-rest.txt \
     && pip check
-# The weights are built here, once, so the container never downloads at start.
+# The weights, then the serving graphs (MTCNN, the embedder, its int8 build from the shipped
+# calibration crops), are built here, once, so the container never downloads, imports PyTorch
+# or exports a graph at start.
 COPY config.py model_weights.py ./
 COPY deployment_utils/ deployment_utils/
 RUN python -m deployment_utils.weights build --model "${FACEMATCH_MODEL}" --data-dir /opt/facematch/data
+COPY *.py ./
+COPY runtime_backends/ runtime_backends/
+COPY model_data/ model_data/
+RUN python -m deployment_utils.graphs build --model "${FACEMATCH_MODEL}" --data-dir /opt/facematch/data
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG FACEMATCH_MODEL=casia-webface

@@ -43,6 +43,7 @@ from gunicorn_hooks import (  # noqa: E402,F401 (see the module)
     child_exit,
     on_exit,
     post_worker_init,
+    pre_fork,
     pre_request,
     prometheus_dir,
     worker_exit,

@@ -27,6 +27,16 @@ Gunicorn then closes the connection because the unread rest is too large to drai
 the 413 said ``keep-alive`` and the client's next request on that socket failed. An application
 cannot say ``close`` itself: Gunicorn drops hop-by-hop headers from its responses.
 
+``pre_fork`` makes the master's memory shareable before each fork: it freezes the Python objects
+the app made (``gc.freeze``: a worker's collector then never writes to their pages, which would
+copy them), gives back to the system what loading left free in the heap (``malloc_trim``: the
+float graph's bytes and ONNX Runtime's transient copies), and makes every block of 128 KiB or
+more an ``mmap`` of its own (a fixed ``M_MMAP_THRESHOLD``; glibc otherwise raises it after the
+first large free, and a worker's arenas then keep each photo's decode and each run's
+activations). Measured at the defaults after 20 LFW requests (total PSS, master and two
+workers): 558 MiB without, 293 MiB with this and ONNX Runtime's arena off
+(``runtime_backends.onnx_runtime``). Without glibc (musl, macOS) it only freezes.
+
 ``worker_exit`` ends a worker with ``os._exit`` once Python's own clean-up (atexit handlers: the
 metrics publisher's flush, logging) has run, keeping the exit code Gunicorn was leaving with.
 ONNX Runtime, imported in the master, keeps a thread there; the C++ static destructors that a
@@ -46,7 +56,10 @@ gauges go. ``on_exit`` removes the directory when the master stops.
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
 import functools
+import gc
 import os
 import shutil
 import signal
@@ -77,6 +90,33 @@ def post_worker_init(worker) -> None:
     services = getattr(worker.wsgi, "extensions", {}).get("facematch")
     if services is not None:
         services.publisher.start()
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial threshold, kept fixed
+
+
+def pre_fork(server, worker) -> None:
+    """Freeze the master's Python objects, trim its heap and fix glibc's mmap threshold, so
+    the workers share what the master loaded and return what a request allocated."""
+    gc.freeze()
+    libc = _glibc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        libc.malloc_trim(0)
+
+
+@functools.cache
+def _glibc():
+    """The C library when it is glibc (it has ``malloc_trim`` and ``mallopt``), else None."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    if libc is None or not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
+        return None
+    return libc
 
 
 def pre_request(worker, req) -> None:
