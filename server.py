@@ -211,8 +211,7 @@ def health():
 def photo_match():
     """Compare the primary face of ``reference`` with the face(s) of ``sample``."""
     decision = steps.decision()
-    photos = {"reference": steps.image_field("reference"), "sample": steps.image_field("sample")}
-    reference, sample = steps.detect_all(photos)
+    reference, sample = steps.detect_all(["reference", "sample"])
     compared = steps.sample_faces(sample, decision)
     embedded = steps.embed([reference.primary.crop, *(face.crop for face in compared)])
     _score(embedded[0], embedded[1:], decision)
