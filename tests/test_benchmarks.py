@@ -147,3 +147,5 @@ def test_accuracy_measures_each_config_with_an_engine_built_from_its_options(lfw
     for entry in configs.values():
         view1 = entry["view1"]
         assert 0.5 < view1["devtest_accuracy"] <= 1 and view1["images_without_face"] == 0
+        assert view1["default_threshold"] == 0.6469
+        assert 0.5 < view1["devtest_accuracy_at_default_threshold"] <= 1
