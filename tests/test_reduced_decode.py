@@ -3,6 +3,7 @@ every check of the full decode, and its faces are reported and cut as from the f
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import numpy as np
@@ -12,8 +13,11 @@ from PIL import Image
 from deployment_utils.lfw import place_on_canvas
 from errors import ImageTooLarge, UnsupportedImage
 from image_decoding import MAX_JPEG_SCANS, decode_image, decode_photo
+from model_weights import resolve_weights
+from photo_inferencing import FaceEngine
+from server import create_app
 from tests import crafted_files
-from tests.support import SAME, image_bytes
+from tests.support import SAME, image_bytes, photo_match
 
 SIDE = 640  # the detector's default FACEMATCH_DETECT_MAX_SIDE
 LIMIT = 40_000_000
@@ -88,3 +92,29 @@ def test_the_reduced_decode_keeps_the_scan_limit_and_the_memory_budget(portrait)
         decode_photo(scans, LIMIT, "sample", SIDE)
     with pytest.raises(ImageTooLarge):
         decode_photo(image_bytes(canvas, quality=90), 4032 * 3024 - 1, "sample", SIDE)
+
+
+def test_photo_match_with_reduced_decode_answers_in_full_pixels_like_the_full_decode(
+    settings, engine, phone_jpeg, lfw
+):
+    with Image.open(lfw / "images" / SAME[1]) as image:
+        sample = image_bytes(
+            place_on_canvas(image.convert("RGB"), (4032, 3024), SAME[1]), quality=90
+        )
+    options = dataclasses.replace(engine.options, reduced_decode=True)
+    weights = resolve_weights(settings.model, settings.weights, settings.data_path)
+    reduced_app = create_app(
+        settings.replace(reduced_decode=True), engine=FaceEngine(options, weights)
+    )
+    full_app = create_app(settings, engine=engine)
+    full = photo_match(full_app.test_client(), phone_jpeg, sample).json
+    reduced = photo_match(reduced_app.test_client(), phone_jpeg, sample).json
+    assert full["match"] is reduced["match"] is True
+    assert abs(full["distance"] - reduced["distance"]) < 0.05
+    for role in ("reference", "sample"):
+        a, b = full["faces"][role], reduced["faces"][role]
+        assert a["image_size"] == b["image_size"] == [4032, 3024]
+        side = a["box"][2] - a["box"][0]
+        assert np.max(np.abs(np.subtract(a["box"], b["box"]))) <= 0.04 * side
+        width = a["quality"]["width_px"]
+        assert abs(width - b["quality"]["width_px"]) <= 0.04 * width  # full pixels, not 1/4
