@@ -29,13 +29,12 @@ cannot say ``close`` itself: Gunicorn drops hop-by-hop headers from its response
 
 ``pre_fork`` makes the master's memory shareable before each fork: it freezes the Python objects
 the app made (``gc.freeze``: a worker's collector then never writes to their pages, which would
-copy them), gives back to the system what loading left free in the heap (``malloc_trim``: the
-float graph's bytes and ONNX Runtime's transient copies), and makes every block of 128 KiB or
-more an ``mmap`` of its own (a fixed ``M_MMAP_THRESHOLD``; glibc otherwise raises it after the
-first large free, and a worker's arenas then keep each photo's decode and each run's
-activations). Measured at the defaults after 20 LFW requests (total PSS, master and two
-workers): 558 MiB without, 293 MiB with this and ONNX Runtime's arena off
-(``runtime_backends.onnx_runtime``). Without glibc (musl, macOS) it only freezes.
+copy them) and gives back to the system what loading left free in the heap (``malloc_trim``: the
+float graph's bytes and ONNX Runtime's transient copies). With ONNX Runtime's arena off
+(``runtime_backends.onnx_runtime``), total PSS of a default server after 20 LFW requests went
+from 558 to 343-397 MiB (docs/performance.md). glibc's mmap threshold is left to adapt: fixing it
+at 128 KiB kept that figure at about 300 MiB even after 12 MP photos, but the page faults of
+every large array made a 12 MP request 100 ms slower and an LFW one 13 ms slower.
 
 ``worker_exit`` ends a worker with ``os._exit`` once Python's own clean-up (atexit handlers: the
 metrics publisher's flush, logging) has run, keeping the exit code Gunicorn was leaving with.
@@ -92,29 +91,24 @@ def post_worker_init(worker) -> None:
         services.publisher.start()
 
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
-MMAP_THRESHOLD_BYTES = 128 * 1024  # glibc's initial threshold, kept fixed
-
-
 def pre_fork(server, worker) -> None:
-    """Freeze the master's Python objects, trim its heap and fix glibc's mmap threshold, so
-    the workers share what the master loaded and return what a request allocated."""
+    """Freeze the master's Python objects and trim its heap, so the workers share what the
+    master loaded rather than copy it."""
     gc.freeze()
     libc = _glibc()
     if libc is not None:
-        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
         libc.malloc_trim(0)
 
 
 @functools.cache
 def _glibc():
-    """The C library when it is glibc (it has ``malloc_trim`` and ``mallopt``), else None."""
+    """The C library when it is glibc (it has ``malloc_trim``), else None."""
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
     except OSError:
         return None
-    if libc is None or not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
+    if libc is None or not hasattr(libc, "malloc_trim"):
         return None
     return libc
 
