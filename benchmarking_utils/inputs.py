@@ -10,6 +10,7 @@ same bytes. Files are cached under ``benchmark_results/inputs/<WxH>/``.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,9 @@ def photo_bytes(lfw: Path, name: str, size: tuple[int, int] | None) -> Photo:
         buffer = io.BytesIO()
         canvas.save(buffer, "JPEG", quality=90)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(buffer.getvalue())
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(buffer.getvalue())
+        tmp.replace(path)  # atomic: a run beside this one never reads half a photo
     return Photo(name, path.read_bytes(), size[0], size[1])
 
 
