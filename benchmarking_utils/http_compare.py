@@ -66,6 +66,7 @@ def compare_size(
             post(url, *pair)
     base, served, stages = [], [], []
     others: dict[str, list[float]] = {name: [] for name in variants}
+    other_stages: dict[str, list[dict]] = {name: [] for name in variants}
     load = [os.getloadavg()[0]]
     for i in range(repeats):
         a, b = photos[i % len(photos)]
@@ -74,7 +75,9 @@ def compare_size(
         served.append(ms)
         stages.append(body["latency_ms"])
         for name, url in variants.items():
-            others[name].append(post(url, a, b)[0])
+            ms, body = post(url, a, b)
+            others[name].append(ms)
+            other_stages[name].append(body["latency_ms"])
     load.append(os.getloadavg()[0])
     base_ms, service_ms = float(np.median(base)), float(np.median(served))
     return {
@@ -82,13 +85,12 @@ def compare_size(
         "baseline_ms": round(base_ms, 1),
         "facematch_ms": round(service_ms, 1),
         "speedup": round(base_ms / service_ms, 2),
-        "facematch_stage_median_ms": {
-            s: round(float(np.median([r[s] for r in stages])), 1) for s in STAGES
-        },
+        "facematch_stage_median_ms": _stage_medians(stages),
         "variants": {
             name: {
                 "ms": round(float(np.median(v)), 1),
                 "speedup": round(base_ms / float(np.median(v)), 2),
+                "stage_median_ms": _stage_medians(other_stages[name]),
             }
             for name, v in others.items()
         },
@@ -98,12 +100,22 @@ def compare_size(
     }
 
 
-def start_and_footprint(repo: Path, photos: list, log_dir: Path, label: str) -> dict:
+def _stage_medians(latencies: list[dict]) -> dict:
+    """The median of each stage of the answers' ``latency_ms``."""
+    return {s: round(float(np.median([r[s] for r in latencies])), 1) for s in STAGES}
+
+
+def start_and_footprint(
+    repo: Path, photos: list, log_dir: Path, label: str, large: list | None = None, env=None
+) -> dict:
     """Start a default facematch server from ``repo``: seconds from process start to the first
-    answered ``/photo_match``, then total PSS (MiB) of master and workers after 20 requests."""
+    answered ``/photo_match``, then total PSS (MiB) of master and workers after 20 requests
+    (and, with ``large`` photos, again after 20 more of those: what a worker keeps after them);
+    ``env``: FACEMATCH_ variables of a variant (default: none, the defaults)."""
     a, b = photos[0]
     started = time.perf_counter()
-    server = LocalGunicorn(log_dir / f"start-{label}.log", {}, repo=repo)
+    log = log_dir / f"start-{len(list(log_dir.glob('start-*')))}.log"
+    server = LocalGunicorn(log, env or {}, repo=repo)
     try:
         while True:
             try:
@@ -117,10 +129,14 @@ def start_and_footprint(repo: Path, photos: list, log_dir: Path, label: str) -> 
         for i in range(19):
             post(server.url, *photos[i % len(photos)])
         mem = memory(server.pid)
+        for i in range(20 if large else 0):
+            post(server.url, *large[i % len(large)])
+        after_large = memory(server.pid) if large else None
     finally:
         server.stop()
     processes = [mem["master"], *mem["workers"]]
     return {
+        "server": label,
         "repo": str(repo),
         "commit": _commit(repo),
         "start_to_first_match_s": round(first, 2),
@@ -133,7 +149,12 @@ def start_and_footprint(repo: Path, photos: list, log_dir: Path, label: str) -> 
             "master": mem["master"]["rss_mib"],
             "workers": [w["rss_mib"] for w in mem["workers"]],
         },
+        "pss_total_after_large_mib": _total_pss(after_large) if after_large else None,
     }
+
+
+def _total_pss(mem: dict) -> float:
+    return round(sum(p["pss_mib"] for p in [mem["master"], *mem["workers"]]), 1)
 
 
 def _commit(repo: Path) -> str:
@@ -159,17 +180,24 @@ def table(results: dict, footprints: list[dict]) -> str:
             f" | {r['load_average_1min'][0]:.1f}-{r['load_average_1min'][1]:.1f} |"
         )
         for name, v in r["variants"].items():
-            rows.append(f"| {size}, {name} | | {v['ms']:.0f} | {v['speedup']:.1f}x | | |")
+            s = v["stage_median_ms"]
+            rows.append(
+                f"| {size}, {name} | | {v['ms']:.0f} | {v['speedup']:.1f}x | "
+                f"{s['decode']:.0f} / {s['detection']:.0f} / {s['embedding']:.0f} / "
+                f"{s['total']:.0f} | |"
+            )
     rows += [
         "",
-        "| server | commit | start to first /photo_match s | total PSS MiB (master; workers) |",
+        "| server | commit | start to first /photo_match s | total PSS MiB (master; workers) "
+        "| total PSS MiB after 20 large |",
     ]
-    rows.append("| --- | --- | --- | --- |")
+    rows.append("| --- | --- | --- | --- | --- |")
     for f in footprints:
         workers = ", ".join(f"{w:.0f}" for w in f["pss_mib"]["workers"])
         rows.append(
-            f"| {f['repo']} | {f['commit']} | {f['start_to_first_match_s']:.2f} | "
-            f"{f['pss_total_mib']:.0f} ({f['pss_mib']['master']:.0f}; {workers}) |"
+            f"| {f['server']} | {f['commit']} | {f['start_to_first_match_s']:.2f} | "
+            f"{f['pss_total_mib']:.0f} ({f['pss_mib']['master']:.0f}; {workers}) | "
+            f"{f['pss_total_after_large_mib'] or '':} |"
         )
     return "\n".join(rows)
 
@@ -197,22 +225,23 @@ def main(argv: list[str] | None = None) -> int:
         s: pair_photos(args.lfw, pairs, parse_size(s), args.repeats) for s in args.sizes.split(",")
     }
     log_dir = Path(tempfile.mkdtemp(prefix="http-compare-"))
+    variant_env = {}
+    for text in args.variant:
+        name, _, spec = text.partition(":")
+        variant_env[name] = dict(item.split("=", 1) for item in filter(None, spec.split(",")))
+    small = inputs["lfw"] if "lfw" in inputs else next(iter(inputs.values()))
+    large = inputs.get("4032x3024")
+    servers = [("defaults", REPO, {})]
+    servers += [(f"before: {repo}", repo, {}) for repo in args.before]
+    servers += [(name, REPO, env) for name, env in variant_env.items()]
     footprints = [
-        start_and_footprint(
-            repo,
-            inputs["lfw"] if "lfw" in inputs else next(iter(inputs.values())),
-            log_dir,
-            f"r{i}",
-        )
-        for i, repo in enumerate([REPO, *args.before])
+        start_and_footprint(repo, small, log_dir, label, large, env) for label, repo, env in servers
     ]
     baseline = LocalGunicorn(log_dir / "baseline.log", BASELINE_ENV, app=BASELINE)
     service = LocalGunicorn(log_dir / "facematch.log", {})
-    variants = {}
-    for text in args.variant:
-        name, _, spec = text.partition(":")
-        env = dict(item.split("=", 1) for item in filter(None, spec.split(",")))
-        variants[name] = LocalGunicorn(log_dir / f"{name}.log", env)
+    variants = {
+        name: LocalGunicorn(log_dir / f"{name}.log", env) for name, env in variant_env.items()
+    }
     try:
         for server in (baseline, service, *variants.values()):
             server.wait_until_up(300)

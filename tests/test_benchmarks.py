@@ -149,3 +149,34 @@ def test_accuracy_measures_each_config_with_an_engine_built_from_its_options(lfw
         assert 0.5 < view1["devtest_accuracy"] <= 1 and view1["images_without_face"] == 0
         assert view1["default_threshold"] == 0.6469
         assert 0.5 < view1["devtest_accuracy_at_default_threshold"] <= 1
+
+
+def test_http_compare_reports_the_users_view_start_time_and_footprint(lfw, tmp_path):
+    report = run_command(
+        "http_compare",
+        lfw,
+        tmp_path / "http.json",
+        "--sizes",
+        "lfw",
+        "--repeats",
+        "2",
+        "--warmup",
+        "1",
+        "--variant",
+        "int8:FACEMATCH_EMBED_BACKEND=onnx-int8",
+    )
+    lfw_row = report["results"]["lfw"]
+    assert lfw_row["image_size"] == [250, 250] and len(lfw_row["baseline_all_ms"]) == 2
+    assert lfw_row["speedup"] == pytest.approx(
+        lfw_row["baseline_ms"] / lfw_row["facematch_ms"], rel=0.01
+    )
+    stages = lfw_row["facematch_stage_median_ms"]
+    assert 0 < stages["detection"] < stages["total"] and stages["embedding"] > 0
+    int8 = lfw_row["variants"]["int8"]
+    assert int8["ms"] > 0 and int8["stage_median_ms"]["embedding"] > 0
+    footprints = {f["server"]: f for f in report["footprint"]}
+    assert set(footprints) == {"defaults", "int8"}
+    for f in footprints.values():
+        assert 0 < f["start_to_first_match_s"] < 120
+        assert len(f["pss_mib"]["workers"]) == 2 and f["pss_total_mib"] > f["pss_mib"]["master"]
+        assert f["pss_total_after_large_mib"] is None  # no 4032x3024 input asked for
