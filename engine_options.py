@@ -5,14 +5,15 @@ count, where the int8 graph lives) and refuses values the engine cannot use with
 ``ConfigError`` naming the ``FACEMATCH_*`` variable. A benchmark or test that needs other options
 builds a new engine from ``dataclasses.replace(options, ...)``; the record is never mutated.
 
-Backends (each measured in the README's Performance section):
+Backends (each measured in docs/performance.md):
 
 * ``embed_backend``: InceptionResnetV1 in PyTorch (``torch``), ONNX Runtime (``onnx``), or ONNX
-  Runtime on a prepared statically quantized graph (``onnx-int8``, built by
-  ``python -m deployment_utils.quantize``);
-* ``detect_backend``: MTCNN's three networks in PyTorch (``torch``) or ONNX Runtime (``onnx``),
-  both through facenet-pytorch's own search; ``onnx-pil`` also resamples with Pillow instead of
-  facenet-pytorch (faster, boxes a few pixels different, View 1 accuracy was lower).
+  Runtime on a prepared statically quantized graph (``onnx-int8``); both graphs are built at
+  set-up by ``python -m deployment_utils.graphs build``;
+* ``detect_backend``: MTCNN's three networks in ONNX Runtime searched by ``mtcnn_search``
+  (``onnx``; ``onnx-pil`` resamples with Pillow's area filter instead: faster, boxes a few pixels
+  different, View 1 accuracy was lower), or in PyTorch through facenet-pytorch's own search
+  (``torch``, ``mtcnn_facenet``).
 """
 
 from __future__ import annotations
