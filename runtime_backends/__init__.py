@@ -73,7 +73,7 @@ def _torch(network: Network, at: Placement) -> Runtime:
 def _onnx(network: Network, at: Placement) -> Runtime:
     graph = current_graph(at.graph_dir, network.name, network.source)
     if graph is not None:
-        return OnnxRuntime(graph.read_bytes(), at.threads)
+        return OnnxRuntime(graph, at.threads)
     from runtime_backends.onnx_export import export_onnx
 
     log.warning(

@@ -33,4 +33,4 @@ def load_int8_runtime(path: Path | None, threads: int, source: Path | None) -> O
             f"{path} was not built from the weights file {source} as it is now; rebuild it "
             f"with {INT8_BUILD} (or set FACEMATCH_EMBED_BACKEND=onnx)"
         )
-    return OnnxRuntime(Path(path).read_bytes(), threads)
+    return OnnxRuntime(Path(path), threads)

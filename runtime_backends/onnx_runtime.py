@@ -1,4 +1,7 @@
-"""The ONNX Runtime backend (CPU): a session over a serialized graph.
+"""The ONNX Runtime backend (CPU): a session over a serialized graph, a file or bytes.
+
+A graph built at set-up is handed to ONNX Runtime as its file: the session then holds the
+weights once (the float embedder: 103 MiB) instead of beside a parsed copy of the bytes (193 MiB).
 
 A session with one intra-op thread owns no thread pool, so it is built at once and one built
 before Gunicorn forks its workers is shared by them (copy-on-write). A session with a thread pool
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
 
 import numpy as np
 
@@ -17,11 +21,13 @@ import numpy as np
 class OnnxRuntime:
     """An ONNX Runtime session over a serialized graph with one input ``x``."""
 
-    def __init__(self, graph: bytes, threads: int):
+    def __init__(self, graph: bytes | Path, threads: int):
+        """A session over ``graph`` (a serialized graph, or the path of its file) with
+        ``threads`` intra-op threads."""
         import onnxruntime  # noqa: F401 - fail at start-up, not on the first request
 
         self.threads = max(1, threads)
-        self._graph: bytes | None = graph
+        self._graph: bytes | str | None = str(graph) if isinstance(graph, Path) else graph
         self._lock = threading.Lock()
         self._session, self._pid = None, 0
         if self.threads == 1:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import multiprocessing
+import os
 import subprocess
 import sys
 
@@ -397,6 +398,17 @@ def test_a_graph_built_from_other_weights_is_not_used(settings, weights, tmp_pat
     other.write_bytes(weights.read_bytes()[:1000])
     assert current_graph(settings.data_path, settings.model, other) is None
     assert current_graph(tmp_path, settings.model, weights) is None
+
+
+def test_a_graph_stays_current_for_the_same_weights_at_another_path_and_time(
+    settings, weights, tmp_path
+):
+    """The note names the weights by content: another checkout's copy (its own path and
+    modification time, e.g. facenet-pytorch installed into another venv) still matches."""
+    copy = tmp_path / "copy.pt"
+    copy.write_bytes(weights.read_bytes())
+    os.utime(copy, ns=(1, 1))
+    assert current_graph(settings.data_path, settings.model, copy) is not None
 
 
 def test_the_default_engine_answers_without_importing_pytorch(settings, face_bytes):
