@@ -30,11 +30,12 @@ cannot say ``close`` itself: Gunicorn drops hop-by-hop headers from its response
 ``pre_fork`` makes the master's memory shareable before each fork: it freezes the Python objects
 the app made (``gc.freeze``: a worker's collector then never writes to their pages, which would
 copy them) and gives back to the system what loading left free in the heap (``malloc_trim``: the
-float graph's bytes and ONNX Runtime's transient copies). With ONNX Runtime's arena off
-(``runtime_backends.onnx_runtime``), total PSS of a default server after 20 LFW requests went
-from 558 to 343-397 MiB (docs/performance.md). glibc's mmap threshold is left to adapt: fixing it
-at 128 KiB kept that figure at about 300 MiB even after 12 MP photos, but the page faults of
-every large array made a 12 MP request 100 ms slower and an LFW one 13 ms slower.
+float graph's bytes and ONNX Runtime's transient copies). With ONNX Runtime's arena off and
+the graphs read from their files (``runtime_backends.onnx_runtime``), total PSS of a default
+server after 20 LFW requests went from 558 to 315 MiB (docs/performance.md). glibc's mmap
+threshold is left to adapt: fixing it at 128 KiB kept the figure near 300 MiB even after 12 MP
+photos, but the page faults of every large array made a 12 MP request 100 ms slower and an LFW
+one 13 ms slower.
 
 ``worker_exit`` ends a worker with ``os._exit`` once Python's own clean-up (atexit handlers: the
 metrics publisher's flush, logging) has run, keeping the exit code Gunicorn was leaving with.

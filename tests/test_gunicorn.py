@@ -29,8 +29,9 @@ def test_gunicorn_serves_ping_and_photo_match(gunicorn, face_bytes):
 def test_the_default_server_shares_its_model_memory_after_twenty_requests(gunicorn, face_bytes):
     """The master and its two workers together, at the defaults (the fixture's 1 worker set back
     to 2), hold at most 450 MiB of proportional memory (PSS) after 20 LFW requests: the workers
-    share the master's model (frozen objects, trimmed heap, no ONNX Runtime arena). Measured
-    343-397 MiB (issue 15's target: 400); 1,285 MiB before that work."""
+    share the master's model (frozen objects, trimmed heap, graphs read from their files, no
+    ONNX Runtime arena). Measured 315-325 MiB (issue 15's target: 400); 1,400 before that work;
+    the allocator's share varies by tens of MiB between runs."""
     server = gunicorn(FACEMATCH_WORKERS="2", FACEMATCH_THREADS="2")
     pairs = [SAME, DIFFERENT]
     for i in range(20):
