@@ -22,8 +22,7 @@ trap 'git worktree remove --force "$tmp/before"; rm -rf "$tmp"' EXIT
 # HTTP, interleaved, median of 5 after 3 warm-up requests; start time and PSS, before and after.
 $py -m benchmarking_utils.http_compare --repeats 5 --warmup 3 --before "$tmp/before" \
     --variant int8:FACEMATCH_EMBED_BACKEND=onnx-int8 \
-    --variant reduced-decode:FACEMATCH_REDUCED_DECODE=true \
-    --variant int8+reduced-decode:FACEMATCH_EMBED_BACKEND=onnx-int8,FACEMATCH_REDUCED_DECODE=true \
+    --variant full-decode:FACEMATCH_REDUCED_DECODE=false \
     --out "$out/http_compare.json"
 # Throughput: 8 clients on LFW pairs, the default Gunicorn against one sync baseline worker.
 $py -m benchmarking_utils.load --clients 8 --seconds 20 --rounds 2 --warmup 10 \
