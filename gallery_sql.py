@@ -137,6 +137,21 @@ class SqlGalleryStore:
         database errors leave it as ``GalleryUnavailable``."""
         raise NotImplementedError
 
+    def _insert_face_sql(self) -> str:
+        """The statement that stores one face, returning its id (rows: ``_face_row``)."""
+        return (
+            "INSERT INTO faces (gallery, subject, model, vector, box_x1, box_y1, box_x2, "
+            "box_y2, probability, image_width, image_height, created) "
+            "VALUES (?, ?, ?, " + self._vector_placeholder() + ", ?, ?, ?, ?, ?, ?, ?, ?) "
+            "RETURNING id"
+        )
+
+    def _face_row(
+        self, gallery: str, subject: str, model: str, vector, source: FaceSource, now: float
+    ) -> tuple:
+        """The parameters of ``_insert_face_sql`` for one face."""
+        return (gallery, subject, model, self._encode_vector(vector), *_source_row(source), now)
+
     def _encode_vector(self, vector: np.ndarray) -> Any:
         raise NotImplementedError
 
@@ -264,20 +279,8 @@ class SqlGalleryStore:
                 raise GalleryFull(
                     f"subject {subject!r} holds its limit of {self.limits.max_subject_faces} faces"
                 )
-            (new_id,) = db.one(
-                "INSERT INTO faces (gallery, subject, model, vector, box_x1, box_y1, box_x2, "
-                "box_y2, probability, image_width, image_height, created) "
-                "VALUES (?, ?, ?, " + self._vector_placeholder() + ", ?, ?, ?, ?, ?, ?, ?, ?) "
-                "RETURNING id",
-                (
-                    gallery,
-                    subject,
-                    model,
-                    self._encode_vector(vector),
-                    *_source_row(source),
-                    now,
-                ),
-            )
+            row = self._face_row(gallery, subject, model, vector, source, now)
+            (new_id,) = db.one(self._insert_face_sql(), row)
             db.run(
                 "UPDATE subjects SET faces = faces + 1, updated = ? WHERE gallery = ? AND id = ?",
                 (now, gallery, subject),
@@ -326,19 +329,9 @@ class SqlGalleryStore:
                 [(gallery, subject, now, now) for subject in new],
             )
             ids = db.many(
-                "INSERT INTO faces (gallery, subject, model, vector, box_x1, box_y1, box_x2, "
-                "box_y2, probability, image_width, image_height, created) "
-                "VALUES (?, ?, ?, " + self._vector_placeholder() + ", ?, ?, ?, ?, ?, ?, ?, ?) "
-                "RETURNING id",
+                self._insert_face_sql(),
                 [
-                    (
-                        gallery,
-                        subject,
-                        model,
-                        self._encode_vector(vector),
-                        *_source_row(source),
-                        now,
-                    )
+                    self._face_row(gallery, subject, model, vector, source, now)
                     for subject, vector, source in checked
                 ],
                 returning=True,

@@ -95,8 +95,9 @@ def image_field(name: str) -> DecodedPhoto:
     outcome with its full size."""
     data = bytes_field(name)
     start = time.perf_counter()
-    engine = services().engine
-    photo = decode_photo(data, services().settings.max_pixels, name, engine.options.decode_min_side)
+    shared = services()
+    min_side = shared.engine.options.decode_min_side
+    photo = decode_photo(data, shared.settings.max_pixels, name, min_side)
     done = outcome()
     done.times.decode += (time.perf_counter() - start) * 1000
     done.photos[name] = InputPhoto(photo.width, photo.height)
@@ -126,9 +127,10 @@ def detect_all(roles: Sequence[str]) -> list[PhotoFaces]:
     missing one is refused before any work); the first photo in order that fails decides the
     error. Noted: ``decode`` is the slowest photo's decode, ``detection`` the rest of the step."""
     uploads = [bytes_field(role) for role in roles]
-    engine = services().engine
+    shared = services()
+    engine = shared.engine
     work = partial(
-        _decode_and_detect, engine, services().settings.max_pixels, engine.options.decode_min_side
+        _decode_and_detect, engine, shared.settings.max_pixels, engine.options.decode_min_side
     )
     start = time.perf_counter()
     results = engine.concurrently(work, list(zip(roles, uploads)))

@@ -248,15 +248,16 @@ def evaluate_view1(ev: Evaluator, config: Config) -> dict:
     d_train, y_train = distances(vectors, train), np.array([p.same for p in train])
     d_test, y_test = distances(vectors, test), np.array([p.same for p in test])
     threshold = choose_threshold(d_train, y_train)
+    default = default_threshold("cosine")
     folds = np.arange(len(train)) % 10
     return {
         "threshold": round(threshold, 4),
         "devtrain_accuracy": round(accuracy_counting_failures(d_train, y_train, threshold), 4),
         "devtrain_10fold": kfold(d_train, y_train, folds),
         "devtest_accuracy": round(accuracy_counting_failures(d_test, y_test, threshold), 4),
-        "default_threshold": default_threshold("cosine"),
+        "default_threshold": default,
         "devtest_accuracy_at_default_threshold": round(
-            accuracy_counting_failures(d_test, y_test, default_threshold("cosine")), 4
+            accuracy_counting_failures(d_test, y_test, default), 4
         ),
         "images_without_face": sum(vectors[n] is None for n in names),
     }

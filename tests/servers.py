@@ -621,16 +621,15 @@ class Nginx(_Process):
         return self
 
 
-@pytest.fixture
-def nginx():
-    """Start nginx with the shipped config in front of a Gunicorn: ``nginx(upstream_port=...)``
-    returns a started ``Nginx`` (``.url``, ``.port``, ``.log()``); all are stopped after the
-    test. ``scripts/test-deps/nginx.sh`` installs nginx."""
-    started: list[tuple[Nginx, Path]] = []
+def _servers_in_workdirs(prefix: str, server_class):
+    """A fixture's body: yields ``start(*args, **kwargs)``, which makes a fresh work directory,
+    starts ``server_class(directory, *args, **kwargs)`` in it and returns it; every server started
+    is stopped and its directory removed when the fixture ends."""
+    started = []
 
-    def start(upstream_port: int) -> Nginx:
-        directory = workdir("nginx")
-        server = Nginx(directory, upstream_port)
+    def start(*args, **kwargs):
+        directory = workdir(prefix)
+        server = server_class(directory, *args, **kwargs)
         started.append((server, directory))
         return server.start()
 
@@ -638,6 +637,14 @@ def nginx():
     for server, directory in started:
         server.stop()
         remove(directory)
+
+
+@pytest.fixture
+def nginx():
+    """Start nginx with the shipped config in front of a Gunicorn: ``nginx(upstream_port=...)``
+    returns a started ``Nginx`` (``.url``, ``.port``, ``.log()``); all are stopped after the
+    test. ``scripts/test-deps/nginx.sh`` installs nginx."""
+    yield from _servers_in_workdirs("nginx", Nginx)
 
 
 # --- PostgreSQL with pgvector (PyPI pgserver) ------------------------------------------------
@@ -779,15 +786,4 @@ def module_prometheus():
     """Start Prometheus for a module: ``module_prometheus([ScrapeJob(...), ...])`` returns a
     started ``Prometheus``; all are stopped after the module. ``scripts/test-deps/prometheus.sh``
     installs it."""
-    started: list[tuple[Prometheus, Path]] = []
-
-    def start(jobs: list[ScrapeJob]) -> Prometheus:
-        directory = workdir("prometheus")
-        server = Prometheus(directory, jobs)
-        started.append((server, directory))
-        return server.start()
-
-    yield start
-    for server, directory in started:
-        server.stop()
-        remove(directory)
+    yield from _servers_in_workdirs("prometheus", Prometheus)
