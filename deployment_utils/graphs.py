@@ -32,7 +32,7 @@ from model_weights import MODELS, WeightsError, resolve_weights
 from runtime_backends import Network
 from runtime_backends.graph_files import current_file, graph_path, write_note
 from runtime_backends.onnx_export import export_onnx
-from runtime_backends.onnx_int8_runtime import int8_graph_path
+from runtime_backends.onnx_int8_runtime import INT8_RECIPE, int8_graph_path
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def build(model: str, data_dir: Path, weights: str | Path | None = None, force=F
     written = [export_graph(mtcnn_network(name), data_dir, force) for name, _, _ in NETWORKS]
     written.append(export_graph(embedder_network(model, path), data_dir, force))
     int8 = int8_graph_path(data_dir, model)
-    if force or not current_file(int8, path):
+    if force or not current_file(int8, path, INT8_RECIPE):
         started = time.monotonic()
         build_int8_from_shipped_crops(path, int8, model)
         log.info("wrote %s in %.1f s", int8, time.monotonic() - started)

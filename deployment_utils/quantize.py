@@ -1,13 +1,13 @@
 """Build the int8 embedder for ``FACEMATCH_EMBED_BACKEND=onnx-int8``.
 
 InceptionResnetV1 is exported to ONNX from the configured weights and quantized statically with
-ONNX Runtime (QDQ, int8 weights per output channel, uint8 activations). The activation ranges
-are calibrated on the primary-face crops of ``--images`` LFW View 1 DevTrain photos (a seeded
-sample; View 2 is never used), cut as the service cuts them. Those crops are shipped, as one
-lossless image (``CALIBRATION_FILE``), so that a fresh set-up and the Docker image build the
-same graph without LFW (``python -m deployment_utils.graphs build`` does, through
-``build_int8_from_shipped_crops``). The graph goes to ``<data dir>/<model>.int8.onnx`` (where
-the engine reads it) beside a JSON note of how it was built; ``benchmarking_utils.accuracy``
+ONNX Runtime (``INT8_RECIPE``: QDQ, 7-bit int8 weights per output channel, uint8 activations).
+The activation ranges are calibrated on the primary-face crops of ``--images`` LFW View 1
+DevTrain photos (a seeded sample; View 2 is never used), cut as the service cuts them. Those
+crops are shipped, as one lossless image (``CALIBRATION_FILE``), so that a fresh set-up and the
+Docker image build the same graph without LFW (``python -m deployment_utils.graphs build`` does,
+through ``build_int8_from_shipped_crops``). The graph goes to ``<data dir>/<model>.int8.onnx``
+(where the engine reads it) beside a JSON note of how it was built; ``benchmarking_utils.accuracy``
 measures what it costs in accuracy.
 
     python -m deployment_utils.quantize --write-crops [--images 200]   # once, needs LFW
@@ -44,7 +44,7 @@ from model_weights import resolve_weights
 from photo_inferencing import FaceEngine
 from runtime_backends.graph_files import write_note
 from runtime_backends.onnx_export import export_onnx
-from runtime_backends.onnx_int8_runtime import int8_graph_path
+from runtime_backends.onnx_int8_runtime import INT8_RECIPE, int8_graph_path
 
 BATCH = 8
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model_data" / "int8_calibration.png"
@@ -130,15 +130,17 @@ def build_int8_graph(weights: Path, crops: np.ndarray, out: Path, model: str) ->
             str(prepared),
             str(out),
             Crops(crops),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
+            quant_format=QuantFormat[INT8_RECIPE["format"]],
+            per_channel=INT8_RECIPE["per_channel"],
+            activation_type=QuantType[INT8_RECIPE["activations"]],
+            weight_type=QuantType[INT8_RECIPE["weights"]],
+            reduce_range=INT8_RECIPE["reduce_range"],
         )
     built = {
         "onnxruntime": onnxruntime.__version__,
         "torch": torch.__version__,
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
+        "recipe": INT8_RECIPE,
     }
     write_note(out, weights, built)
     return built

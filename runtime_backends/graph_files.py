@@ -56,12 +56,15 @@ def current_graph(graph_dir: Path | None, name: str, source: Path | None) -> Pat
     return current_file(graph_path(graph_dir, name), source)
 
 
-def current_file(graph: Path, source: Path | None) -> Path | None:
-    """``graph`` if it exists and its note says it was built from ``source`` as it is now."""
+def current_file(graph: Path, source: Path | None, recipe: dict | None = None) -> Path | None:
+    """``graph`` if it exists and its note says it was built from ``source`` as it is now (and,
+    when given, with ``recipe``: how it was built)."""
     try:
         note = json.loads(graph.with_name(graph.name + ".json").read_text())
     except (OSError, ValueError):
         return None
     if not graph.is_file() or note.get("source") != source_stamp(source):
+        return None
+    if recipe is not None and note.get("recipe") != recipe:
         return None
     return graph

@@ -30,6 +30,7 @@ from face_embedding import CENTERS_FILE, combine_flipped, load_centers
 from model_weights import load_state_dict, resolve_weights
 from photo_inferencing import FaceEngine
 from runtime_backends.graph_files import current_graph
+from runtime_backends.onnx_int8_runtime import INT8_RECIPE
 from runtime_backends.onnx_runtime import OnnxRuntime
 from runtime_backends.pytorch_runtime import TorchRuntime
 
@@ -310,6 +311,23 @@ def test_int8_embedder_built_from_a_few_crops_stays_within_a_small_angle_of_floa
 def test_int8_backend_without_its_graph_is_refused_naming_the_build_command(build, tmp_path):
     with pytest.raises(ValueError, match="onnx-int8 needs .*deployment_utils.graphs build"):
         build(embed_backend="onnx-int8", int8_graph=tmp_path / "absent.int8.onnx")
+
+
+def test_an_int8_graph_quantized_another_way_is_refused_until_rebuilt(build, plain, tmp_path):
+    """A graph noted with another recipe (as one built before 7-bit weights) is not served."""
+    import json
+    import shutil
+
+    built = plain.int8_graph
+    graph = tmp_path / built.name
+    shutil.copy(built, graph)
+    note = json.loads(built.with_name(built.name + ".json").read_text())
+    assert note["recipe"] == INT8_RECIPE
+    assert build(embed_backend="onnx-int8", int8_graph=graph).embedder is not None
+    note["recipe"] = {**INT8_RECIPE, "reduce_range": False}
+    graph.with_name(graph.name + ".json").write_text(json.dumps(note))
+    with pytest.raises(ValueError, match="quantization; rebuild it with .*graphs build"):
+        build(embed_backend="onnx-int8", int8_graph=graph)
 
 
 def test_the_centres_file_holds_each_models_vector_with_its_provenance():
