@@ -52,8 +52,10 @@ class Settings:
     margin: int = 32
     face_selection: str = "center_weighted_size"
     detect_max_side: int = 640
-    flip_embeddings: bool = False
-    embed_backend: str = "onnx"
+    # int8 embedder + mirrored crop: View 1's paired comparison (docs/accuracy.md) and less
+    # embedding work than one float32 crop
+    flip_embeddings: bool = True
+    embed_backend: str = "onnx-int8"
     detect_backend: str = "onnx"
     min_face_size: int = 40
     center_embeddings: bool = True
@@ -84,7 +86,7 @@ class Settings:
     gallery_max_faces: int = 1_000_000  # faces one gallery may hold
     gallery_max_subject_faces: int = 100  # faces one subject may hold
     # Gallery routes (gallery_routes.py) and their decision policy (decision_policy.py)
-    identify_threshold: float | None = None  # 1:N threshold (FACEMATCH_METRIC); None: 0.3546 cos
+    identify_threshold: float | None = None  # 1:N threshold (FACEMATCH_METRIC); None: 0.3458 cos
     max_identify_threshold: float | None = None  # loosest 1:N a request may ask; None: the above
     verify_rules: str = "centroid"  # verify rules a request may choose; the first: default
     gallery_retry_after: int = 5  # s: a 503's Retry-After; a worker retries a down db after it

@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from benchmarking_utils.common import Config, machine, parse_config, write_json
+from benchmarking_utils.common import Config, embedder_tag, machine, parse_config, write_json
 from benchmarking_utils.inputs import parse_size, photo_bytes
 from config import Settings
 from deployment_utils.lfw import (
@@ -127,7 +127,7 @@ class Evaluator:
         aligned = "-aligned" if s.align_faces else ""
         embeddings = Cache(
             f"emb-{s.detect_backend}-{side}{minimum}-{self.size_key}-m{s.margin}"
-            f"{aligned}-{s.embed_backend}"
+            f"{aligned}-{embedder_tag(s.embed_backend)}"
         )
         result: dict[str, np.ndarray | None] = {}
         todo: list[tuple[str, tuple, np.ndarray]] = []

@@ -4,6 +4,7 @@ statistics, the machine's description, form uploads, result files."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from config import PREFIX, Settings
+from runtime_backends.onnx_int8_runtime import INT8_RECIPE
 
 EMBED_GFLOP = 2.84  # InceptionResnetV1, one 160x160 face (multiply-adds counted as 2)
 
@@ -39,6 +41,15 @@ class Config:
             "align_faces": s.align_faces,
             "torch_threads": s.torch_threads,
         }
+
+
+def embedder_tag(embed_backend: str) -> str:
+    """The embed backend's name for cache keys; for ``onnx-int8`` with a hash of the int8 graph's
+    recipe, so embeddings cached from a graph quantized another way are not reused."""
+    if embed_backend != "onnx-int8":
+        return embed_backend
+    recipe = json.dumps(INT8_RECIPE, sort_keys=True).encode()
+    return f"{embed_backend}-{hashlib.sha256(recipe).hexdigest()[:8]}"
 
 
 def parse_config(text: str, **fixed) -> Config:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from benchmarking_utils.common import Config, parse_config
+from benchmarking_utils.common import Config, embedder_tag, parse_config
 from config import Settings
 from deployment_utils.lfw import GET_LFW, lfw_dir
 from image_decoding import decode_image
@@ -78,7 +78,11 @@ def settings_key(settings: Settings) -> str:
     """A short hash of the settings that change an embedding (not threads or server options)."""
     described = Config("key", settings).describe()
     described.pop("torch_threads")
-    described.update(model=settings.model, weights=settings.weights)
+    described.update(
+        model=settings.model,
+        weights=settings.weights,
+        embed_backend=embedder_tag(settings.embed_backend),
+    )
     text = json.dumps(described, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

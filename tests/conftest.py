@@ -6,7 +6,10 @@ need real faces are skipped with instructions, except under CI (``CI=true``), wh
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,6 +77,28 @@ def lfw() -> Path:
             pytest.fail(GET_LFW.format(path=path))
         pytest.skip(GET_LFW.format(path=path))
     return path
+
+
+@pytest.fixture(scope="session")
+def run_benchmark(lfw):
+    """Run ``python -m benchmarking_utils.<command> ARGS --lfw LFW --out OUT`` as the README
+    runs it (the repository on ``PYTHONPATH``) and return the JSON it wrote to ``OUT``."""
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(command: str, out: Path, *args: str) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-m", f"benchmarking_utils.{command}", *args]
+            + ["--lfw", str(lfw), "--out", str(out)],
+            cwd=repo,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        return json.loads(out.read_text())
+
+    return run
 
 
 @pytest.fixture(scope="session")

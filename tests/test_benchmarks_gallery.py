@@ -4,52 +4,21 @@ that they were taken and are consistent)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 
-
-def gallery_accuracy(lfw: Path, out: Path, *args: str) -> dict:
-    """Run ``python -m benchmarking_utils.gallery_accuracy`` and return the JSON it wrote."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarking_utils.gallery_accuracy",
-            *args,
-            "--lfw",
-            str(lfw),
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    return json.loads(out.read_text())
-
-
-def test_forty_enrolled_lfw_people_are_identified_from_another_photo(lfw, tmp_path):
-    report = gallery_accuracy(lfw, tmp_path / "check40.json", "check40")
+def test_forty_enrolled_lfw_people_are_identified_from_another_photo(run_benchmark, tmp_path):
+    report = run_benchmark("gallery_accuracy", tmp_path / "check40.json", "check40")
     assert report["people"] == 40
     assert report["rank1"] >= 0.95, report
 
 
-def test_rules_command_measures_every_rule_on_both_halves(lfw, tmp_path):
-    report = gallery_accuracy(
-        lfw, tmp_path / "rules.json", "rules", "--people", "8", "--impostors", "3"
+def test_rules_command_measures_every_rule_on_both_halves(run_benchmark, tmp_path):
+    report = run_benchmark(
+        "gallery_accuracy", tmp_path / "rules.json", "rules", "--people", "8", "--impostors", "3"
     )
     assert report["people"] == 8 and report["enrolled_faces"] == 24
     for half in report["halves"].values():
@@ -64,8 +33,10 @@ def test_rules_command_measures_every_rule_on_both_halves(lfw, tmp_path):
     assert report["command"].startswith("python -m benchmarking_utils.gallery_accuracy rules")
 
 
-def test_identify_command_reports_closed_and_open_set_figures(lfw, tmp_path):
-    report = gallery_accuracy(lfw, tmp_path / "identify.json", "identify", "--people", "10")
+def test_identify_command_reports_closed_and_open_set_figures(run_benchmark, tmp_path):
+    report = run_benchmark(
+        "gallery_accuracy", tmp_path / "identify.json", "identify", "--people", "10"
+    )
     assert report["gallery_subjects"] == 10 and report["unknown_probes"] == 10
     closed = report["closed_set"]
     assert 0 < closed["rank1"] <= closed["rank5"] <= 1

@@ -68,7 +68,7 @@ def test_the_latency_command_prints_the_docs_table_with_device_and_commit(lfw, t
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert "commit `" in lines[0] and "--table docs" in lines[0]
-    assert "device: cpu;" in lines[1] and "backends: embed onnx, detect onnx" in lines[1]
+    assert "device: cpu;" in lines[1] and "backends: embed onnx-int8, detect onnx" in lines[1]
     assert docs_header() in lines
     row = lines[lines.index(docs_header()) + 2]
     assert row.startswith("| 250x250 | `/photo_match` | ") and row.count("|") == 9

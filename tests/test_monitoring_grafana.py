@@ -179,7 +179,7 @@ def gallery_point(endpoint: str):
     server's own record, message and point code, as a request fills them."""
     outcome = Outcome(gallery=GalleryWork(size=1650, search_ms=3.5, candidates=5))
     outcome.gallery.best_distance = 0.21
-    outcome.results, outcome.decided_by = [MatchResult(True, 0.21, 0.3546, "cosine")], 0
+    outcome.results, outcome.decided_by = [MatchResult(True, 0.21, 0.3458, "cosine")], 0
     message = build_message(record_from(outcome, endpoint, "casia-webface", 200), node="n1")
     validate(message)
     return to_point(message)

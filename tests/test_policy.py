@@ -25,7 +25,7 @@ def test_defaults_are_the_lfw_threshold_one_primary_face_and_no_loosening():
         )
         == DEFAULT
     )
-    assert DEFAULT.for_request({}) == Decision("cosine", 0.6469, "primary", 1)
+    assert DEFAULT.for_request({}) == Decision("cosine", 0.6397, "primary", 1)
 
 
 def test_settings_are_read_from_facematch_variables():
@@ -40,21 +40,21 @@ def test_settings_are_read_from_facematch_variables():
     assert DecisionPolicy.from_settings(settings) == DecisionPolicy("cosine", 0.5, 0.7, 3, True)
 
 
-@pytest.mark.parametrize("raw", ["0", "0.3", ".5", "0.6469", "0.6469000", "00.1"])
+@pytest.mark.parametrize("raw", ["0", "0.3", ".5", "0.6397", "0.6397000", "00.1"])
 def test_a_request_may_tighten_or_restate_the_threshold(raw):
     assert DEFAULT.for_request({"threshold": raw}).threshold == float(raw)
 
 
-@pytest.mark.parametrize("raw", ["0.647", "0.64690001", "1", "2", "2.0"])
+@pytest.mark.parametrize("raw", ["0.647", "0.63970001", "1", "2", "2.0"])
 def test_a_looser_threshold_is_refused_naming_the_limit(raw):
-    with pytest.raises(ThresholdNotAllowed, match="0.6469") as refused:
+    with pytest.raises(ThresholdNotAllowed, match="0.6397") as refused:
         DEFAULT.for_request({"threshold": raw})
     assert refused.value.status == 403 and refused.value.code == "threshold_not_allowed"
 
 
 def test_the_operator_may_allow_looser_thresholds_up_to_a_maximum():
     policy = DecisionPolicy.from_settings(Settings(max_threshold=0.8))
-    assert policy.for_request({}).threshold == 0.6469  # the default is unchanged
+    assert policy.for_request({}).threshold == 0.6397  # the default is unchanged
     assert policy.for_request({"threshold": "0.8"}).threshold == 0.8
     with pytest.raises(ThresholdNotAllowed, match="0.8"):
         policy.for_request({"threshold": "0.81"})
@@ -99,22 +99,22 @@ def test_python_float_would_have_accepted_the_unicode_digits():
 
 def test_euclidean_is_decided_at_the_equivalent_of_the_cosine_policy():
     decision = DEFAULT.for_request({"metric": "euclidean"})
-    assert decision.threshold == pytest.approx(math.sqrt(2 * 0.6469))
+    assert decision.threshold == pytest.approx(math.sqrt(2 * 0.6397))
     assert DEFAULT.for_request({"metric": "euclidean", "threshold": "1.13"}).threshold == 1.13
-    for raw in ("1.1375", "1.2", "2"):  # 1.1375 is just past sqrt(2 * 0.6469) = 1.13745...
-        with pytest.raises(ThresholdNotAllowed, match="1.13745"):
+    for raw in ("1.1312", "1.2", "2"):  # 1.1312 is just past sqrt(2 * 0.6397) = 1.13111...
+        with pytest.raises(ThresholdNotAllowed, match="1.13111"):
             DEFAULT.for_request({"metric": "euclidean", "threshold": raw})
 
 
 def test_a_euclidean_policy_limits_cosine_requests_by_its_equivalent():
     policy = DecisionPolicy.from_settings(Settings(metric="euclidean"))
     assert policy.threshold == DEFAULT_THRESHOLDS["euclidean"]
-    assert policy.limit_for("cosine") == pytest.approx(1.1375**2 / 2)
+    assert policy.limit_for("cosine") == pytest.approx(1.1311**2 / 2)
     with pytest.raises(ThresholdNotAllowed):
         policy.for_request({"metric": "cosine", "threshold": "0.65"})
 
 
-@pytest.mark.parametrize("value", [0.0, 0.3, 0.6469, 1.0, 2.0])
+@pytest.mark.parametrize("value", [0.0, 0.3, 0.6397, 1.0, 2.0])
 def test_threshold_conversion_round_trips(value):
     there = convert_threshold(value, "cosine", "euclidean")
     assert convert_threshold(there, "euclidean", "cosine") == pytest.approx(value)
@@ -131,7 +131,7 @@ def test_all_sample_faces_is_off_unless_allowed_and_then_bounded():
         DEFAULT.for_request({"sample_faces": "all"})
     assert refused.value.status == 403
     allowed = DecisionPolicy.from_settings(Settings(allow_all_faces=True, max_sample_faces=4))
-    assert allowed.for_request({"sample_faces": "all"}) == Decision("cosine", 0.6469, "all", 4)
+    assert allowed.for_request({"sample_faces": "all"}) == Decision("cosine", 0.6397, "all", 4)
     assert allowed.for_request({"sample_faces": "primary"}).max_sample_faces == 1
 
 

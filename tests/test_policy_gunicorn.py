@@ -72,7 +72,7 @@ FORCING_ATTEMPTS = [
     {"metric": "euclidean"},
     {"metric": "euclidean", "threshold": "1.99"},
     {"metric": "euclidean", "threshold": "1.3"},
-    {"metric": "euclidean", "threshold": "1.1375"},
+    {"metric": "euclidean", "threshold": "1.1312"},
     {"metric": "EUCLIDEAN", "threshold": "1.99"},
     {"sample_faces": "all"},
     {"sample_faces": "all", "threshold": "2", "metric": "euclidean"},
@@ -171,7 +171,7 @@ def test_the_refusals_say_what_the_limit_is(server, signed_reference_of_a, lfw):
     )
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "threshold_not_allowed"
-    assert "0.6469" in response.json()["error"]["message"]
+    assert "0.6397" in response.json()["error"]["message"]
 
 
 def test_where_the_operator_allows_all_faces_at_most_the_bound_are_compared(module_gunicorn, lfw):

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 
 from benchmarking_utils.view1_pairs import PairSet, bootstrap, build_pairs, rates
 
-REPO = Path(__file__).resolve().parents[1]
 NAMES = [
     f"{p}/{p}_{i:04d}.jpg"
     for p, n in (("A", 4), ("B", 2), ("C", 1), ("D", 3))
@@ -57,41 +50,18 @@ def test_the_bootstrap_resamples_the_same_people_for_every_configuration():
 
 
 @pytest.mark.slow
-def test_the_command_compares_configurations_on_view1_images(lfw, tmp_path):
-    out = tmp_path / "pairs.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarking_utils.view1_pairs",
-            "--lfw",
-            str(lfw),
-            "--limit",
-            "40",
-            "--different",
-            "300",
-            "--resamples",
-            "20",
-            "--config",
-            "plain:",
-            "--config",
-            "flip:flip_embeddings=true",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=300,
+def test_the_command_compares_configurations_on_view1_images(run_benchmark, tmp_path):
+    report = run_benchmark(
+        "view1_pairs",
+        tmp_path / "pairs.json",
+        *("--limit", "40", "--different", "300", "--resamples", "20"),
+        *("--config", "plain:flip_embeddings=false", "--config", "flip:flip_embeddings=true"),
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    report = json.loads(out.read_text())
     assert report["pairs"]["different"] == 300 and report["pairs"]["same"] > 0
     plain, flip = report["configs"]["plain"], report["configs"]["flip"]
     assert report["settings"]["flip"]["flip_embeddings"] is True
     assert 0.5 < plain["balanced_accuracy"] <= 1 and 0 <= flip["eer"] < 0.5
     assert plain["minus_plain"]["balanced_accuracy"] == 0
     assert flip["minus_plain"]["balanced_accuracy"] == pytest.approx(
-        flip["balanced_accuracy"] - plain["balanced_accuracy"], abs=1e-5
+        flip["balanced_accuracy"] - plain["balanced_accuracy"], abs=2e-5
     )
