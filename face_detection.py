@@ -71,7 +71,7 @@ class Detections:
 
     @classmethod
     def empty(cls) -> Detections:
-        return cls(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+        return cls(*mtcnn_search.no_faces())
 
 
 class FaceDetector:

@@ -9,6 +9,8 @@ import torch
 from facenet_pytorch.models.utils.detect_face import detect_face
 from PIL import Image
 
+from mtcnn_search import no_faces
+
 
 class DetectFaceStage(torch.nn.Module):
     """A runtime backend in the shape ``detect_face`` calls a network: a ``torch.nn.Module``
@@ -45,7 +47,7 @@ def search(
         )
     boxes, points = np.asarray(boxes[0], dtype=np.float64), np.asarray(points[0])
     if not len(boxes):
-        return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+        return no_faces()
     return (
         boxes[:, :4].reshape(-1, 4),
         boxes[:, 4].reshape(-1),

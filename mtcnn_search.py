@@ -174,6 +174,12 @@ def candidates(reg: np.ndarray, prob: np.ndarray, scale: float, threshold: float
     ).reshape(-1, 9)
 
 
+def no_faces() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A search's result when it finds nothing: boxes (0, 4), probabilities (0,), landmarks
+    (0, 5, 2)."""
+    return np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2))
+
+
 def pyramid(width: int, height: int, min_face_size: int, factor: float) -> list[float]:
     """The scales of MTCNN's image pyramid: from 12 / ``min_face_size`` down by ``factor`` while
     the shorter side stays at least 12 pixels."""
@@ -198,7 +204,7 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MTCNN on ``image`` for faces of at least ``min_face_size`` pixels: boxes (n, 4),
     probabilities (n,) and landmarks (n, 5, 2), float64, in ``image``'s pixels."""
-    empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+    empty = no_faces()
     found = Search(image, pillow)
     levels = []
     for scale in pyramid(found.width, found.height, min_face_size, factor):

@@ -22,22 +22,19 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnxruntime
 
 from config import Settings
 from deployment_utils.quantize import read_crops
 from runtime_backends.graph_files import graph_path
 from runtime_backends.onnx_int8_runtime import int8_graph_path
+from runtime_backends.onnx_runtime import OnnxRuntime
 
 
 def embed(graph: Path, crops: np.ndarray) -> np.ndarray:
     """Unit embeddings of standardised ``crops`` (n, 3, 160, 160) by the graph at ``graph``,
-    one crop a run on one thread."""
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    vectors = np.concatenate([session.run(None, {name: crop[None]})[0] for crop in crops])
+    one crop a run on one thread (the server's ``OnnxRuntime``)."""
+    runtime = OnnxRuntime(graph, threads=1)
+    vectors = np.concatenate([runtime.run(crop[None])[0] for crop in crops])
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 

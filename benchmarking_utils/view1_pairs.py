@@ -135,6 +135,7 @@ def summarise(distances: dict[str, np.ndarray], pairs: PairSet, samples: dict) -
     paired difference from the first configuration."""
     first = next(iter(distances))
     ones = np.ones(len(pairs.same))
+    base = rates(distances[first], pairs.same, ones)[0]
     result = {}
     for name, d in distances.items():
         balanced, eer = rates(d, pairs.same, ones)
@@ -145,9 +146,7 @@ def summarise(distances: dict[str, np.ndarray], pairs: PairSet, samples: dict) -
             "eer": round(eer, 5),
             "eer_se": round(float(np.nanstd(samples[name][:, 1])), 5),
             f"minus_{first}": {
-                "balanced_accuracy": round(
-                    balanced - rates(distances[first], pairs.same, ones)[0], 5
-                ),
+                "balanced_accuracy": round(balanced - base, 5),
                 "balanced_accuracy_se": round(float(np.nanstd(diff[:, 0])), 5),
                 "share_not_worse": round(float(np.mean(diff[~np.isnan(diff[:, 0]), 0] >= 0)), 3),
                 "eer_se": round(float(np.nanstd(diff[:, 1])), 5),
