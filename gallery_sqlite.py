@@ -20,6 +20,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +78,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 
 
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Put the database in WAL mode. The switch takes a lock SQLite's busy handler does not
+    always wait for: connections opening one new file at once can get "database is locked"
+    at once (2 runs in 60 of the concurrent-add test), so it is retried up to the busy timeout."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def migrate(connection: sqlite3.Connection, target: int = SCHEMA_VERSION) -> int:
     """Bring the schema forward to ``target`` in one transaction; the version it was at.
     A database newer than this code is refused (``GalleryUnavailable``)."""
@@ -132,7 +148,7 @@ class SqliteGalleryStore(SqlGalleryStore):
         )
         try:
             connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            connection.execute("PRAGMA journal_mode = WAL")
+            _use_wal(connection)
             connection.execute("PRAGMA synchronous = FULL")
             connection.execute("PRAGMA secure_delete = ON")
             connection.execute("PRAGMA foreign_keys = ON")
