@@ -2,11 +2,19 @@
 
 Scanning n x 512 float32 reads 2 KB per face: at 100,000 faces that is 200 MB per query, about
 20 ms of memory bandwidth on a small machine, whatever the arithmetic. So the matrix is also kept
-as int8 (one scale per row, a quarter of the bytes), which ONNX Runtime's integer matmul
-(``MatMulInteger``, u8 x s8) scans in a few milliseconds. Each int8 score comes with a bound on its
-error (from the rounding residuals of the row and of the query), and every face whose bound could
-reach the k-th best exact score is rescored in float32: the answer is the exact top k (ties
-aside), not an approximation.
+as 7-bit integer codes (one scale per row, a quarter of the bytes), which ONNX Runtime's integer
+matmul (``MatMulInteger``, u8 x s8) scans in a few milliseconds. Each integer score comes with a
+bound on its error (from the rounding residuals of the row and of the query), and every face
+whose bound could reach the k-th best exact score is rescored in float32: the answer is the exact
+top k (ties aside), not an approximation.
+
+The bound holds only if the kernel's integer sums are exact. On x86 CPUs without VNNI, ONNX
+Runtime adds pairs of u8 x s8 products in int16 (``VPMADDUBSW``), which saturates above 32,767:
+with 8-bit row codes (255 x 127 x 2 = 64,770) the true nearest rows were discarded and some
+searches returned nothing. Rows therefore use 7 bits (255 x 63 x 2 = 32,130: exact on every
+kernel; u8 x u8 codes are exact too but ten times slower on AVX2), and ``kernel_check`` runs a
+fixed probe of the extreme codes through the kernel at start, comparing its sums with NumPy's
+exact ones: a kernel that differs is not used, and every search is a float32 scan instead.
 
 ``FaceMatrix`` grows in place (rows ``[0, n)`` are valid), so a search running on a snapshot is
 never disturbed by rows appended after it.
@@ -15,16 +23,29 @@ never disturbed by rows appended after it.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from kernel_checks import NOT_NEEDED, KernelCheck, judge
+
 DIM = 512
 BLOCK = 16_384  # faces per int8 block: blocks are stored transposed (512 x BLOCK) for the matmul
+ROW_MAX = 63  # row codes in [-63, 63]: 7 bits, so no pair of products can saturate int16
+QUERY_MAX = 127  # query codes in [-127, 127], sent to the kernel as u8 (code + 128)
 _SLACK = 1e-5  # float32 rounding in the scores, added to every bound
+KERNEL = "gallery_search"
+INT8_BACKEND = "onnxruntime MatMulInteger (u8 x s8, 7-bit rows)"
+FLOAT_BACKEND = "numpy float32 scan"
+
+#: An integer kernel: (1, 512) u8 query bytes @ (512, m) int8 codes -> (m,) int32 sums.
+Scores = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 _session = None
 _session_lock = threading.Lock()
+_checked: tuple[Scores | None, KernelCheck] | None = None
+_checked_lock = threading.Lock()
 
 
 def _matmul():
@@ -53,6 +74,60 @@ def _matmul():
                 model.SerializeToString(), options, providers=["CPUExecutionProvider"]
             )
         return _session
+
+
+def onnx_scores(query: np.ndarray, block: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's ``MatMulInteger`` of the query bytes and a block of codes: int32 sums."""
+    return _matmul().run(None, {"query": query, "block": block})[0][0]
+
+
+def kernel_check() -> KernelCheck:
+    """This process's search kernel: ONNX Runtime's, checked once (``create_app`` runs it at
+    start, before the fork) and kept."""
+    with _checked_lock:
+        if _checked is None:
+            _use(onnx_scores)
+        return _checked[1]
+
+
+def use_kernel(scores: Scores | None) -> KernelCheck:
+    """Check ``scores`` and search with it from now on (with the float32 scan where it fails);
+    None: the float32 scan outright. Tests force a failing kernel; benchmarks compare."""
+    with _checked_lock:
+        return _use(scores)
+
+
+def _use(scores: Scores | None) -> KernelCheck:
+    global _checked
+    if scores is None:
+        check = KernelCheck(KERNEL, FLOAT_BACKEND, NOT_NEEDED, 0.0, 0.0)
+    else:
+        check = judge(KERNEL, probe_error(scores), 0.0, INT8_BACKEND, FLOAT_BACKEND)
+    _checked = (scores if check.passed and scores is not None else None, check)
+    return check
+
+
+def _kernel() -> Scores | None:
+    """The checked integer kernel, or None where the search scans in float32."""
+    if _checked is None:
+        kernel_check()
+    return _checked[0]
+
+
+def probe_error(scores: Scores) -> int:
+    """The largest difference between ``scores``' sums and NumPy's exact ones over a fixed
+    probe: every pairing of the extreme query bytes (1, 255) with the extreme row codes (-63, 63),
+    where saturation would show first, and random codes."""
+    rng = np.random.default_rng(21)
+    signs = np.where(rng.random(DIM) < 0.5, -1, 1)
+    rows = rng.integers(-ROW_MAX, ROW_MAX + 1, (1024, DIM))
+    rows[:4] = np.stack([signs, -signs, np.ones(DIM), -np.ones(DIM)]) * ROW_MAX
+    queries = rng.integers(128 - QUERY_MAX, 129 + QUERY_MAX, (6, DIM))
+    queries[:4] = 128 + np.stack([signs, -signs, np.ones(DIM), -np.ones(DIM)]) * QUERY_MAX
+    block = np.ascontiguousarray(rows.T, dtype=np.int8)
+    exact = queries @ rows.T
+    got = np.stack([scores(q.astype(np.uint8)[None], block) for q in queries])
+    return int(np.abs(got.astype(np.int64) - exact).max())
 
 
 @dataclass(frozen=True)
@@ -103,7 +178,7 @@ class FaceMatrix:
                 owner = self._subject_index[subject] = len(self.subjects)
                 self.subjects.append(subject)
             self.owners[i] = owner
-        scales = np.maximum(np.abs(vectors).max(axis=1), 1e-12) / 127.0
+        scales = np.maximum(np.abs(vectors).max(axis=1), 1e-12) / ROW_MAX
         codes = np.rint(vectors / scales[:, None]).astype(np.int8)
         self.scales[rows] = scales
         residuals = np.linalg.norm(vectors - scales[:, None] * codes, axis=1)
@@ -149,7 +224,11 @@ class FaceMatrix:
         snap = self._snapshot()
         if snap.n == 0:
             return []
-        approx, q_error = _approximate(snap, query)
+        kernel = _kernel()
+        if kernel is None:  # the kernel failed its check: score every row in float32
+            approx, q_error = snap.vectors @ query, None
+        else:
+            approx, q_error = _approximate(snap, query, kernel)
         # an exact k-th best score from the best approximate rows: a floor for the answer
         take = min(snap.n, 4 * k if per_subject else k)
         while True:
@@ -158,6 +237,8 @@ class FaceMatrix:
             if len(chosen) == k or take == snap.n:
                 break
             take = min(snap.n, 4 * take)
+        if q_error is None:  # exact scores already
+            return [(i, _distance(s)) for i, s in chosen]
         floor = chosen[-1][1] if len(chosen) == k else -np.inf
         # rows within the largest error bound of the floor, then each row's own bound
         loose = snap.max_residual + (1.0 + snap.max_residual) * q_error + _SLACK
@@ -166,20 +247,24 @@ class FaceMatrix:
         candidates = candidates[approx[candidates] + bound + np.float32(_SLACK) >= floor]
         exact = snap.vectors[candidates] @ query
         return [
-            (int(i), float(min(max(1.0 - s, 0.0), 2.0)))
-            for i, s in _select(candidates, exact, snap.owners, k, per_subject)
+            (i, _distance(s)) for i, s in _select(candidates, exact, snap.owners, k, per_subject)
         ]
 
 
-def _approximate(snap: _Snapshot, query: np.ndarray) -> tuple[np.ndarray, np.float32]:
-    """int8 scores of every row, and the query's rounding error ``e``: a row's score is within
-    ``r + (1 + r) e`` of the exact one (``r``: the row's residual)."""
-    q_scale = max(float(np.abs(query).max()), 1e-12) / 127.0
+def _distance(score: float) -> float:
+    return float(min(max(1.0 - score, 0.0), 2.0))
+
+
+def _approximate(
+    snap: _Snapshot, query: np.ndarray, scores: Scores = onnx_scores
+) -> tuple[np.ndarray, np.float32]:
+    """Integer scores of every row, and the query's rounding error ``e``: a row's score is
+    within ``r + (1 + r) e`` of the exact one (``r``: the row's residual), given exact sums."""
+    q_scale = max(float(np.abs(query).max()), 1e-12) / QUERY_MAX
     q_codes = np.rint(query / q_scale)
     q_error = float(np.linalg.norm(query - q_scale * q_codes))
     q_bytes = (q_codes + 128).astype(np.uint8)[None]
-    session = _matmul()
-    parts = [session.run(None, {"query": q_bytes, "block": block})[0][0] for block in snap.blocks]
+    parts = [scores(q_bytes, block) for block in snap.blocks]
     raw = np.concatenate(parts)[: snap.n] if len(parts) > 1 else parts[0][: snap.n]
     # (p + 128).c = p.c + 128 sum(c): a zero point in the graph would take a slower kernel
     np.subtract(raw, snap.offsets, out=raw)

@@ -10,7 +10,9 @@
 * ``runtime_backends``: where each network runs (PyTorch, ONNX Runtime, ONNX Runtime int8);
 * ``model_weights``: finding and checking the InceptionResnetV1 state_dict;
 * ``compute_slots``: the threads a request's independent work runs on (both photos detected
-  at once, a batch embedded in halves), never more at once than the machine has cores.
+  at once, a batch embedded in halves), never more at once than the machine has cores;
+* ``kernel_checks``: the int8 embedder checked on this CPU at start (``kernel_check``), the
+  float32 embedder serving instead where it fails.
 
 With the ONNX Runtime backends and graphs built at set-up, nothing here imports PyTorch.
 """
@@ -21,7 +23,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,7 +37,9 @@ from face_crops import FaceCropper
 from face_detection import Detections, FaceDetector, rank_faces
 from face_embedding import Embeddings, FaceEmbedder, embedder_network
 from image_decoding import DecodedPhoto
+from kernel_checks import NOT_NEEDED, KernelCheck, cosine_error, judge
 from model_weights import resolve_weights
+from runtime_backends.onnx_int8_runtime import PROBE_TOLERANCE, load_probe
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -94,8 +98,9 @@ class FaceEngine:
         self.slots = ComputeSlots(usable_cores() if cores is None else cores)
         self.detector = FaceDetector.from_options(options)
         self.cropper = FaceCropper.from_options(options)
-        network = embedder_network(options.model, weights, state_dict)
-        self.embedder = FaceEmbedder.from_options(options, network)
+        self._network = embedder_network(options.model, weights, state_dict)
+        self.embedder = FaceEmbedder.from_options(options, self._network)
+        self._kernel_check: KernelCheck | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FaceEngine:
@@ -194,6 +199,27 @@ class FaceEngine:
                 reduction //= 2
             photo.at_reduction(reduction)
         return (photo.image, *photo.scale)
+
+    def kernel_check(self) -> KernelCheck:
+        """The int8 embedder's check on this CPU, run once (``create_app`` runs it at start):
+        its vectors for the probe crops against float32's (``PROBE_TOLERANCE``). Where it fails,
+        the float32 graph embeds from then on, under the same threshold and calibration table
+        (on a sound kernel the two agree within cosine 0.998)."""
+        if self._kernel_check is None:
+            self._kernel_check = self._check_embedder()
+        return self._kernel_check
+
+    def _check_embedder(self) -> KernelCheck:
+        backend = self.options.embed_backend
+        if backend != "onnx-int8":
+            return KernelCheck("embedder", backend, NOT_NEEDED, 0.0, 0.0)
+        crops, expected = load_probe(self.options.int8_graph)  # load_int8_runtime checked it
+        error = cosine_error(self.embedder.forward(crops), expected)
+        check = judge("embedder", error, PROBE_TOLERANCE, backend, "onnx")
+        if not check.passed:
+            float32 = replace(self.options, embed_backend="onnx")
+            self.embedder = FaceEmbedder.from_options(float32, self._network)
+        return check
 
     def embed(self, crops: list[np.ndarray]) -> Embeddings:
         """Embed face crops; unit-norm (n, 512) float32 vectors. A batch is split in as many

@@ -27,6 +27,7 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 import calibration
 import face_listing
 import gallery_routes
+import gallery_search
 import prometheus_metrics
 import request_metrics
 import request_steps as steps
@@ -72,6 +73,8 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     )
     app.json.sort_keys = False
     engine = engine or FaceEngine.from_settings(settings)
+    engine.kernel_check()  # each fast path checked on this CPU before the fork: kernel_checks
+    gallery_search.kernel_check()
     table = _calibration(settings, engine)
     policy = DecisionPolicy.from_settings(settings, table)
     build = prometheus_metrics.BuildInfo.of(engine.options)
@@ -203,6 +206,10 @@ def health():
         "target_far": services.policy.target_far,
         "calibration": _calibration_health(services),
         "quality": services.gate.mode,
+        "kernels": {
+            "embedder": services.engine.kernel_check().as_json(),
+            "gallery_search": gallery_search.kernel_check().as_json(),
+        },
         "metrics": services.publisher.stats(),
     }
 

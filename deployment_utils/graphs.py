@@ -8,7 +8,8 @@ writes into the data dir (``FACEMATCH_DATA_DIR``), beside the weights:
 * ``mtcnn-pnet.onnx``, ``mtcnn-rnet.onnx``, ``mtcnn-onet.onnx``: MTCNN's networks (float32);
 * ``<model>.onnx``: InceptionResnetV1 with the model's weights (float32);
 * ``<model>.int8.onnx``: the same, statically quantized to int8, calibrated on the face crops
-  shipped in ``model_data/int8_calibration.png`` (``deployment_utils.quantize``; no LFW needed).
+  shipped in ``model_data/int8_calibration.png`` (``deployment_utils.quantize``; no LFW needed),
+  with its kernel probe ``<model>.int8.onnx.probe.npz`` (checked by the engine at start).
 
 Each graph has a ``.json`` note of the weights file it was exported from; a graph whose weights
 file has changed since is rebuilt here and not used by the engine (which then exports it at
@@ -32,7 +33,7 @@ from model_weights import MODELS, WeightsError, resolve_weights
 from runtime_backends import Network
 from runtime_backends.graph_files import current_file, graph_path, write_note
 from runtime_backends.onnx_export import export_onnx
-from runtime_backends.onnx_int8_runtime import INT8_RECIPE, int8_graph_path
+from runtime_backends.onnx_int8_runtime import INT8_RECIPE, int8_graph_path, load_probe
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def export_graph(network: Network, graph_dir: Path, force: bool = False) -> Path
 
 def build(model: str, data_dir: Path, weights: str | Path | None = None, force=False) -> list:
     """Every graph the engine may serve with, for ``model``'s weights; their paths."""
-    from deployment_utils.quantize import build_int8_from_shipped_crops
+    from deployment_utils.quantize import build_int8_from_shipped_crops, write_probe
 
     path = resolve_weights(model, weights, data_dir)
     written = [export_graph(mtcnn_network(name), data_dir, force) for name, _, _ in NETWORKS]
@@ -65,7 +66,9 @@ def build(model: str, data_dir: Path, weights: str | Path | None = None, force=F
     if force or not current_file(int8, path, INT8_RECIPE):
         started = time.monotonic()
         build_int8_from_shipped_crops(path, int8, model)
-        log.info("wrote %s in %.1f s", int8, time.monotonic() - started)
+        log.info("wrote %s and its kernel probe in %.1f s", int8, time.monotonic() - started)
+    elif load_probe(int8) is None:
+        log.info("wrote the kernel probe %s", write_probe(int8, path, model))
     else:
         log.info("%s is current; keeping it", int8)
     written.append(int8)

@@ -44,7 +44,12 @@ from model_weights import resolve_weights
 from photo_inferencing import FaceEngine
 from runtime_backends.graph_files import write_note
 from runtime_backends.onnx_export import export_onnx
-from runtime_backends.onnx_int8_runtime import INT8_RECIPE, int8_graph_path
+from runtime_backends.onnx_int8_runtime import (
+    INT8_RECIPE,
+    graph_sha256,
+    int8_graph_path,
+    probe_path,
+)
 
 BATCH = 8
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model_data" / "int8_calibration.png"
@@ -146,6 +151,27 @@ def build_int8_graph(weights: Path, crops: np.ndarray, out: Path, model: str) ->
     return built
 
 
+PROBE_CROPS = 8  # crops in the int8 graph's kernel probe (about 0.1 s at start)
+
+
+def write_probe(graph: Path, weights: Path, model: str, count: int = PROBE_CROPS) -> Path:
+    """Write the kernel probe of the int8 graph ``graph``: ``count`` shipped crops, evenly
+    spread, and their float32 embeddings by the PyTorch module holding ``weights``; the serving
+    engine compares the int8 graph's vectors with these at start (``kernel_checks``)."""
+    import torch
+
+    crops = read_crops()
+    crops = crops[np.linspace(0, len(crops) - 1, count).round().astype(int)]
+    with torch.inference_mode():
+        vectors = embedder_network(model, weights).load()(torch.from_numpy(crops)).numpy()
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    target = probe_path(graph)
+    tmp = target.with_name(f".{target.name}.tmp.npz")
+    np.savez_compressed(tmp, crops=crops, float32=vectors, graph_sha256=graph_sha256(graph))
+    tmp.replace(target)
+    return target
+
+
 def build_int8_from_shipped_crops(weights: Path, out: Path, model: str = "casia-webface") -> dict:
     """``build_int8_graph`` calibrated on the shipped crops (``CALIBRATION_FILE``)."""
     crops = read_crops()
@@ -157,6 +183,7 @@ def build_int8_from_shipped_crops(weights: Path, out: Path, model: str = "casia-
         **built,
     }
     write_note(out, weights, note)
+    write_probe(out, weights, model)
     return note
 
 

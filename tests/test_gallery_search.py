@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from gallery_search import BLOCK, FaceMatrix
 
@@ -58,3 +59,26 @@ def test_an_empty_matrix_finds_nothing_and_k_beyond_its_size_finds_all():
     matrix.append([7, 9], ["a", "a"], unit(2, 4))
     assert sorted(row for row, _ in matrix.nearest(unit(1, 5)[0], 5, False)) == [0, 1]
     assert len(matrix.nearest(unit(1, 5)[0], 5, True)) == 1
+
+
+@pytest.mark.parametrize("count", [1_000, 20_000])
+def test_every_query_near_a_stored_face_finds_the_float64_answer(count):
+    """The case that returned nothing on AVX2 CPUs with 8-bit codes: 200 probes, each near a
+    stored face, with clusters of near-duplicates, at one and at two blocks."""
+    vectors = unit(count, seed=count)
+    for start in (100, count - 60):  # two clusters of near-duplicates
+        vectors[start : start + 40] = vectors[start] + 0.02 * unit(40, seed=start)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    owners = np.arange(count) // 3
+    matrix = FaceMatrix()
+    matrix.append(list(range(count)), [f"s{o}" for o in owners], vectors)
+    rng = np.random.default_rng(count + 1)
+    near = vectors[rng.integers(0, count, 200)] + 0.3 * unit(200, seed=count + 2) / np.sqrt(2)
+    probes = (near / np.linalg.norm(near, axis=1, keepdims=True)).astype(np.float32)
+    all_distances = 1.0 - vectors.astype(np.float64) @ probes.astype(np.float64).T
+    for probe, distances in zip(probes, all_distances.T, strict=True):
+        for k, per_subject in ((1, False), (10, False), (7, True)):
+            expected = exact(distances, owners, k, per_subject)
+            found = matrix.nearest(probe, k, per_subject)
+            assert [row for row, _ in found] == expected
+            np.testing.assert_allclose([d for _, d in found], distances[expected], atol=1e-5)
