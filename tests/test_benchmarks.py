@@ -6,6 +6,8 @@ enough for the test suite; the figures themselves are not asserted, only that th
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -147,3 +149,20 @@ def test_http_compare_reports_the_users_view_start_time_and_footprint(run_benchm
         assert 0 < f["start_to_first_match_s"] < 120
         assert len(f["pss_mib"]["workers"]) == 2 and f["pss_total_mib"] > f["pss_mib"]["master"]
         assert f["pss_total_after_large_mib"] is None  # no 4032x3024 input asked for
+
+
+def test_kernel_speed_times_each_fast_kernel_against_float32_with_the_cpu_flags(tmp_path, capsys):
+    from benchmarking_utils import kernel_speed
+
+    out = tmp_path / "kernels.json"
+    assert kernel_speed.main(["--rows", "2000", "--repeats", "3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["checks"]) == {"embedder", "gallery_search"}
+    assert all(check["check"] == "passed" for check in report["checks"].values())
+    assert isinstance(report["cpu_flags"], list) and report["machine"]
+    [search] = report["search"]
+    for figures in (search, report["embedder"]):
+        assert figures["int8_ms"] > 0 and figures["float32_ms"] > 0
+        assert figures["float32_over_int8"] == round(figures["float32_ms"] / figures["int8_ms"], 2)
+    assert search["rows"] == 2000 and report["embedder"]["batch"] == 2
+    assert "gallery search, 2,000 faces" in capsys.readouterr().out

@@ -1,0 +1,134 @@
+"""How fast each CPU-specific fast path is on this CPU against its float32 path, in one process.
+
+The two kernels ``kernel_checks`` guards, each timed beside the float32 path that replaces it
+when its check fails, on one thread (the service runs one request's pieces on one core each):
+
+* the gallery search: ``FaceMatrix.nearest`` (top 5 subjects) over ``--rows`` random unit
+  faces, with ONNX Runtime's integer kernel (7-bit rows) and with the float32 scan;
+* the embedder: the int8 and the float32 InceptionResnetV1 graphs on one face at the defaults
+  (the crop and its mirror: a batch of 2), from the kernel probe's crops.
+
+Each figure is the median of ``--repeats`` timed runs after a warm-up; the ratios are float32 /
+fast (above 1: the fast path is faster). The CPU's flags that decide the kernels are printed
+with them (``kernel_checks.cpu_flags``), and each path's check on this CPU.
+
+    python -m benchmarking_utils.kernel_speed [--rows 20000,100000] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+import gallery_search
+from benchmarking_utils.common import machine, write_json
+from config import Settings
+from gallery_search import FaceMatrix
+from kernel_checks import cpu_flags
+from photo_inferencing import FaceEngine
+from runtime_backends.graph_files import graph_path
+from runtime_backends.onnx_int8_runtime import int8_graph_path, load_probe
+from runtime_backends.onnx_runtime import OnnxRuntime
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def median_ms(work, repeats: int) -> float:
+    """The median wall time of ``work()`` in milliseconds, after one untimed call."""
+    work()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - start) * 1000)
+    return round(float(np.median(times)), 3)
+
+
+def search_speed(rows: int, repeats: int) -> dict:
+    """``nearest`` over ``rows`` random unit faces (3 a subject), integer kernel and float32."""
+    rng = np.random.default_rng(rows)
+    vectors = rng.standard_normal((rows, 512)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    matrix = FaceMatrix()
+    matrix.append(list(range(rows)), [f"s{i // 3}" for i in range(rows)], vectors)
+    queries = iter(vectors[rng.integers(0, rows, 10 * repeats + 10)])
+
+    def search() -> None:
+        matrix.nearest(next(queries), 5, True)
+
+    result = {"rows": rows}
+    for label, kernel in (("float32_ms", None), ("int8_ms", gallery_search.onnx_scores)):
+        gallery_search.use_kernel(kernel)
+        result[label] = median_ms(search, repeats)
+    gallery_search.use_kernel(gallery_search.onnx_scores)
+    result["float32_over_int8"] = round(result["float32_ms"] / result["int8_ms"], 2)
+    return result
+
+
+def embedder_speed(settings: Settings, repeats: int) -> dict:
+    """The int8 and float32 graphs on one face and its mirror (a batch of 2), one thread."""
+    int8 = int8_graph_path(settings.data_path, settings.model)
+    crops, _ = load_probe(int8)
+    batch = np.concatenate([crops[:1], crops[:1, :, :, ::-1]])
+    result = {"batch": len(batch)}
+    for label, graph in (
+        ("float32_ms", graph_path(settings.data_path, settings.model)),
+        ("int8_ms", int8),
+    ):
+        runtime = OnnxRuntime(graph, threads=1)
+        result[label] = median_ms(lambda runtime=runtime: runtime.run(batch), repeats)
+    result["float32_over_int8"] = round(result["float32_ms"] / result["int8_ms"], 2)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="20000,100000", help="gallery sizes, comma-separated")
+    parser.add_argument("--repeats", type=int, default=50, help="timed runs per figure")
+    parser.add_argument("--out", type=Path, help="write the JSON result here")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    checks = FaceEngine.from_settings(settings.replace(embed_backend="onnx-int8")).kernel_check()
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip(),
+        "machine": machine(),
+        "cpu_flags": list(cpu_flags()),
+        "checks": {
+            "embedder": checks.as_json(),
+            "gallery_search": gallery_search.kernel_check().as_json(),
+        },
+        "search": [],
+    }
+    print(f"{result['machine']}; flags: {' '.join(result['cpu_flags']) or 'none of note'}")
+    for rows in (int(n) for n in args.rows.split(",")):
+        figures = search_speed(rows, args.repeats)
+        result["search"].append(figures)
+        print(
+            f"gallery search, {rows:,} faces: int8 {figures['int8_ms']} ms, float32 "
+            f"{figures['float32_ms']} ms ({figures['float32_over_int8']}x)",
+            flush=True,
+        )
+    result["embedder"] = embed = embedder_speed(settings, args.repeats)
+    print(
+        f"embedder, one face and its mirror: int8 {embed['int8_ms']} ms, float32 "
+        f"{embed['float32_ms']} ms ({embed['float32_over_int8']}x)"
+    )
+    write_json(args.out, result)
+    if args.out is None:
+        json.dump(result, sys.stdout, indent=1)
+        print()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
