@@ -40,6 +40,7 @@ from image_decoding import DecodedPhoto
 from kernel_checks import NOT_NEEDED, KernelCheck, cosine_error, judge
 from model_weights import resolve_weights
 from runtime_backends.onnx_int8_runtime import PROBE_TOLERANCE, load_probe
+from runtime_backends.onnx_runtime import OnnxRuntime
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -202,7 +203,8 @@ class FaceEngine:
 
     def kernel_check(self) -> KernelCheck:
         """The int8 embedder's check on this CPU, run once (``create_app`` runs it at start):
-        its vectors for the probe crops against float32's (``PROBE_TOLERANCE``). Where it fails,
+        the int8 graph's vectors for the probe crops against float32's (``PROBE_TOLERANCE``),
+        one crop a run as a request's halves run. Where it fails,
         the float32 graph embeds from then on, under the same threshold and calibration table
         (on a sound kernel the two agree within cosine 0.998)."""
         if self._kernel_check is None:
@@ -214,7 +216,11 @@ class FaceEngine:
         if backend != "onnx-int8":
             return KernelCheck("embedder", backend, NOT_NEEDED, 0.0, 0.0)
         crops, expected = load_probe(self.options.int8_graph)  # load_int8_runtime checked it
-        error = cosine_error(self.embedder.forward(crops), expected)
+        # On a session of its own with one thread: the serving one may own a thread pool, and
+        # none may exist in Gunicorn's master when it forks (onnx_runtime). Same graph, kernels.
+        probe = OnnxRuntime(self.options.int8_graph, threads=1)
+        vectors = np.concatenate([probe.run(crop[None])[0] for crop in crops])
+        error = cosine_error(vectors, expected)
         check = judge("embedder", error, PROBE_TOLERANCE, backend, "onnx")
         if not check.passed:
             float32 = replace(self.options, embed_backend="onnx")

@@ -10,21 +10,11 @@ import pytest
 
 import gallery_search
 from photo_inferencing import FaceEngine
+from runtime_backends.onnx_int8_runtime import int8_graph_path, probe_path
 from server import create_app
 
 AARON = [f"Aaron_Peirsol/Aaron_Peirsol_000{i}.jpg" for i in (1, 2)]
 SERENA = "Serena_Williams/Serena_Williams_0001.jpg"
-
-
-class RotatedOutputs:
-    """A wrong int8 kernel: the real graph's vectors, each with its components shifted by one."""
-
-    def __init__(self, runtime):
-        self.runtime = runtime
-
-    def run(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
-        first, *rest = self.runtime.run(x)
-        return (np.roll(first, 1, axis=1), *rest)
 
 
 def all_zeros(query: np.ndarray, block: np.ndarray) -> np.ndarray:
@@ -71,13 +61,27 @@ def test_a_float32_embedder_needs_no_check(settings, client):
     }
 
 
+@pytest.fixture
+def disagreeing_probe(settings, tmp_path):
+    """A data dir with the built graphs and weights, whose int8 probe expects other vectors (each
+    rotated by one component): the int8 embedder then disagrees with its float32 reference, as a
+    wrong kernel would."""
+    for path in settings.data_path.iterdir():
+        (tmp_path / path.name).symlink_to(path)
+    probe = probe_path(int8_graph_path(tmp_path, settings.model))
+    with np.load(probe, allow_pickle=False) as stored:
+        fields = {name: stored[name] for name in stored.files}
+    probe.unlink()
+    np.savez(probe, **{**fields, "float32": np.roll(fields["float32"], 1, axis=1)})
+    return settings.replace(data_dir=str(tmp_path))
+
+
 def test_an_int8_embedder_failing_its_check_is_replaced_by_float32_and_health_says_so(
-    settings, face_bytes, caplog
+    disagreeing_probe, face_bytes, caplog
 ):
-    engine = FaceEngine.from_settings(settings)  # its own: the session's engine stays sound
-    engine.embedder.runtime = RotatedOutputs(engine.embedder.runtime)
+    settings = disagreeing_probe
     with caplog.at_level("ERROR", logger="kernel_checks"):
-        client = create_app(settings, engine=engine).test_client()
+        client = create_app(settings).test_client()
     [line] = [r.getMessage() for r in caplog.records if r.name == "kernel_checks"]
     assert line.startswith("kernel check failed: embedder (onnx-int8)") and "flags:" in line
     checked = client.get("/health").get_json()["kernels"]["embedder"]
