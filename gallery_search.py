@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +46,8 @@ KERNEL = "gallery_search"
 INT8_BACKEND = "onnxruntime MatMulInteger (u8 x s8, 7-bit rows)"
 FLOAT_BACKEND = "numpy float32 scan"
 
+SCORES_GRAPH = Path(__file__).resolve().with_name("model_data") / "gallery_scores.onnx"
+
 #: An integer kernel: (1, 512) u8 query bytes @ (512, m) int8 codes -> (m,) int32 sums.
 Scores = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -55,29 +58,18 @@ _checked_lock = threading.Lock()
 
 
 def _matmul():
-    """The process's ONNX Runtime session computing (1 x 512 u8) @ (512 x m s8) -> int32."""
+    """The process's ONNX Runtime session computing (1 x 512 u8) @ (512 x m s8) -> int32, over
+    the shipped graph ``SCORES_GRAPH`` (built by ``deployment_utils.graphs``)."""
     global _session
     with _session_lock:
         if _session is None:
             import onnxruntime as ort
-            from onnx import TensorProto, helper
 
-            graph = helper.make_graph(
-                [helper.make_node("MatMulInteger", ["query", "block"], ["scores"])],
-                "gallery_scores",
-                [
-                    helper.make_tensor_value_info("query", TensorProto.UINT8, [1, DIM]),
-                    helper.make_tensor_value_info("block", TensorProto.INT8, [DIM, "m"]),
-                ],
-                [helper.make_tensor_value_info("scores", TensorProto.INT32, [1, "m"])],
-            )
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-            model.ir_version = 8
             options = ort.SessionOptions()
             options.intra_op_num_threads = 1  # workers and threads are the parallelism
             options.inter_op_num_threads = 1
             _session = ort.InferenceSession(
-                model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+                str(SCORES_GRAPH), options, providers=["CPUExecutionProvider"]
             )
         return _session
 

@@ -55,6 +55,36 @@ def export_graph(network: Network, graph_dir: Path, force: bool = False) -> Path
     return target
 
 
+def gallery_scores_model() -> bytes:
+    """The gallery search's integer kernel as a graph: (1 x 512 u8) @ (512 x m s8) -> int32, one
+    ``MatMulInteger`` (no zero points: those would take a slower kernel). Shipped as
+    ``model_data/gallery_scores.onnx`` so the server never imports onnx (about 1 s); a test
+    checks the file is this graph (``python -m deployment_utils.graphs gallery-scores`` writes
+    it)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["query", "block"], ["scores"])],
+        "gallery_scores",
+        [
+            helper.make_tensor_value_info("query", TensorProto.UINT8, [1, 512]),
+            helper.make_tensor_value_info("block", TensorProto.INT8, [512, "m"]),
+        ],
+        [helper.make_tensor_value_info("scores", TensorProto.INT32, [1, "m"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def write_gallery_scores() -> Path:
+    """Write ``gallery_scores_model()`` where the search reads it."""
+    from gallery_search import SCORES_GRAPH
+
+    SCORES_GRAPH.write_bytes(gallery_scores_model())
+    return SCORES_GRAPH
+
+
 def build(model: str, data_dir: Path, weights: str | Path | None = None, force=False) -> list:
     """Every graph the engine may serve with, for ``model``'s weights; their paths."""
     from deployment_utils.quantize import build_int8_from_shipped_crops, write_probe
@@ -83,6 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m deployment_utils.graphs", description=__doc__.split("\n\n")[0]
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("gallery-scores", help="write the gallery search's shipped graph")
     sub = commands.add_parser("build", help="build the graphs (kept when current)")
     try:
         defaults = Settings.from_env()
@@ -94,6 +125,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_argument("--weights", default=defaults.weights, help="default: FACEMATCH_WEIGHTS")
     sub.add_argument("--force", action="store_true", help="rebuild current graphs too")
     args = parser.parse_args(argv)
+    if args.command == "gallery-scores":
+        print(write_gallery_scores())
+        return 0
     try:
         written = build(args.model, args.data_dir, args.weights, args.force)
     except WeightsError as exc:

@@ -86,3 +86,10 @@ def test_every_query_near_a_stored_face_finds_the_float64_answer(count):
             found = matrix.nearest(probe, k, per_subject)
             assert [row for row, _ in found] == expected
             np.testing.assert_allclose([d for _, d in found], distances[expected], atol=1e-5)
+
+
+def test_the_shipped_scores_graph_is_the_one_the_preparation_tool_builds():
+    from deployment_utils.graphs import gallery_scores_model
+    from gallery_search import SCORES_GRAPH
+
+    assert SCORES_GRAPH.read_bytes() == gallery_scores_model()
