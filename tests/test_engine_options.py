@@ -23,6 +23,7 @@ from deployment_utils.quantize import (
     devtrain_sample,
     read_crops,
     write_crops,
+    write_probe,
 )
 from engine_options import EngineOptions
 from face_detection import RETRY_MIN_FACE_SIZE
@@ -300,6 +301,7 @@ def test_int8_embedder_built_from_a_few_crops_stays_within_a_small_angle_of_floa
     calibration = calibration_crops(torch_engine, devtrain_sample(lfw, 8, seed=0), progress=False)
     graph = tmp_path / "casia-webface.int8.onnx"
     build_int8_graph(weights, calibration, graph, "casia-webface")
+    write_probe(graph, weights, "casia-webface")  # the engine checks the graph with it at start
     int8 = build(embed_backend="onnx-int8", int8_graph=graph)
     crops = [torch_engine.detect(photo).primary.crop, torch_engine.detect(other).primary.crop]
     got = int8.embed(crops).vectors
