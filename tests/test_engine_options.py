@@ -31,7 +31,7 @@ from face_embedding import CENTERS_FILE, combine_flipped, load_centers
 from model_weights import load_state_dict, resolve_weights
 from photo_inferencing import FaceEngine
 from runtime_backends.graph_files import current_graph
-from runtime_backends.onnx_int8_runtime import INT8_RECIPE
+from runtime_backends.onnx_int8_runtime import INT8_RECIPE, probe_path
 from runtime_backends.onnx_runtime import OnnxRuntime
 from runtime_backends.pytorch_runtime import TorchRuntime
 
@@ -323,6 +323,7 @@ def test_an_int8_graph_quantized_another_way_is_refused_until_rebuilt(build, pla
     built = plain.int8_graph
     graph = tmp_path / built.name
     shutil.copy(built, graph)
+    shutil.copy(probe_path(built), probe_path(graph))  # its kernel probe goes with it
     note = json.loads(built.with_name(built.name + ".json").read_text())
     assert note["recipe"] == INT8_RECIPE
     graph.with_name(graph.name + ".json").write_text(json.dumps(note))
