@@ -10,8 +10,9 @@ when its check fails, on one thread (the service runs one request's pieces on on
 * the embedder: the int8 and the float32 InceptionResnetV1 graphs on one face at the defaults
   (the crop and its mirror: a batch of 2), from the kernel probe's crops.
 
-Each figure is the median of ``--repeats`` timed runs after a warm-up; the ratios are float32 /
-fast (above 1: the fast path is faster). The CPU's flags that decide the kernels are printed
+Each figure is the median of ``--repeats`` timed rounds after a warm-up round, the variants of a
+figure timed in turn in each round so that they see the same load; the ratios are float32 / fast
+(above 1: the fast path is faster). The CPU's flags that decide the kernels are printed
 with them (``kernel_checks.cpu_flags``), and each path's check on this CPU.
 
     python -m benchmarking_utils.kernel_speed [--rows 20000,100000] [--out FILE]
@@ -42,15 +43,17 @@ from runtime_backends.onnx_runtime import OnnxRuntime
 REPO = Path(__file__).resolve().parents[1]
 
 
-def median_ms(work, repeats: int) -> float:
-    """The median wall time of ``work()`` in milliseconds, after one untimed call."""
-    work()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        work()
-        times.append((time.perf_counter() - start) * 1000)
-    return round(float(np.median(times)), 3)
+def interleaved_ms(work: dict, repeats: int) -> dict:
+    """The median wall time in milliseconds of each of ``work``'s calls, timed in turn (one
+    round calls each once) so that all see the same load; one untimed round first."""
+    times: dict[str, list[float]] = {label: [] for label in work}
+    for round_ in range(repeats + 1):
+        for label, call in work.items():
+            start = time.perf_counter()
+            call()
+            if round_:
+                times[label].append((time.perf_counter() - start) * 1000)
+    return {label: round(float(np.median(values)), 3) for label, values in times.items()}
 
 
 def search_speed(rows: int, repeats: int) -> dict:
@@ -59,18 +62,19 @@ def search_speed(rows: int, repeats: int) -> dict:
     rng = np.random.default_rng(rows)
     vectors = rng.standard_normal((rows, 512)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    queries = iter(vectors[rng.integers(0, rows, 30 * repeats + 30)])
-    result = {"rows": rows}
-    for label, kernel, float_scan_rows in (
-        ("float32_ms", None, 0),
-        ("int8_ms", gallery_search.onnx_scores, 0),
-        ("served_ms", gallery_search.onnx_scores, gallery_search.FLOAT_SCAN_ROWS),
+    queries = iter(vectors[rng.integers(0, rows, 3 * repeats + 3)])
+    subjects = [f"s{i // 3}" for i in range(rows)]
+    matrices = {}
+    for label, float_scan_rows in (
+        ("float32_ms", rows),  # at or under its size a matrix is scanned in float32
+        ("int8_ms", 0),
+        ("served_ms", gallery_search.FLOAT_SCAN_ROWS),
     ):
-        matrix = FaceMatrix(float_scan_rows)
-        matrix.append(list(range(rows)), [f"s{i // 3}" for i in range(rows)], vectors)
-        gallery_search.use_kernel(kernel)
-        result[label] = median_ms(lambda m=matrix: m.nearest(next(queries), 5, True), repeats)
+        matrices[label] = FaceMatrix(float_scan_rows)
+        matrices[label].append(list(range(rows)), subjects, vectors)
     gallery_search.use_kernel(gallery_search.onnx_scores)
+    work = {label: (lambda m=m: m.nearest(next(queries), 5, True)) for label, m in matrices.items()}
+    result = {"rows": rows, **interleaved_ms(work, repeats)}
     result["float32_over_int8"] = round(result["float32_ms"] / result["int8_ms"], 2)
     return result
 
@@ -80,13 +84,12 @@ def embedder_speed(settings: Settings, repeats: int) -> dict:
     int8 = int8_graph_path(settings.data_path, settings.model)
     crops, _ = load_probe(int8)
     batch = np.concatenate([crops[:1], crops[:1, :, :, ::-1]])
-    result = {"batch": len(batch)}
-    for label, graph in (
-        ("float32_ms", graph_path(settings.data_path, settings.model)),
-        ("int8_ms", int8),
-    ):
-        runtime = OnnxRuntime(graph, threads=1)
-        result[label] = median_ms(lambda runtime=runtime: runtime.run(batch), repeats)
+    runtimes = {
+        "float32_ms": OnnxRuntime(graph_path(settings.data_path, settings.model), threads=1),
+        "int8_ms": OnnxRuntime(int8, threads=1),
+    }
+    work = {label: (lambda r=runtime: r.run(batch)) for label, runtime in runtimes.items()}
+    result = {"batch": len(batch), **interleaved_ms(work, repeats)}
     result["float32_over_int8"] = round(result["float32_ms"] / result["int8_ms"], 2)
     return result
 
