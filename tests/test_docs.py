@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-import config
-import score_service
-from config import Settings
+from facematch import config
+from facematch.config import Settings
+from facematch.decision import scores as score_service
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

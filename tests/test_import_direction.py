@@ -10,10 +10,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ("deployment_utils", "benchmarking_utils")
-# The runtime: every top-level module and the packages the service imports.
-RUNTIME = sorted(
-    [*REPO.glob("*.py"), *REPO.glob("runtime_backends/*.py"), *REPO.glob("monitoring/*.py")]
-)
+# The runtime: the facematch package and the front doors at the root.
+RUNTIME = sorted([*REPO.glob("*.py"), *REPO.glob("facematch/**/*.py")])
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -29,9 +27,9 @@ def imported_modules(path: Path) -> set[str]:
 
 def test_the_runtime_modules_are_found_and_their_imports_read():
     names = {path.relative_to(REPO).as_posix() for path in RUNTIME}
-    assert {"photo_inferencing.py", "model_weights.py", "server.py", "wsgi.py"} <= names
-    assert "runtime_backends/__init__.py" in names
-    assert "engine_options" in imported_modules(REPO / "photo_inferencing.py")
+    assert {"facematch/engine/engine.py", "facematch/engine/weights.py", "wsgi.py"} <= names
+    assert {"facematch/api/app.py", "facematch/engine/backends/__init__.py"} <= names
+    assert "facematch.engine.options" in imported_modules(REPO / "facematch/engine/engine.py")
     assert "deployment_utils.casia_convert" in imported_modules(
         REPO / "deployment_utils" / "weights.py"
     )  # an import inside a function is seen too

@@ -8,9 +8,9 @@ import io
 import numpy as np
 import pytest
 
-import gallery_search
-from photo_inferencing import FaceEngine
-from server import create_app
+from facematch.api.app import create_app
+from facematch.engine.engine import FaceEngine
+from facematch.gallery import search as gallery_search
 
 AARON = [f"Aaron_Peirsol/Aaron_Peirsol_000{i}.jpg" for i in (1, 2)]
 SERENA = "Serena_Williams/Serena_Williams_0001.jpg"
@@ -76,9 +76,9 @@ def test_an_int8_embedder_failing_its_check_is_replaced_by_float32_and_health_sa
 ):
     engine = FaceEngine.from_settings(settings)  # its own: the session's engine stays sound
     engine.embedder.runtime = RotatedOutputs(engine.embedder.runtime)
-    with caplog.at_level("ERROR", logger="kernel_checks"):
+    with caplog.at_level("ERROR", logger="facematch.engine.kernel_checks"):
         client = create_app(settings, engine=engine).test_client()
-    [line] = [r.getMessage() for r in caplog.records if r.name == "kernel_checks"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "facematch.engine.kernel_checks"]
     assert line.startswith("kernel check failed: embedder (onnx-int8)") and "flags:" in line
     checked = client.get("/health").get_json()["kernels"]["embedder"]
     assert (checked["backend"], checked["check"]) == ("onnx", "failed: fell back to float32")
