@@ -61,8 +61,9 @@ import numpy as np
 from benchmarking_utils.common import machine, write_json
 from deployment_utils.lfw import lfw_dir
 from facematch.config import Settings
+from facematch.gallery.opening import open_gallery_store
 from facematch.gallery.postgres import HNSW_EF_CONSTRUCTION, HNSW_M
-from facematch.gallery.store import FaceSource, open_gallery_store
+from facematch.gallery.store import FaceSource
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (10_000, 100_000, 1_000_000)
@@ -398,7 +399,7 @@ def worker_memory(path: Path, gallery: str, model: str) -> dict:
     code = (
         "import json, sys, time; import numpy as np\n"
         "from benchmarking_utils.gallery_speed import _memory\n"
-        "from facematch.gallery.store import open_gallery_store\n"
+        "from facematch.gallery.opening import open_gallery_store\n"
         f"store = open_gallery_store('sqlite:///{path}')\n"
         "store.gallery_size('none'); before = _memory()\n"
         "q = np.ones(512, np.float32); start = time.perf_counter()\n"

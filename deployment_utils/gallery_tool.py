@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 from facematch.config import Settings
 from facematch.errors import ApiError
+from facematch.gallery.opening import store_from_settings
 from facematch.gallery.store import (
     EMBEDDING_DIM,
     ID_PATTERN,
@@ -63,7 +64,6 @@ from facematch.gallery.store import (
     check_source,
     check_vector,
     encode_metadata,
-    store_from_settings,
 )
 
 FORMAT = "facematch-gallery"

@@ -27,13 +27,8 @@ from facematch.errors import (
 )
 from facematch.gallery import postgres as gallery_postgres
 from facematch.gallery import sqlite as gallery_sqlite
-from facematch.gallery.store import (
-    Candidate,
-    FaceSource,
-    StoreLimits,
-    open_gallery_store,
-    store_from_settings,
-)
+from facematch.gallery.opening import open_gallery_store, store_from_settings
+from facematch.gallery.store import Candidate, FaceSource, StoreLimits
 from tests.servers import Postgres, wait_until
 
 MODEL = "casia-webface"

@@ -23,7 +23,7 @@ from deployment_utils.gallery_tool import (
     main,
 )
 from facematch.engine.decoding import decode_image
-from facematch.gallery.store import open_gallery_store
+from facematch.gallery.opening import open_gallery_store
 from tests.support import KEY_A, KEY_B, image_bytes
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The gallery operations behind the routes: the store opened on first use, held off for a
 moment after an outage, and verify/identify on top of the store and the rules.
 
-``GalleryAccess`` opens the configured store without connecting (``store``), so the
+``GalleryAccess`` opens the configured store without connecting (``opening``), so the
 service starts while its database is down, and the 1:1 routes never touch it. When a call finds
 the database unavailable, this process answers every gallery call at once with
 ``GalleryUnavailable`` for ``retry_after`` seconds (the ``Retry-After`` the routes send) instead
@@ -27,7 +27,8 @@ from facematch.config import ConfigError, Settings
 from facematch.decision import gallery_scoring
 from facematch.decision.gallery_scoring import Identification, Neighbour, VerifyResult, VerifyRule
 from facematch.errors import GalleryUnavailable
-from facematch.gallery.store import GalleryStore, store_from_settings
+from facematch.gallery.opening import store_from_settings
+from facematch.gallery.store import GalleryStore
 
 T = TypeVar("T")
 

@@ -6,10 +6,11 @@ of a subject (512 float32, unit norm), tagged with the model that made it and wh
 No photo is ever stored. A gallery holds the embeddings of one model at a time: adding or
 searching with another model raises ``ModelMismatch`` naming both.
 
-``open_gallery_store(url)`` picks the backend: ``sqlite:///PATH`` (``sqlite``, embedded,
-one machine) or ``postgresql://...`` (``postgres``, pgvector, any number of nodes). Opening
-connects to nothing: the first call does, so a server starts while its database is down, and every
-call made while the database is down or unreachable raises ``GalleryUnavailable`` quickly.
+``opening.open_gallery_store(url)`` picks the backend: ``sqlite:///PATH`` (``sqlite``,
+embedded, one machine) or ``postgresql://...`` (``postgres``, pgvector, any number of nodes).
+Opening connects to nothing: the first call does, so a server starts while its database is down,
+and every call made while the database is down or unreachable raises ``GalleryUnavailable``
+quickly.
 
 Every backend validates its arguments itself (it is the last line): ids, vectors, metadata.
 Errors are the ``errors`` module's ``ApiError`` subclasses, so routes pass them through.
@@ -289,38 +290,3 @@ def check_source(source: Any) -> FaceSource:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise InvalidParameter("the image size must be integers")
     return source
-
-
-# --- opening a store ------------------------------------------------------------------------
-
-
-def default_url(data_dir: str) -> str:
-    """The default gallery URL: an SQLite file in the data directory."""
-    return f"sqlite:///{data_dir}/gallery.db"
-
-
-def open_gallery_store(
-    url: str, limits: StoreLimits | None = None, ef_search: int | None = None
-) -> GalleryStore:
-    """Open the store ``url`` names (``sqlite:///PATH`` or ``postgresql://...``) without
-    connecting: the first call connects, in the process and thread that makes it.
-    ``ef_search``: PostgreSQL's ``hnsw.ef_search`` (None: the backend's default)."""
-    limits = limits or StoreLimits()
-    if url.startswith("sqlite:///"):
-        from facematch.gallery.sqlite import SqliteGalleryStore
-
-        return SqliteGalleryStore(url.removeprefix("sqlite:///"), limits)
-    if url.startswith(("postgresql://", "postgres://")):
-        from facematch.gallery.postgres import PostgresGalleryStore
-
-        if ef_search is None:
-            return PostgresGalleryStore(url, limits)
-        return PostgresGalleryStore(url, limits, ef_search=ef_search)
-    raise ValueError("FACEMATCH_GALLERY_URL must start with sqlite:/// or postgresql://")
-
-
-def store_from_settings(settings) -> GalleryStore:
-    """The store a ``config.Settings`` configures (not yet connected)."""
-    url = settings.gallery_url or default_url(str(settings.data_path))
-    limits = StoreLimits(settings.gallery_max_faces, settings.gallery_max_subject_faces)
-    return open_gallery_store(url, limits, settings.gallery_ef_search)
