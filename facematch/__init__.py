@@ -4,8 +4,8 @@ photo, show the same person? Who of a gallery's enrolled subjects is in a photo?
 One subpackage per capability, in this order; a module imports only from its own floor and the
 floors below it, never from a higher one (tests/test_import_direction.py checks it):
 
-1. the base: ``config`` (``Settings``, read from the ``FACEMATCH_`` variables) and ``errors``
-   (every error a request can meet);
+1. the base: ``config`` (``Settings``, read from the ``FACEMATCH_`` variables), ``errors``
+   (every error a request can meet) and ``keys`` (API keys, checked in constant time);
 2. ``engine``: photos in, ranked faces and their embeddings out (decoding, MTCNN detection,
    crops, the embedder, its weights and runtime backends);
 3. ``decision``: distances, the operator's decision policy, calibration, face quality and the

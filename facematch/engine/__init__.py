@@ -6,5 +6,5 @@ Owns decoding (``decoding``), MTCNN detection (``detection``, ``mtcnn_search``,
 threads a request's work runs on (``compute_slots``) and the start-up checks of the fast kernels
 (``kernel_checks``).
 
-May import: the base (``facematch.config``, ``facematch.errors``). Not Flask.
+May import: the base (``facematch.config``, ``facematch.errors``, ``facematch.keys``). Not Flask.
 """

@@ -35,10 +35,10 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from facematch.api.security import MIN_KEY_LENGTH, ApiKeyCheck
 from facematch.config import ConfigError, Settings
 from facematch.engine.options import EngineOptions
 from facematch.errors import Unauthorized
+from facematch.keys import MIN_KEY_LENGTH, ApiKeyCheck
 from facematch.observability.record import RequestRecord
 
 bp = Blueprint("prometheus", __name__)
