@@ -16,4 +16,8 @@ floors below it, never from a higher one (tests/test_import_direction.py checks 
    InfluxDB bridge, Prometheus);
 6. ``api``: the Flask app, its routes, request steps and answers, security, the web page and
    Gunicorn's hooks.
+
+The repository's root keeps the front doors (``server.py``, ``wsgi.py``, ``photo_inferencing.py``,
+``score_service.py``, ``gunicorn.conf.py``); ``deployment_utils`` and ``benchmarking_utils``
+import this package, never the reverse. docs/layout.md follows one request through it.
 """
