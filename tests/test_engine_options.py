@@ -22,6 +22,7 @@ from deployment_utils.quantize import (
     devtrain_sample,
     read_crops,
     write_crops,
+    write_probe,
 )
 from facematch.config import ConfigError
 from facematch.engine.backends.graph_files import current_graph
@@ -300,6 +301,7 @@ def test_int8_embedder_built_from_a_few_crops_stays_within_a_small_angle_of_floa
     calibration = calibration_crops(torch_engine, devtrain_sample(lfw, 8, seed=0), progress=False)
     graph = tmp_path / "casia-webface.int8.onnx"
     build_int8_graph(weights, calibration, graph, "casia-webface")
+    write_probe(graph, weights, "casia-webface")  # the engine checks the graph with it at start
     int8 = build(embed_backend="onnx-int8", int8_graph=graph)
     crops = [torch_engine.detect(photo).primary.crop, torch_engine.detect(other).primary.crop]
     got = int8.embed(crops).vectors
@@ -321,6 +323,8 @@ def test_an_int8_graph_quantized_another_way_is_refused_until_rebuilt(build, pla
     built = plain.int8_graph
     graph = tmp_path / built.name
     shutil.copy(built, graph)
+    probe = ".probe.npz"  # the kernel probe the engine checks the graph with at start
+    shutil.copy(built.with_name(built.name + probe), graph.with_name(graph.name + probe))
     note = json.loads(built.with_name(built.name + ".json").read_text())
     assert note["recipe"] == INT8_RECIPE
     graph.with_name(graph.name + ".json").write_text(json.dumps(note))
