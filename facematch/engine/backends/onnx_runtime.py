@@ -5,10 +5,8 @@ weights once (the float embedder: 103 MiB) instead of beside a parsed copy of th
 
 A session with one intra-op thread owns no thread pool, so it is built at once and one built
 before Gunicorn forks its workers is shared by them (copy-on-write). A session with a thread pool
-does not survive a fork, so with more threads each process builds its own on first use. One
-built before a fork (the start-up kernel check runs the int8 embedder in Gunicorn's master) is
-kept in the child, never destroyed there: its pool's condition variables were copied with
-waiters the child does not have, and destroying them waits for those waiters forever.
+must never exist in a process that forks (the child's next session hangs), so with more threads
+each process builds its own on first use.
 """
 
 from __future__ import annotations
@@ -18,9 +16,6 @@ import threading
 from pathlib import Path
 
 import numpy as np
-
-#: Sessions this process inherited from the one that forked it (see the module docstring).
-_INHERITED: list = []
 
 
 class OnnxRuntime:
@@ -60,8 +55,6 @@ class OnnxRuntime:
         if self._graph is not None and self._pid != os.getpid():
             with self._lock:
                 if self._pid != os.getpid():
-                    if self._session is not None:
-                        _INHERITED.append(self._session)  # never destroyed here
                     self._session, self._pid = self._build(), os.getpid()
         feed = {"x": np.ascontiguousarray(x, dtype=np.float32)}
         return tuple(self._session.run(None, feed))
