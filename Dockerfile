@@ -23,11 +23,11 @@ RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
 # The weights, then the serving graphs (MTCNN, the embedder, its int8 build from the shipped
 # calibration crops), are built here, once, so the container never downloads, imports PyTorch
 # or exports a graph at start.
-COPY config.py model_weights.py ./
+COPY facematch/__init__.py facematch/config.py facematch/
+COPY facematch/engine/__init__.py facematch/engine/weights.py facematch/engine/
 COPY deployment_utils/ deployment_utils/
 RUN python -m deployment_utils.weights build --model "${FACEMATCH_MODEL}" --data-dir /opt/facematch/data
-COPY *.py ./
-COPY runtime_backends/ runtime_backends/
+COPY facematch/ facematch/
 COPY model_data/ model_data/
 RUN python -m deployment_utils.graphs build --model "${FACEMATCH_MODEL}" --data-dir /opt/facematch/data
 
@@ -45,11 +45,13 @@ RUN groupadd --gid 10001 facematch \
 WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/facematch/data /opt/facematch/data
+# The root's front doors (wsgi.py, gunicorn.conf.py, ...), the package, its data files
+# (model_data/, the metrics message schema) and the operator tools.
 COPY *.py openapi.json ./
-COPY runtime_backends/ runtime_backends/
+COPY facematch/ facematch/
 COPY model_data/ model_data/
 COPY deployment_utils/ deployment_utils/
-COPY monitoring/ monitoring/
+COPY monitoring/schema/ monitoring/schema/
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \

@@ -1,4 +1,4 @@
-"""Gunicorn settings, taken from the FACEMATCH_ variables (see config.py and the README).
+"""Gunicorn settings, taken from the FACEMATCH_ variables (see facematch/config.py and the README).
 
 Gunicorn is meant to sit behind the buffering reverse proxy in deploy/nginx/, which waits for
 slow and idle clients itself and hands Gunicorn only complete requests. The connection settings
@@ -6,7 +6,7 @@ below bound what a client reaching Gunicorn directly can hold; they cannot stop 
 from holding a request thread (Gunicorn's gthread worker has no read deadline).
 """
 
-from config import Settings
+from facematch.config import Settings
 
 _settings = Settings.from_env()
 
@@ -39,7 +39,7 @@ control_socket_disable = not _settings.control_socket
 if _settings.control_socket:
     control_socket = _settings.control_socket
 
-from gunicorn_hooks import (  # noqa: E402,F401 (see the module)
+from facematch.api.gunicorn_hooks import (  # noqa: E402,F401 (see the module)
     child_exit,
     on_exit,
     post_worker_init,

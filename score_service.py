@@ -1,86 +1,31 @@
-"""Scoring: distances between embeddings and the match decision. Pure functions, no model.
+"""Distances between embeddings and the match decision: pure functions, no model.
 
-The default metric is the cosine distance ``1 - cos(a, b)`` (0 = same direction, 2 = opposite);
-the euclidean distance between the L2-normalised vectors is offered too. Default thresholds were
-chosen on LFW View 1 ``pairsDevTrain.txt`` and checked on ``pairsDevTest.txt`` with
-``python -m benchmarking_utils.threshold`` (see the README for the figures).
+``distance(a, b, metric)`` (cosine by default, or euclidean between the unit vectors) and
+``decide(a, b, threshold, metric)``, which says ``match`` when the distance is at most the
+threshold (``MatchResult``); ``DEFAULT_THRESHOLDS`` were chosen on LFW. They live in
+``facematch.decision.scores``.
 """
 
-from __future__ import annotations
+from facematch.decision.scores import (
+    DEFAULT_THRESHOLDS,
+    METRICS,
+    MatchResult,
+    cosine_distance,
+    decide,
+    default_threshold,
+    distance,
+    euclidean_distance,
+    normalize,
+)
 
-from dataclasses import dataclass
-
-import numpy as np
-
-METRICS = ("cosine", "euclidean")
-
-# Chosen on LFW DevTrain (max accuracy, midpoint of the best interval) for the default
-# pipeline (config.py's engine defaults: CASIA-WebFace weights, margin 32, center_weighted_size,
-# int8 embedder with the mirrored crop, centred embeddings: docs/results/threshold.json). On
-# unit vectors euclidean = sqrt(2 cosine), so the euclidean threshold is the same boundary.
-DEFAULT_THRESHOLDS = {"cosine": 0.6397, "euclidean": 1.1311}
-
-
-@dataclass(frozen=True)
-class MatchResult:
-    """The decision for one pair: ``match`` is ``distance <= threshold``."""
-
-    match: bool
-    distance: float
-    threshold: float
-    metric: str
-
-
-def normalize(vector: np.ndarray) -> np.ndarray:
-    """Return ``vector`` scaled to unit L2 norm (float64)."""
-    v = np.asarray(vector, dtype=np.float64).reshape(-1)
-    return v / np.linalg.norm(v)
-
-
-def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """``1 - cos(a, b)``, in [0, 2]."""
-    return float(1.0 - np.dot(normalize(a), normalize(b)))
-
-
-def euclidean_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Euclidean distance between the unit vectors of ``a`` and ``b``, in [0, 2]."""
-    return float(np.linalg.norm(normalize(a) - normalize(b)))
-
-
-def distance(a: np.ndarray, b: np.ndarray, metric: str = "cosine") -> float:
-    """Distance between two embeddings under ``metric`` (one of ``METRICS``)."""
-    if metric == "cosine":
-        return cosine_distance(a, b)
-    if metric == "euclidean":
-        return euclidean_distance(a, b)
-    raise ValueError(f"unknown metric {metric!r}; expected one of {METRICS}")
-
-
-def default_threshold(metric: str = "cosine") -> float:
-    """The threshold chosen on LFW DevTrain for ``metric``."""
-    return DEFAULT_THRESHOLDS[metric]
-
-
-def decide(a: np.ndarray, b: np.ndarray, threshold: float, metric: str = "cosine") -> MatchResult:
-    """Compare two embeddings: same person when their distance is at most ``threshold``."""
-    d = distance(a, b, metric)
-    return MatchResult(match=d <= threshold, distance=d, threshold=threshold, metric=metric)
-
-
-def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """Threshold maximising accuracy on labelled pairs, and that accuracy.
-
-    Among the distance intervals with the best accuracy, the first one's midpoint is chosen, so
-    the threshold does not sit on a training sample.
-    """
-    d = np.asarray(distances, dtype=np.float64)
-    y = np.asarray(same, dtype=bool)
-    order = np.argsort(d)
-    d, y = d[order], y[order]
-    # Threshold below all points: everything rejected -> correct = number of different pairs.
-    correct = (~y).sum() + np.cumsum(np.where(y, 1, -1))
-    candidates = np.concatenate([[(~y).sum()], correct])
-    best = int(np.argmax(candidates))
-    lower = d[best - 1] if best > 0 else d[0] - 1e-3
-    upper = d[best] if best < len(d) else d[-1] + 1e-3
-    return float((lower + upper) / 2.0), float(candidates[best] / len(d))
+__all__ = [
+    "DEFAULT_THRESHOLDS",
+    "METRICS",
+    "MatchResult",
+    "cosine_distance",
+    "decide",
+    "default_threshold",
+    "distance",
+    "euclidean_distance",
+    "normalize",
+]

@@ -7,9 +7,9 @@ the service never runs with random weights.
 import logging
 import sys
 
-from config import ConfigError, Settings
-from model_weights import WeightsError
-from server import create_app
+from facematch.api.app import create_app
+from facematch.config import ConfigError, Settings
+from facematch.engine.weights import WeightsError
 
 logging.basicConfig(
     level=Settings.from_env().log_level.upper(),

@@ -36,7 +36,6 @@ from tqdm import tqdm
 
 from benchmarking_utils.common import Config, embedder_tag, machine, parse_config, write_json
 from benchmarking_utils.inputs import parse_size, photo_bytes
-from config import Settings
 from deployment_utils.lfw import (
     GET_LFW,
     Pair,
@@ -45,11 +44,12 @@ from deployment_utils.lfw import (
     lfw_dir,
     read_pairs,
 )
-from engine_options import EngineOptions
-from face_detection import Detections, rank_faces
-from image_decoding import DecodedPhoto, decode_photo
-from photo_inferencing import FaceEngine
-from score_service import default_threshold
+from facematch.config import Settings
+from facematch.decision.scores import default_threshold
+from facematch.engine.decoding import DecodedPhoto, decode_photo
+from facematch.engine.detection import Detections, rank_faces
+from facematch.engine.engine import FaceEngine
+from facematch.engine.options import EngineOptions
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmark_results" / "cache"

@@ -19,11 +19,11 @@ from facenet_pytorch import MTCNN, InceptionResnetV1
 from flask import Flask, request
 from PIL import Image
 
-import score_service
-from config import Settings
-from image_decoding import decode_image
-from model_weights import load_state_dict, resolve_weights
-from request_record import Latency
+from facematch.config import Settings
+from facematch.decision import scores as score_service
+from facematch.engine.decoding import decode_image
+from facematch.engine.weights import load_state_dict, resolve_weights
+from facematch.observability.record import Latency
 
 
 @dataclass

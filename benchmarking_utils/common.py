@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from config import PREFIX, Settings
-from runtime_backends.onnx_int8_runtime import INT8_RECIPE
+from facematch.config import PREFIX, Settings
+from facematch.engine.backends.onnx_int8_runtime import INT8_RECIPE
 
 EMBED_GFLOP = 2.84  # InceptionResnetV1, one 160x160 face (multiply-adds counted as 2)
 

@@ -39,8 +39,8 @@ from benchmarking_utils.common import (
 )
 from benchmarking_utils.inputs import pair_photos, parse_size
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
-from photo_inferencing import FaceEngine
-from server import create_app
+from facematch.api.app import create_app
+from facematch.engine.engine import FaceEngine
 
 TARGETS = {"4032x3024": 8.0, "1280x720": 4.0, "lfw": 2.0}
 STAGES = ("decode", "detection", "embedding", "scoring", "total")

@@ -18,9 +18,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-import score_service
 from benchmarking_utils.common import write_json
-from config import Settings
 from deployment_utils.lfw import (
     GET_LFW,
     accuracy_counting_failures,
@@ -28,9 +26,11 @@ from deployment_utils.lfw import (
     lfw_dir,
     read_pairs,
 )
-from engine_options import SELECTION_METHODS
-from face_detection import rank_faces
-from photo_inferencing import FaceEngine
+from facematch.config import Settings
+from facematch.decision import scores as score_service
+from facematch.engine.detection import rank_faces
+from facematch.engine.engine import FaceEngine
+from facematch.engine.options import SELECTION_METHODS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -34,8 +34,6 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-import gallery_scoring
-import score_service
 from benchmarking_utils.common import Config, machine, parse_config, write_json
 from benchmarking_utils.lfw_embeddings import (
     LfwEmbeddings,
@@ -45,6 +43,8 @@ from benchmarking_utils.lfw_embeddings import (
     settings_key,
 )
 from deployment_utils.lfw import GET_LFW, lfw_dir
+from facematch.decision import gallery_scoring
+from facematch.decision import scores as score_service
 
 REPO = Path(__file__).resolve().parents[1]
 ONE_TO_ONE = score_service.default_threshold("cosine")

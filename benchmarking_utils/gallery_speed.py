@@ -59,10 +59,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarking_utils.common import machine, write_json
-from config import Settings
 from deployment_utils.lfw import lfw_dir
-from gallery_postgres import HNSW_EF_CONSTRUCTION, HNSW_M
-from gallery_store import FaceSource, open_gallery_store
+from facematch.config import Settings
+from facematch.gallery.opening import open_gallery_store
+from facematch.gallery.postgres import HNSW_EF_CONSTRUCTION, HNSW_M
+from facematch.gallery.store import FaceSource
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (10_000, 100_000, 1_000_000)
@@ -379,7 +380,7 @@ def recall_at_1(tops: list, exact: tuple[np.ndarray, list[str]]) -> float:
 def int8_scan(matrix, queries: np.ndarray) -> dict:
     """The int8 pass alone (what bounds the SQLite search): p50 and p99 per query, and the
     rate it reads the int8 matrix at (GB/s)."""
-    from gallery_search import _approximate
+    from facematch.gallery.search import _approximate
 
     snapshot = matrix._snapshot()
     times = []
@@ -398,7 +399,7 @@ def worker_memory(path: Path, gallery: str, model: str) -> dict:
     code = (
         "import json, sys, time; import numpy as np\n"
         "from benchmarking_utils.gallery_speed import _memory\n"
-        "from gallery_store import open_gallery_store\n"
+        "from facematch.gallery.opening import open_gallery_store\n"
         f"store = open_gallery_store('sqlite:///{path}')\n"
         "store.gallery_size('none'); before = _memory()\n"
         "q = np.ones(512, np.float32); start = time.perf_counter()\n"
@@ -524,7 +525,7 @@ def measure_sqlite(run: Run, dataset: Dataset, exact) -> dict:
 
 def measure_postgres(run: Run, base_url: str, dataset: Dataset, exact) -> dict:
     """Load and index (unless reused), then search and recall at each ``ef_search``."""
-    from gallery_postgres import PostgresGalleryStore
+    from facematch.gallery.postgres import PostgresGalleryStore
 
     gallery = _gallery(dataset.size)
     index = f"{dataset.size}"
@@ -601,7 +602,7 @@ def measure_postgres(run: Run, base_url: str, dataset: Dataset, exact) -> dict:
 
 
 def _index_name(gallery: str) -> str:
-    from gallery_postgres import index_name
+    from facematch.gallery.postgres import index_name
 
     return index_name(gallery)
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from config import Settings
 from deployment_utils.quantize import read_crops
-from runtime_backends.graph_files import graph_path
-from runtime_backends.onnx_int8_runtime import int8_graph_path
-from runtime_backends.onnx_runtime import OnnxRuntime
+from facematch.config import Settings
+from facematch.engine.backends.graph_files import graph_path
+from facematch.engine.backends.onnx_int8_runtime import int8_graph_path
+from facematch.engine.backends.onnx_runtime import OnnxRuntime
 
 
 def embed(graph: Path, crops: np.ndarray) -> np.ndarray:

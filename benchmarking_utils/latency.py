@@ -40,8 +40,8 @@ from benchmarking_utils.common import (
 )
 from benchmarking_utils.inputs import Photo, folder_photos, pair_photos, parse_size
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
-from photo_inferencing import FaceEngine
-from server import create_app
+from facematch.api.app import create_app
+from facematch.engine.engine import FaceEngine
 
 STAGES = ("decode", "detection", "embedding", "scoring", "total")
 ENDPOINTS = ("photo_match", "cached_match")

@@ -23,9 +23,9 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarking_utils.common import Config, embedder_tag, parse_config
-from config import Settings
 from deployment_utils.lfw import GET_LFW, lfw_dir
-from image_decoding import decode_image
+from facematch.config import Settings
+from facematch.engine.decoding import decode_image
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE = REPO / "benchmark_results" / "cache"
@@ -144,7 +144,9 @@ def embed_lfw(
 
 
 def _embed_into(settings, root, todo, done, path, progress) -> None:
-    from photo_inferencing import FaceEngine  # the model only when something is to be embedded
+    from facematch.engine.engine import (
+        FaceEngine,  # the model only when something is to be embedded
+    )
 
     engine = FaceEngine.from_settings(settings)
     pending: list[tuple[str, object]] = []

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from config import Settings
-from monitoring.message import ROLES, TAGS
+from facematch.config import Settings
+from facematch.observability.message import ROLES, TAGS
 
 STAGES = ("detection", "embedding", "total")
 QUANTILES = (50, 95, 99)

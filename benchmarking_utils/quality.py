@@ -31,13 +31,13 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-import face_quality
-import score_service
 from benchmarking_utils.common import parse_config, write_json
 from benchmarking_utils.lfw_embeddings import CACHE, embed_lfw, settings_key
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
-from face_quality import FaceQuality, QualityGate
-from image_decoding import decode_image
+from facematch.decision import quality as face_quality
+from facematch.decision import scores as score_service
+from facematch.decision.quality import FaceQuality, QualityGate
+from facematch.engine.decoding import decode_image
 
 BIN_MEASURES = {  # measure -> how a pair takes the worse of its two faces
     "width_px": min,
@@ -87,7 +87,7 @@ def _measured(engine, image: Image.Image) -> tuple[FaceQuality | None, object]:
 
 def _records(settings, root: Path, n_pairs: int, progress: bool) -> dict:
     """Per-image quality of DevTest and per-condition records of the degraded pairs."""
-    from photo_inferencing import FaceEngine
+    from facematch.engine.engine import FaceEngine
 
     path = CACHE / f"quality-records-{n_pairs}-{settings_key(settings)}.json"
     if path.exists():

@@ -17,9 +17,7 @@ from pathlib import Path
 
 import torch
 
-import score_service
 from benchmarking_utils.common import write_json
-from config import Settings
 from deployment_utils.lfw import (
     GET_LFW,
     accuracy_counting_failures,
@@ -29,7 +27,9 @@ from deployment_utils.lfw import (
     pair_distances,
     read_pairs,
 )
-from photo_inferencing import FaceEngine
+from facematch.config import Settings
+from facematch.decision import scores as score_service
+from facematch.engine.engine import FaceEngine
 
 
 def main(argv: list[str] | None = None) -> int:

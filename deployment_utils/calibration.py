@@ -1,4 +1,5 @@
-"""Build the calibration table of a configuration from LFW View 1 (``calibration`` reads it).
+"""Build the calibration table of a configuration from LFW View 1
+(``facematch.decision.calibration`` reads it).
 
 Embeds the images of ``pairsDevTrain.txt`` and ``pairsDevTest.txt`` (View 1 only: View 2's
 ``pairs.txt`` stays for the reported figures) the way the service does, through the embedding
@@ -20,12 +21,12 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import calibration
-import score_service
 from benchmarking_utils.common import parse_config
 from benchmarking_utils.lfw_embeddings import embed_lfw
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
-from engine_options import EngineOptions
+from facematch.decision import calibration
+from facematch.decision import scores as score_service
+from facematch.engine.options import EngineOptions
 
 REPO = Path(__file__).resolve().parents[1]
 PAIR_FILES = ("pairsDevTrain.txt", "pairsDevTest.txt")

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from config import Settings
-from embedding_codec import FORMATS, encode_embedding
-from errors import ApiError
-from image_decoding import decode_image
-from photo_inferencing import FaceEngine
-from security import ReferenceSigner
+from facematch.api.codec import FORMATS, encode_embedding
+from facematch.api.security import ReferenceSigner
+from facematch.config import Settings
+from facematch.engine.decoding import decode_image
+from facematch.engine.engine import FaceEngine
+from facematch.errors import ApiError
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 

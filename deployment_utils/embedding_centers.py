@@ -5,7 +5,7 @@ Sandberg's ``--subtract_mean`` does with the training folds' mean), which remove
 all faces share and separates people better. Only View 1 DevTrain images are used, so View 2
 stays untouched for the reported figure. The vector (rounded to float16) and its provenance
 (which images, how many, settings, commit, command) replace the model's entry in
-``model_data/embedding_centers.json``, which the engine reads (``face_embedding``).
+``model_data/embedding_centers.json``, which the engine reads (``facematch.engine.embedding``).
 
     python -m deployment_utils.embedding_centers [--centers model_data/embedding_centers.json]
 """
@@ -24,10 +24,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from config import Settings
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
-from face_embedding import CENTERS_FILE
-from photo_inferencing import FaceEngine
+from facematch.config import Settings
+from facematch.engine.embedding import CENTERS_FILE
+from facematch.engine.engine import FaceEngine
 
 REPO = Path(__file__).resolve().parents[1]
 MEASURED = (

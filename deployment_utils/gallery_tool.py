@@ -23,12 +23,13 @@ face, and folders whose names are not ids, are listed at the end (exit status 1)
 
 With ``FACEMATCH_SIGNING_KEYS`` set the signature is an HMAC-SHA256, with the first key, over
 ``b"facematch-gallery-v1\\0"`` and every byte of the file before the last line (key id and token
-as ``security.ReferenceSigner``'s); without keys it is null. ``import`` checks the whole file
-before writing anything: with keys set it refuses a file that is unsigned, altered or signed by
-a key it does not hold; it refuses embeddings of a model other than the service's
-(``FACEMATCH_MODEL``), and a gallery that already holds faces. It then writes in transactions of
-``--batch`` faces: face ids are new (the database chooses them) and so are the times; names,
-metadata and sources are kept. If an import stops midway, delete the gallery and run it again.
+as ``facematch.api.security.ReferenceSigner``'s); without keys it is null. ``import`` checks
+the whole file before writing anything: with keys set it refuses a file that is unsigned,
+altered or signed by a key it does not hold; it refuses embeddings of a model other than the
+service's (``FACEMATCH_MODEL``), and a gallery that already holds faces. It then writes in
+transactions of ``--batch`` faces: face ids are new (the database chooses them) and so are the
+times; names, metadata and sources are kept. If an import stops midway, delete the gallery and
+run it again.
 """
 
 from __future__ import annotations
@@ -50,9 +51,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from tqdm import tqdm
 
-from config import Settings
-from errors import ApiError
-from gallery_store import (
+from facematch.config import Settings
+from facematch.errors import ApiError
+from facematch.gallery.opening import store_from_settings
+from facematch.gallery.store import (
     EMBEDDING_DIM,
     ID_PATTERN,
     FaceSource,
@@ -62,7 +64,6 @@ from gallery_store import (
     check_source,
     check_vector,
     encode_metadata,
-    store_from_settings,
 )
 
 FORMAT = "facematch-gallery"
@@ -116,7 +117,7 @@ def enrol_folder(
 ) -> Enrolled:
     """Enrol the primary face of every photo under ``folder/<subject>/`` into ``gallery``,
     ``batch`` faces per transaction; what was enrolled and skipped."""
-    from image_decoding import decode_image
+    from facematch.engine.decoding import decode_image
 
     check_id("gallery", gallery)
     started = time.perf_counter()
@@ -157,10 +158,10 @@ def enrol_folder(
 
 class ExportSigner:
     """HMAC-SHA256 of an export under the signing keys (the first signs, any verifies), as
-    ``security.ReferenceSigner`` signs references: token ``v1.<key id>.<mac>``."""
+    ``facematch.api.security.ReferenceSigner`` signs references: token ``v1.<key id>.<mac>``."""
 
     def __init__(self, secrets: list[str]):
-        from security import ReferenceSigner, key_id
+        from facematch.api.security import ReferenceSigner, key_id
 
         ReferenceSigner(secrets)  # the same checks: length, distinct key ids
         self._keys = {key_id(s): s.encode() for s in dict.fromkeys(secrets)}
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "enrol":
             if not args.photos.is_dir():
                 parser.error(f"{args.photos} is not a folder")
-            from photo_inferencing import FaceEngine
+            from facematch.engine.engine import FaceEngine
 
             engine = FaceEngine.from_settings(settings)
             done = enrol_folder(

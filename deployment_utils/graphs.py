@@ -27,13 +27,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from face_detection import NETWORKS, mtcnn_network
-from face_embedding import embedder_network
-from model_weights import MODELS, WeightsError, resolve_weights
-from runtime_backends import Network
-from runtime_backends.graph_files import current_file, graph_path, write_note
-from runtime_backends.onnx_export import export_onnx
-from runtime_backends.onnx_int8_runtime import INT8_RECIPE, int8_graph_path, load_probe
+from facematch.engine.backends import Network
+from facematch.engine.backends.graph_files import current_file, graph_path, write_note
+from facematch.engine.backends.onnx_export import export_onnx
+from facematch.engine.backends.onnx_int8_runtime import INT8_RECIPE, int8_graph_path, load_probe
+from facematch.engine.detection import NETWORKS, mtcnn_network
+from facematch.engine.embedding import embedder_network
+from facematch.engine.weights import MODELS, WeightsError, resolve_weights
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def build(model: str, data_dir: Path, weights: str | Path | None = None, force=F
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from config import ConfigError, Settings
+    from facematch.config import ConfigError, Settings
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(

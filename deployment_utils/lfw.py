@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-import score_service
+from facematch.decision import scores as score_service
 
 DEFAULT_LFW_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lfw"
 GET_LFW = (

@@ -36,20 +36,20 @@ from onnxruntime.quantization import (
 from PIL import Image
 from tqdm import tqdm
 
-from config import Settings
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
-from engine_options import EngineOptions
-from face_embedding import embedder_network
-from model_weights import resolve_weights
-from photo_inferencing import FaceEngine
-from runtime_backends.graph_files import write_note
-from runtime_backends.onnx_export import export_onnx
-from runtime_backends.onnx_int8_runtime import (
+from facematch.config import Settings
+from facematch.engine.backends.graph_files import write_note
+from facematch.engine.backends.onnx_export import export_onnx
+from facematch.engine.backends.onnx_int8_runtime import (
     INT8_RECIPE,
     graph_sha256,
     int8_graph_path,
     probe_path,
 )
+from facematch.engine.embedding import embedder_network
+from facematch.engine.engine import FaceEngine
+from facematch.engine.options import EngineOptions
+from facematch.engine.weights import resolve_weights
 
 BATCH = 8
 CALIBRATION_FILE = Path(__file__).resolve().parents[1] / "model_data" / "int8_calibration.png"
@@ -157,7 +157,8 @@ PROBE_CROPS = 8  # crops in the int8 graph's kernel probe (about 0.1 s at start)
 def write_probe(graph: Path, weights: Path, model: str, count: int = PROBE_CROPS) -> Path:
     """Write the kernel probe of the int8 graph ``graph``: ``count`` shipped crops, evenly
     spread, and their float32 embeddings by the PyTorch module holding ``weights``; the serving
-    engine compares the int8 graph's vectors with these at start (``kernel_checks``)."""
+    engine compares the int8 graph's vectors with these at start
+    (``facematch.engine.kernel_checks``)."""
     import torch
 
     crops = read_crops()

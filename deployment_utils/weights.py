@@ -1,7 +1,8 @@
 """The weights tool: build and verify the InceptionResnetV1 state_dict facematch serves.
 
-The service finds and checks the file at start-up with the runtime module ``model_weights``
-(``resolve_weights``, ``load_state_dict``); this tool imports it, never the reverse. Operators
+The service finds and checks the file at start-up with the runtime module
+``facematch.engine.weights`` (``resolve_weights``, ``load_state_dict``); this tool imports it,
+never the reverse. Operators
 build the files once with the CLI::
 
     python -m deployment_utils.weights build [--model casia-webface] [--data-dir DIR]
@@ -33,7 +34,7 @@ from typing import Any
 
 import torch
 
-from model_weights import (
+from facematch.engine.weights import (
     BUILD_COMMAND,
     MODELS,
     WeightsError,
@@ -284,7 +285,7 @@ def _parse_args(argv: Sequence[str] | None, defaults: Any) -> argparse.Namespace
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; print the weights path on stdout, progress and errors on stderr."""
-    from config import ConfigError, Settings
+    from facematch.config import ConfigError, Settings
 
     logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(message)s")
     try:

@@ -48,9 +48,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from config import Settings
 from deployment_utils.lfw import lfw_dir
-from photo_inferencing import FaceEngine
+from facematch.config import Settings
+from facematch.engine.engine import FaceEngine
 
 TOLERANCE = 1e-4
 photos = sorted((lfw_dir() / "images").glob("A*/*_0001.jpg"))[:20]

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
 from deployment_utils.lfw import GET_LFW, lfw_dir
-from photo_inferencing import FaceEngine
-from server import create_app
+from facematch.api.app import create_app
+from facematch.config import Settings
+from facematch.engine.engine import FaceEngine
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from config import ConfigError
-from engine_options import pick_device
+from facematch.config import ConfigError
+from facematch.engine.options import pick_device
 
 
 def test_a_cuda_index_beyond_the_visible_gpus_is_refused():

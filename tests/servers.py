@@ -336,7 +336,7 @@ class BridgeProcess(_Process):
         env.update(self.env)
         env["PYTHONPATH"] = str(REPO)
         start = len(self.log())
-        self._spawn([sys.executable, "-m", "monitoring.bridge", *self.args], env=env)
+        self._spawn([sys.executable, "-m", "facematch.observability.bridge", *self.args], env=env)
         if wait_subscribed:
             wait_until(
                 lambda: self._check_alive() and "subscribed" in self.log()[start:],
@@ -421,7 +421,7 @@ BASE = int(time.time()) - 600
 def record(i: int, endpoint: str = "/photo_match"):
     """A distinct request record: ``distance`` and ``started`` carry ``i`` so messages can be
     told apart (in the database too, where points are keyed by tags and time)."""
-    from request_record import FaceSummary, Latency, RequestRecord
+    from facematch.observability.record import FaceSummary, Latency, RequestRecord
 
     return RequestRecord(
         endpoint=endpoint,

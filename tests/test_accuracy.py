@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-import score_service
 from deployment_utils.lfw import (
     accuracy_counting_failures,
     engine_embedder,
     pair_distances,
     read_pairs,
 )
+from facematch.decision import scores as score_service
 
 
 @pytest.mark.slow

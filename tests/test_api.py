@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from server import create_app
+from facematch.api.app import create_app
 from tests.support import (
     DIFFERENT,
     DIFFERENT_2,
@@ -201,7 +201,7 @@ def test_truncated_jpeg_is_415(client, face_bytes):
 
 
 def test_upload_over_the_size_limit_is_413(settings, engine, face_bytes):
-    from server import create_app
+    from facematch.api.app import create_app
 
     small = create_app(settings.replace(max_upload_mb=0.05), engine=engine).test_client()
     response = photo_match(small, face_bytes(SAME[0]), b"\xff" * 100_000)

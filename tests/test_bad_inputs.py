@@ -93,7 +93,7 @@ def _check(response_status: int, body: dict, expected: int, code: str | None, wh
 
 @pytest.fixture(scope="module")
 def stored_reference(settings, engine, face_bytes) -> bytes:
-    from server import create_app
+    from facematch.api.app import create_app
 
     client = create_app(settings, engine=engine).test_client()
     return client.post("/embeddings", data=files(photo=face_bytes(SAME[0]))).get_data()

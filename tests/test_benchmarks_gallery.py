@@ -65,7 +65,7 @@ def synthetic_lfw(people: int = 12, images: int = 6, seed: int = 1):
 @pytest.mark.parametrize("enrolled", [True, False])
 def test_the_vectorised_knn_sweep_decides_as_gallery_scoring_verify(enrolled):
     from benchmarking_utils.gallery_accuracy import GRID, rule_decisions, rule_trials
-    from gallery_scoring import Neighbour, VerifyRule, verify
+    from facematch.decision.gallery_scoring import Neighbour, VerifyRule, verify
 
     emb = synthetic_lfw()
     gallery, owner, _, halves = rule_trials(emb, 3, 4, impostors=4, seed=0)

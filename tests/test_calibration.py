@@ -10,11 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
-import calibration
-from calibration import Calibration
-from config import ConfigError
-from decision_policy import DecisionPolicy
-from server import create_app
+from facematch.api.app import create_app
+from facematch.config import ConfigError
+from facematch.decision import calibration
+from facematch.decision.calibration import Calibration
+from facematch.decision.policy import DecisionPolicy
 from tests.support import DIFFERENT, SAME, assert_error, files, photo_match
 
 

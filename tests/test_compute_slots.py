@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from compute_slots import ComputeSlots
+from facematch.engine.compute_slots import ComputeSlots
 
 
 def test_map_returns_results_in_item_order():

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from gunicorn.ctl.client import ControlClient
 
-from config import Settings
+from facematch.config import Settings
 from tests.servers import wait_until
 
 

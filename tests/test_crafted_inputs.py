@@ -11,8 +11,8 @@ import pytest
 import requests
 from PIL import Image
 
-from errors import ImageTooLarge, UnsupportedImage
-from image_decoding import MAX_JPEG_SCANS, decode_image
+from facematch.engine.decoding import MAX_JPEG_SCANS, decode_image
+from facematch.errors import ImageTooLarge, UnsupportedImage
 from tests import crafted_files
 from tests.support import SAME, image_bytes
 

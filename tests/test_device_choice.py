@@ -9,15 +9,15 @@ import logging
 import pytest
 import torch
 
-from config import ConfigError
-from engine_options import EngineOptions, pick_device
+from facematch.config import ConfigError
+from facematch.engine.options import EngineOptions, pick_device
 
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 
 
 @no_gpu
 def test_auto_without_a_gpu_runs_on_the_cpu_and_a_cuda_build_logs_the_fall_back(caplog):
-    with caplog.at_level(logging.WARNING, logger="engine_options"):
+    with caplog.at_level(logging.WARNING, logger="facematch.engine.options"):
         assert pick_device("auto") == "cpu"
     lines = [r.getMessage() for r in caplog.records]
     if torch.backends.cuda.is_built():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from server import create_app
+from facematch.api.app import create_app
 from tests.support import SAME, assert_error, files, image_bytes, photo_match
 
 REPO = Path(__file__).resolve().parents[1]

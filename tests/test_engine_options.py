@@ -15,7 +15,6 @@ import pytest
 from facenet_pytorch import MTCNN
 from PIL import Image
 
-from config import ConfigError
 from deployment_utils.lfw import place_on_canvas
 from deployment_utils.quantize import (
     build_int8_graph,
@@ -25,15 +24,16 @@ from deployment_utils.quantize import (
     write_crops,
     write_probe,
 )
-from engine_options import EngineOptions
-from face_detection import RETRY_MIN_FACE_SIZE
-from face_embedding import CENTERS_FILE, combine_flipped, load_centers
-from model_weights import load_state_dict, resolve_weights
-from photo_inferencing import FaceEngine
-from runtime_backends.graph_files import current_graph
-from runtime_backends.onnx_int8_runtime import INT8_RECIPE, probe_path
-from runtime_backends.onnx_runtime import OnnxRuntime
-from runtime_backends.pytorch_runtime import TorchRuntime
+from facematch.config import ConfigError
+from facematch.engine.backends.graph_files import current_graph
+from facematch.engine.backends.onnx_int8_runtime import INT8_RECIPE, probe_path
+from facematch.engine.backends.onnx_runtime import OnnxRuntime
+from facematch.engine.backends.pytorch_runtime import TorchRuntime
+from facematch.engine.detection import RETRY_MIN_FACE_SIZE
+from facematch.engine.embedding import CENTERS_FILE, combine_flipped, load_centers
+from facematch.engine.engine import FaceEngine
+from facematch.engine.options import EngineOptions
+from facematch.engine.weights import load_state_dict, resolve_weights
 
 PHOTO = "Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
 OTHER = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
@@ -143,7 +143,7 @@ def test_options_are_frozen(plain):
 
 def test_onnx_on_another_device_is_switched_to_torch_in_one_logged_line(settings, caplog):
     """torch's ``meta`` device stands for any device but the CPU (there is no GPU here)."""
-    with caplog.at_level(logging.WARNING, logger="engine_options"):
+    with caplog.at_level(logging.WARNING, logger="facematch.engine.options"):
         options = EngineOptions.from_settings(
             settings.replace(device="meta", embed_backend="onnx", detect_backend="onnx-pil")
         )

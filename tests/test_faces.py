@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from face_crops import standardise
-from face_detection import rank_faces
-from server import create_app
+from facematch.api.app import create_app
+from facematch.engine.crops import standardise
+from facematch.engine.detection import rank_faces
 from tests.support import KEY_A, SAME, assert_error, files, image_bytes
 
 #: An LFW photo in which the detector finds three faces (all with probability about 1.0).

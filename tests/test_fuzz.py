@@ -160,7 +160,7 @@ def photos(face_bytes) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def references(settings, engine, face_bytes) -> dict[str, bytes]:
-    from server import create_app
+    from facematch.api.app import create_app
 
     client = create_app(settings, engine=engine).test_client()
     return {

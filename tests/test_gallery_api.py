@@ -10,12 +10,12 @@ import json
 
 import pytest
 
-from config import ConfigError, Settings
-from decision_policy import DecisionPolicy
-from errors import GalleryUnavailable, RuleNotAllowed, ThresholdNotAllowed
-from gallery_store import FaceSource
-from request_metrics import record_from
-from server import create_app
+from facematch.api.app import create_app
+from facematch.config import ConfigError, Settings
+from facematch.decision.policy import DecisionPolicy
+from facematch.errors import GalleryUnavailable, RuleNotAllowed, ThresholdNotAllowed
+from facematch.gallery.store import FaceSource
+from facematch.observability.request_metrics import record_from
 from tests.support import DIFFERENT, SAME, assert_error, files, photo_match
 
 AARON = [f"Aaron_Peirsol/Aaron_Peirsol_000{i}.jpg" for i in (1, 2, 3)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gallery_scoring import (
+from facematch.decision.gallery_scoring import (
     Neighbour,
     VerifyRule,
     centroid,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gallery_search import BLOCK, FaceMatrix
+from facematch.gallery.search import BLOCK, FaceMatrix
 
 
 def unit(rows: int, seed: int) -> np.ndarray:

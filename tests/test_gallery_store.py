@@ -15,10 +15,8 @@ import numpy as np
 import psycopg
 import pytest
 
-import gallery_postgres
-import gallery_sqlite
-from config import Settings
-from errors import (
+from facematch.config import Settings
+from facematch.errors import (
     GalleryFull,
     GalleryUnavailable,
     InvalidEmbedding,
@@ -27,13 +25,10 @@ from errors import (
     ModelMismatch,
     NotFound,
 )
-from gallery_store import (
-    Candidate,
-    FaceSource,
-    StoreLimits,
-    open_gallery_store,
-    store_from_settings,
-)
+from facematch.gallery import postgres as gallery_postgres
+from facematch.gallery import sqlite as gallery_sqlite
+from facematch.gallery.opening import open_gallery_store, store_from_settings
+from facematch.gallery.store import Candidate, FaceSource, StoreLimits
 from tests.servers import Postgres, wait_until
 
 MODEL = "casia-webface"
@@ -757,7 +752,7 @@ def test_postgres_builds_a_gallery_index_past_its_size_and_searches_with_it(post
 
 
 def test_the_embedding_dimension_is_the_codecs():
-    from embedding_codec import EMBEDDING_DIM as codec_dim
-    from gallery_store import EMBEDDING_DIM
+    from facematch.api.codec import EMBEDDING_DIM as codec_dim
+    from facematch.gallery.store import EMBEDDING_DIM
 
     assert EMBEDDING_DIM == codec_dim == 512

@@ -22,8 +22,8 @@ from deployment_utils.gallery_tool import (
     import_gallery,
     main,
 )
-from gallery_store import open_gallery_store
-from image_decoding import decode_image
+from facematch.engine.decoding import decode_image
+from facematch.gallery.opening import open_gallery_store
 from tests.support import KEY_A, KEY_B, image_bytes
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,16 +7,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import gallery_search
-from config import Settings
-from gallery_search import FLOAT_BACKEND, INT8_BACKEND, FaceMatrix, probe_error, use_kernel
-from kernel_checks import FELL_BACK, PASSED, cosine_error, cpu_flags
-from runtime_backends.onnx_int8_runtime import (
+from facematch.config import Settings
+from facematch.engine.backends.onnx_int8_runtime import (
     PROBE_TOLERANCE,
     int8_graph_path,
     load_probe,
 )
-from runtime_backends.onnx_runtime import OnnxRuntime
+from facematch.engine.backends.onnx_runtime import OnnxRuntime
+from facematch.engine.kernel_checks import FELL_BACK, PASSED, cosine_error, cpu_flags
+from facematch.gallery import search as gallery_search
+from facematch.gallery.search import (
+    FLOAT_BACKEND,
+    INT8_BACKEND,
+    FaceMatrix,
+    probe_error,
+    use_kernel,
+)
 
 
 def pair_saturating(query: np.ndarray, block: np.ndarray) -> np.ndarray:
@@ -79,7 +85,7 @@ def test_a_kernel_with_wrong_sums_fails_its_check_and_the_search_answers_in_floa
 def test_a_check_that_fails_logs_one_line_naming_the_kernel_and_the_cpu_flags(
     forced_kernel, caplog
 ):
-    with caplog.at_level("ERROR", logger="kernel_checks"):
+    with caplog.at_level("ERROR", logger="facematch.engine.kernel_checks"):
         forced_kernel(int16_accumulating)
     [record] = caplog.records
     assert "gallery_search" in record.getMessage() and "flags:" in record.getMessage()

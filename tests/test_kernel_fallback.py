@@ -8,10 +8,10 @@ import io
 import numpy as np
 import pytest
 
-import gallery_search
-from photo_inferencing import FaceEngine
-from runtime_backends.onnx_int8_runtime import int8_graph_path, probe_path
-from server import create_app
+from facematch.api.app import create_app
+from facematch.engine.engine import FaceEngine
+from facematch.gallery import search as gallery_search
+from facematch.engine.backends.onnx_int8_runtime import int8_graph_path, probe_path
 
 AARON = [f"Aaron_Peirsol/Aaron_Peirsol_000{i}.jpg" for i in (1, 2)]
 SERENA = "Serena_Williams/Serena_Williams_0001.jpg"
@@ -80,9 +80,9 @@ def test_an_int8_embedder_failing_its_check_is_replaced_by_float32_and_health_sa
     disagreeing_probe, face_bytes, caplog
 ):
     settings = disagreeing_probe
-    with caplog.at_level("ERROR", logger="kernel_checks"):
+    with caplog.at_level("ERROR", logger="facematch.engine.kernel_checks"):
         client = create_app(settings).test_client()
-    [line] = [r.getMessage() for r in caplog.records if r.name == "kernel_checks"]
+    [line] = [r.getMessage() for r in caplog.records if r.name == "facematch.engine.kernel_checks"]
     assert line.startswith("kernel check failed: embedder (onnx-int8)") and "flags:" in line
     checked = client.get("/health").get_json()["kernels"]["embedder"]
     assert (checked["backend"], checked["check"]) == ("onnx", "failed: fell back to float32")

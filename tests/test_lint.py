@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
+from facematch.config import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKERFILES = ["Dockerfile", "Dockerfile.cuda"]

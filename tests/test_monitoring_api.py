@@ -14,7 +14,7 @@ import pytest
 import requests
 from PIL import Image
 
-from server import create_app
+from facematch.api.app import create_app
 from tests.servers import Subscriber, samples, stored, wait_until
 from tests.support import DIFFERENT, SAME
 

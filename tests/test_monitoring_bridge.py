@@ -10,9 +10,9 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from config import Settings
-from monitoring.message import build_message, encode, to_point
-from monitoring.publisher import create_publisher
+from facematch.config import Settings
+from facematch.observability.message import build_message, encode, to_point
+from facematch.observability.publisher import create_publisher
 from tests.servers import expected_ms, record, samples, stored, wait_until
 
 pytestmark = pytest.mark.slow

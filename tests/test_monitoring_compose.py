@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from config import Settings
-from monitoring.publisher import create_publisher
+from facematch.config import Settings
+from facematch.observability.publisher import create_publisher
 from tests.servers import Mosquitto, record, remove, wait_until, workdir
 from tests.support import load_yaml
 
@@ -51,7 +51,7 @@ def test_stack_has_api_broker_database_bridge_and_grafana(compose):
         "grafana",
         "postgres",
     }
-    assert services["bridge"]["command"] == ["python", "-m", "monitoring.bridge"]
+    assert services["bridge"]["command"] == ["python", "-m", "facematch.observability.bridge"]
     assert services["api"]["build"] == services["bridge"]["build"] == "."
     assert services["influxdb"]["image"].startswith("influxdb:2")
     assert services["influxdb"]["environment"]["DOCKER_INFLUXDB_INIT_MODE"] == "setup"

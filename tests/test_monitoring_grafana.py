@@ -12,10 +12,10 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from monitoring.message import TAGS, build_message, field_names, to_point, validate
-from request_metrics import record_from
-from request_outcome import GalleryWork, Outcome
-from score_service import MatchResult
+from facematch.decision.scores import MatchResult
+from facematch.observability.message import TAGS, build_message, field_names, to_point, validate
+from facematch.observability.outcome import GalleryWork, Outcome
+from facematch.observability.request_metrics import record_from
 from tests.support import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]

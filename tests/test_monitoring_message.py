@@ -9,8 +9,8 @@ import json
 import jsonschema
 import pytest
 
-from monitoring import message as m
-from request_record import FaceSummary, Latency, RequestRecord
+from facematch.observability import message as m
+from facematch.observability.record import FaceSummary, Latency, RequestRecord
 
 
 def match_record() -> RequestRecord:

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from config import Settings
-from monitoring.message import validate
-from monitoring.publisher import MqttPublisher, NullPublisher, create_publisher
+from facematch.config import Settings
+from facematch.observability.message import validate
+from facematch.observability.publisher import MqttPublisher, NullPublisher, create_publisher
 from tests.servers import Subscriber, record, wait_until
 
 

@@ -13,9 +13,9 @@ from influxdb_client import InfluxDBClient
 from influxdb_client.client.write_api import SYNCHRONOUS
 
 from benchmarking_utils import monitoring_report as report
-from monitoring.bridge import influx_point
-from monitoring.message import build_message, to_point
-from request_record import FaceSummary, Latency, RequestRecord
+from facematch.observability.bridge import influx_point
+from facematch.observability.message import build_message, to_point
+from facematch.observability.record import FaceSummary, Latency, RequestRecord
 from tests.support import REPO
 
 START = time.time() - 300

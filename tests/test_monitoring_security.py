@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from config import Settings
-from monitoring.publisher import create_publisher
+from facematch.config import Settings
+from facematch.observability.publisher import create_publisher
 from tests.servers import (
     BridgeProcess,
     Mosquitto,

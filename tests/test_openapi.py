@@ -19,7 +19,7 @@ from hypothesis import settings as hypothesis_settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks as openapi_checks
 
-from server import create_app
+from facematch.api.app import create_app
 from tests.support import (
     DIFFERENT,
     KEY_A,
@@ -71,7 +71,7 @@ def test_every_route_is_documented_and_every_documented_route_exists(app):
 
 
 def test_every_error_code_the_server_can_raise_is_documented():
-    import errors
+    from facematch import errors
 
     codes = {
         cls.code
@@ -239,7 +239,7 @@ def _blank_jpeg() -> bytes:
 def _signed_for_other_model(body: dict) -> str:
     import numpy as np
 
-    from security import ReferenceSigner
+    from facematch.api.security import ReferenceSigner
 
     return ReferenceSigner([SIGN_NEW]).sign(np.asarray(body["embedding"], np.float32), "vggface2")
 

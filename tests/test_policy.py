@@ -6,10 +6,10 @@ import math
 
 import pytest
 
-from config import ConfigError, Settings
-from decision_policy import Decision, DecisionPolicy, convert_threshold, parse_decimal
-from errors import InvalidParameter, SampleFacesNotAllowed, ThresholdNotAllowed
-from score_service import DEFAULT_THRESHOLDS
+from facematch.config import ConfigError, Settings
+from facematch.decision.policy import Decision, DecisionPolicy, convert_threshold, parse_decimal
+from facematch.decision.scores import DEFAULT_THRESHOLDS
+from facematch.errors import InvalidParameter, SampleFacesNotAllowed, ThresholdNotAllowed
 
 DEFAULT = DecisionPolicy.from_settings(Settings())
 

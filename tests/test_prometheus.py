@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from config import ConfigError
 from deployment_utils.local_gunicorn import free_port
-from server import create_app
+from facematch.api.app import create_app
+from facematch.config import ConfigError
 from tests.servers import ScrapeJob, wait_until
 from tests.support import KEY_A, SAME, embedding_of, files, photo_match
 

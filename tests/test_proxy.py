@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from config import Settings
+from facematch.config import Settings
 from tests.support import free_port, load_yaml
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-import face_quality
-from config import ConfigError
-from face_quality import FaceQuality, QualityBars, QualityGate
-from server import create_app
+from facematch.api.app import create_app
+from facematch.config import ConfigError
+from facematch.decision import quality as face_quality
+from facematch.decision.quality import FaceQuality, QualityBars, QualityGate
 from tests.support import SAME, SAME_2, assert_error, files, image_bytes, photo_match
 
 FRONTAL = np.array([[30.0, 40.0], [70.0, 40.0], [50.0, 62.0], [35.0, 80.0], [65.0, 80.0]])

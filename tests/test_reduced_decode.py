@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 from deployment_utils.lfw import place_on_canvas
-from errors import ImageTooLarge, UnsupportedImage
-from image_decoding import MAX_JPEG_SCANS, decode_image, decode_photo
-from model_weights import resolve_weights
-from photo_inferencing import FaceEngine
-from server import create_app
+from facematch.api.app import create_app
+from facematch.engine.decoding import MAX_JPEG_SCANS, decode_image, decode_photo
+from facematch.engine.engine import FaceEngine
+from facematch.engine.weights import resolve_weights
+from facematch.errors import ImageTooLarge, UnsupportedImage
 from tests import crafted_files
 from tests.support import SAME, image_bytes, photo_match
 

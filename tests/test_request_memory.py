@@ -12,8 +12,8 @@ import pytest
 import requests
 from PIL import Image
 
-from config import Settings
-from image_decoding import BUDGET_BYTES_PER_PIXEL
+from facematch.config import Settings
+from facematch.engine.decoding import BUDGET_BYTES_PER_PIXEL
 from tests import crafted_files
 from tests.support import SAME, image_bytes
 

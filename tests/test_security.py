@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import requests
 
-from config import ConfigError
-from errors import BadSignature, Unauthorized, UnsignedReference, WrongModel
-from security import ApiKeyCheck, ReferenceSigner, key_id, reference_claims
-from server import create_app
+from facematch.api.app import create_app
+from facematch.api.security import ApiKeyCheck, ReferenceSigner, key_id, reference_claims
+from facematch.config import ConfigError
+from facematch.errors import BadSignature, Unauthorized, UnsignedReference, WrongModel
 from tests.support import (
     KEY_A,
     KEY_B,

@@ -15,12 +15,12 @@ import torch
 from facenet_pytorch import InceptionResnetV1
 from PIL import Image
 
-import model_weights
-from config import Settings
 from deployment_utils import weights
 from deployment_utils.casia_convert import ConversionError, convert_graph
 from deployment_utils.weights import build
-from model_weights import WeightsError, load_state_dict, resolve_weights
+from facematch.config import Settings
+from facematch.engine import weights as model_weights
+from facematch.engine.weights import WeightsError, load_state_dict, resolve_weights
 from tests.support import SAME
 
 REPO = Path(__file__).resolve().parents[1]

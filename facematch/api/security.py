@@ -1,0 +1,201 @@
+"""API keys and signed reference embeddings: the two checks at facematch's trust boundary.
+
+``ApiKeyCheck`` (``facematch.keys``, in the base: ``GET /metrics`` checks keys too)
+    Optional API keys (off when none are configured, for local use; production sets them). Keys
+    come from ``FACEMATCH_API_KEYS`` (comma-separated) and/or the file named by
+    ``FACEMATCH_API_KEYS_FILE`` (one key per line, ``#`` comments and blank lines ignored). A
+    request presents one as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Every
+    configured key is compared, in constant time, with SHA-256 digests of equal length, so
+    neither the timing nor the answer tells which part was wrong.
+
+``ReferenceSigner``
+    With ``FACEMATCH_SIGNING_KEYS`` set (comma-separated; the first signs, all verify, so a key
+    can be rotated in before the old one is retired), ``/embeddings`` returns each reference with
+    an HMAC-SHA256 over (model name, the 512 float32 values), and ``/cached_match`` refuses a
+    reference that is unsigned, altered, signed by an unknown key, or made by another model. A
+    client can then no longer match a photo of itself against an embedding it computed itself.
+
+    The signature is one token, ``v1.<key id>.<mac>``: the key id is the first 8 hex digits of
+    SHA-256 over the key (so the server picks the key without trying each, and an operator can
+    see which key signed), the mac is the unpadded base64url HMAC. The signed message is
+    ``b"facematch-reference-v1\\0" + model + b"\\0" + the vector as little-endian float32``, so
+    the JSON, ``.npy`` and ``.pt`` forms of one reference carry the same signature (JSON floats
+    written from float32 round-trip exactly).
+
+Both classes are pure: they take strings and bytes, raise ``errors.ApiError`` subclasses, and
+never log a key, a signature or an embedding. ``init_app(app, settings)`` attaches them to a
+Flask app the way Flask extensions do: the API-key check runs before every request.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+from flask import Flask, request
+
+from facematch.config import ConfigError, Settings
+from facematch.errors import BadSignature, UnsignedReference, WrongModel
+from facematch.keys import ApiKeyCheck, check_lengths, split_keys
+
+SIGNATURE_VERSION = "v1"
+_SIGNED_PREFIX = b"facematch-reference-v1\0"
+_TOKEN = re.compile(r"^v1\.([0-9a-f]{8})\.([A-Za-z0-9_-]{43})$")
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _SigningKey:
+    key_id: str
+    secret: bytes
+
+
+def key_id(secret: str) -> str:
+    """The public id of a signing key: the first 8 hex digits of SHA-256 over it."""
+    return hashlib.sha256(b"facematch-key-id\0" + secret.encode()).hexdigest()[:8]
+
+
+class ReferenceSigner:
+    """Signs references with the first key and verifies them with any configured key."""
+
+    def __init__(self, secrets: Iterable[str]):
+        secrets = list(dict.fromkeys(secrets))
+        if not secrets:
+            raise ValueError("ReferenceSigner needs at least one key")
+        check_lengths(secrets, "FACEMATCH_SIGNING_KEYS")
+        keys = [_SigningKey(key_id(s), s.encode()) for s in secrets]
+        ids = [k.key_id for k in keys]
+        if len(set(ids)) != len(ids):
+            raise ConfigError("FACEMATCH_SIGNING_KEYS: two keys share a key id; replace one")
+        self._keys = {k.key_id: k for k in keys}
+        self._signing = keys[0]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ReferenceSigner | None:
+        """The signer ``signing_keys`` configure, or None when signing is off."""
+        secrets = split_keys(settings.signing_keys)
+        return cls(secrets) if secrets else None
+
+    @property
+    def signing_key_id(self) -> str:
+        return self._signing.key_id
+
+    @property
+    def key_ids(self) -> list[str]:
+        return list(self._keys)
+
+    @staticmethod
+    def message(vector: np.ndarray, model: str) -> bytes:
+        """The bytes the HMAC covers: a version prefix, the model name, the float32 vector."""
+        values = np.ascontiguousarray(np.asarray(vector, dtype="<f4").reshape(-1))
+        return _SIGNED_PREFIX + model.encode() + b"\0" + values.tobytes()
+
+    def _mac(self, key: _SigningKey, vector: np.ndarray, model: str) -> bytes:
+        return hmac.new(key.secret, self.message(vector, model), hashlib.sha256).digest()
+
+    def sign(self, vector: np.ndarray, model: str) -> str:
+        """The token ``v1.<key id>.<mac>`` for ``vector`` made by ``model``."""
+        mac = base64.urlsafe_b64encode(self._mac(self._signing, vector, model)).rstrip(b"=")
+        return f"{SIGNATURE_VERSION}.{self._signing.key_id}.{mac.decode()}"
+
+    def verify(
+        self,
+        vector: np.ndarray,
+        serving_model: str,
+        signature: str | None,
+        claimed_model: str | None = None,
+    ) -> None:
+        """Accept ``vector`` for ``serving_model`` or raise.
+
+        ``UnsignedReference`` (400) without a signature; ``BadSignature`` (403) for a malformed
+        token, an unknown key id or a mac that does not verify (one message for all three: no
+        oracle); ``WrongModel`` (422) for an authentic reference whose signed model (the
+        ``claimed_model`` it says it was made by) is not the serving model.
+        """
+        if signature is None or not signature.strip():
+            raise UnsignedReference(
+                "this server only accepts signed references: send the 'signature' that "
+                "/embeddings returned with this reference"
+            )
+        match = _TOKEN.match(signature.strip())
+        key = self._keys.get(match.group(1)) if match else None
+        if key is None:
+            raise BadSignature(_BAD_SIGNATURE)
+        presented = base64.urlsafe_b64decode(match.group(2) + "=")
+        if base64.urlsafe_b64encode(presented).rstrip(b"=").decode() != match.group(2):
+            # 43 characters carry 258 bits for a 256-bit mac: the last one's low 2 bits are
+            # padding, so 4 spellings decode to the same mac. Only the one sign() writes counts.
+            raise BadSignature(_BAD_SIGNATURE)
+        model = claimed_model if claimed_model is not None else serving_model
+        if not hmac.compare_digest(presented, self._mac(key, vector, model)):
+            raise BadSignature(_BAD_SIGNATURE)
+        if model != serving_model:
+            raise WrongModel(
+                f"the reference was made by model '{_printable(model)}'; this server runs "
+                f"'{serving_model}': embed the reference photo again here"
+            )
+
+
+_BAD_SIGNATURE = (
+    "the reference's signature does not verify: the reference was altered, or it "
+    "was signed by a key this server does not accept"
+)
+
+
+def _printable(text: str, limit: int = 64) -> str:
+    cleaned = "".join(c if c.isprintable() else "?" for c in text)
+    return cleaned[:limit] + ("..." if len(cleaned) > limit else "")
+
+
+def reference_claims(data: bytes) -> tuple[str | None, str | None]:
+    """``(signature, model)`` stated inside a JSON object reference (as ``/embeddings`` returns
+    it); ``(None, None)`` for any other form. Values that are not strings are ignored."""
+    stripped = data.lstrip()
+    if not stripped.startswith(b"{"):
+        return None, None
+    try:
+        body = json.loads(stripped)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    signature, model = body.get("signature"), body.get("model")
+    return (
+        signature if isinstance(signature, str) else None,
+        model if isinstance(model, str) else None,
+    )
+
+
+def init_app(
+    app: Flask, settings: Settings, open_endpoints: Iterable[str] = ()
+) -> ReferenceSigner | None:
+    """Attach the configured API keys and reference signer to ``app``.
+
+    Every request to an endpoint not in ``open_endpoints`` then needs a configured key (401
+    ``unauthorized`` otherwise; no keys configured: everything passes, with a warning at start).
+    Both objects are kept in ``app.extensions["facematch_security"]``; returns the signer, or
+    None when signing is off. Raises ``ConfigError`` for unusable keys.
+    """
+    keys = ApiKeyCheck.from_settings(settings)
+    signer = ReferenceSigner.from_settings(settings)
+    if not keys.enabled:
+        log.warning(
+            "API keys are off (FACEMATCH_API_KEYS unset): anyone who can reach this "
+            "port can use the API; set keys in production"
+        )
+    app.extensions["facematch_security"] = {"api_keys": keys, "signer": signer}
+    open_endpoints = frozenset(open_endpoints)
+
+    @app.before_request
+    def require_api_key() -> None:
+        if request.endpoint not in open_endpoints:
+            keys.check(request.headers)
+
+    return signer

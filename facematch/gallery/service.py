@@ -1,0 +1,114 @@
+"""The gallery operations behind the routes: the store opened on first use, held off for a
+moment after an outage, and verify/identify on top of the store and the rules.
+
+``GalleryAccess`` opens the configured store without connecting (``opening``), so the
+service starts while its database is down, and the 1:1 routes never touch it. When a call finds
+the database unavailable, this process answers every gallery call at once with
+``GalleryUnavailable`` for ``retry_after`` seconds (the ``Retry-After`` the routes send) instead
+of letting each request wait on the database's timeouts: worker threads stay free for the
+routes that do not need it. ``verify_subject`` and ``identify_face`` take a store and an
+embedding and return the rules' results (``decision.gallery_scoring``) with the time the store
+took.
+No Flask here.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+
+from facematch.config import ConfigError, Settings
+from facematch.decision import gallery_scoring
+from facematch.decision.gallery_scoring import Identification, Neighbour, VerifyResult, VerifyRule
+from facematch.errors import GalleryUnavailable
+from facematch.gallery.opening import store_from_settings
+from facematch.gallery.store import GalleryStore
+
+T = TypeVar("T")
+
+
+class GalleryAccess:
+    """One process's way to the gallery store (each Gunicorn worker has its own state)."""
+
+    def __init__(self, store: GalleryStore, retry_after: int = 5):
+        if retry_after < 1:
+            raise ConfigError("FACEMATCH_GALLERY_RETRY_AFTER must be at least 1 second")
+        self.store = store
+        self.retry_after = retry_after
+        self._lock = threading.Lock()
+        self._down_until = 0.0  # time.monotonic(): no call before it reaches the database
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GalleryAccess:
+        """The access ``settings`` configure (``ConfigError`` for an unusable URL); connects
+        to nothing."""
+        try:
+            store = store_from_settings(settings)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        return cls(store, settings.gallery_retry_after)
+
+    def call(self, operation: Callable[[GalleryStore], T]) -> T:
+        """``operation(store)``'s result. ``GalleryUnavailable`` without trying while the
+        database was found unavailable less than ``retry_after`` seconds ago."""
+        if time.monotonic() < self._down_until:
+            raise GalleryUnavailable("the gallery database is unavailable; retry later")
+        try:
+            return operation(self.store)
+        except GalleryUnavailable:
+            with self._lock:
+                self._down_until = time.monotonic() + self.retry_after
+            raise
+
+    def seconds_to_retry(self) -> int:
+        """Whole seconds until this process tries the database again (at least 1)."""
+        return max(1, math.ceil(self._down_until - time.monotonic()))
+
+
+@dataclass(frozen=True)
+class Searched:
+    """A result of the rules and the milliseconds the store took to give what they needed."""
+
+    result: VerifyResult | Identification
+    search_ms: float
+
+
+def verify_subject(
+    store: GalleryStore,
+    gallery: str,
+    subject: str,
+    references: np.ndarray,
+    sample: np.ndarray,
+    model: str,
+    threshold: float,
+    rule: VerifyRule,
+) -> Searched:
+    """Verify ``sample`` against the subject's ``references`` (``store.subject_vectors``) with
+    ``rule`` at cosine ``threshold``; ``knn`` also searches the gallery for its neighbours."""
+    start = time.perf_counter()
+    neighbours: list[Neighbour] = []
+    if rule.name == "knn":
+        found = store.search(gallery, sample, model, rule.k)
+        neighbours = [Neighbour(c.subject, c.distance) for c in found]
+    search_ms = (time.perf_counter() - start) * 1000
+    result = gallery_scoring.verify(sample, references, threshold, rule, subject, neighbours)
+    return Searched(result, search_ms)
+
+
+def identify_face(
+    store: GalleryStore, gallery: str, sample: np.ndarray, model: str, threshold: float, top_k: int
+) -> Searched:
+    """The open-set identification of ``sample`` among the gallery's subjects: the ``top_k``
+    nearest subjects (each by its nearest face) at cosine ``threshold``."""
+    start = time.perf_counter()
+    found = store.search_subjects(gallery, sample, model, top_k)
+    search_ms = (time.perf_counter() - start) * 1000
+    distances = np.array([c.distance for c in found], dtype=np.float64)
+    result = gallery_scoring.identify(distances, [c.subject for c in found], threshold, top_k)
+    return Searched(result, search_ms)
