@@ -30,15 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-import gallery_search
 from benchmarking_utils.common import machine, write_json
-from config import Settings
-from gallery_search import FaceMatrix
-from kernel_checks import cpu_flags
-from photo_inferencing import FaceEngine
-from runtime_backends.graph_files import graph_path
-from runtime_backends.onnx_int8_runtime import int8_graph_path, load_probe
-from runtime_backends.onnx_runtime import OnnxRuntime
+from facematch.config import Settings
+from facematch.engine.backends.graph_files import graph_path
+from facematch.engine.backends.onnx_int8_runtime import int8_graph_path, load_probe
+from facematch.engine.backends.onnx_runtime import OnnxRuntime
+from facematch.engine.engine import FaceEngine
+from facematch.engine.kernel_checks import cpu_flags
+from facematch.gallery import search as gallery_search
+from facematch.gallery.search import FaceMatrix
 
 REPO = Path(__file__).resolve().parents[1]
 

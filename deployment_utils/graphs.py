@@ -79,7 +79,7 @@ def gallery_scores_model() -> bytes:
 
 def write_gallery_scores() -> Path:
     """Write ``gallery_scores_model()`` where the search reads it."""
-    from gallery_search import SCORES_GRAPH
+    from facematch.gallery.search import SCORES_GRAPH
 
     SCORES_GRAPH.write_bytes(gallery_scores_model())
     return SCORES_GRAPH

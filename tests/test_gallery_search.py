@@ -90,6 +90,6 @@ def test_every_query_near_a_stored_face_finds_the_float64_answer(count):
 
 def test_the_shipped_scores_graph_is_the_one_the_preparation_tool_builds():
     from deployment_utils.graphs import gallery_scores_model
-    from gallery_search import SCORES_GRAPH
+    from facematch.gallery.search import SCORES_GRAPH
 
     assert SCORES_GRAPH.read_bytes() == gallery_scores_model()

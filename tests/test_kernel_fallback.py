@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from facematch.api.app import create_app
+from facematch.engine.backends.onnx_int8_runtime import int8_graph_path, probe_path
 from facematch.engine.engine import FaceEngine
 from facematch.gallery import search as gallery_search
-from facematch.engine.backends.onnx_int8_runtime import int8_graph_path, probe_path
 
 AARON = [f"Aaron_Peirsol/Aaron_Peirsol_000{i}.jpg" for i in (1, 2)]
 SERENA = "Serena_Williams/Serena_Williams_0001.jpg"

@@ -46,7 +46,7 @@ KERNEL = "gallery_search"
 INT8_BACKEND = "onnxruntime MatMulInteger (u8 x s8, 7-bit rows)"
 FLOAT_BACKEND = "numpy float32 scan"
 
-SCORES_GRAPH = Path(__file__).resolve().with_name("model_data") / "gallery_scores.onnx"
+SCORES_GRAPH = Path(__file__).resolve().parents[2] / "model_data" / "gallery_scores.onnx"
 
 #: An integer kernel: (1, 512) u8 query bytes @ (512, m) int8 codes -> (m,) int32 sums.
 Scores = Callable[[np.ndarray, np.ndarray], np.ndarray]
