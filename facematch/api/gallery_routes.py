@@ -36,7 +36,7 @@ from facematch.errors import (
     NoReferences,
     WrongModel,
 )
-from facematch.gallery.service import GalleryAccess, identify_face, verify_subject
+from facematch.gallery.service import GalleryAccess
 from facematch.gallery.store import MAX_K, Face, FaceSource, Subject, check_id
 from facematch.observability.outcome import GalleryWork
 
@@ -58,11 +58,6 @@ def init_app(app: Flask, settings: Settings) -> GalleryAccess:
 
 def _access() -> GalleryAccess:
     return current_app.extensions["facematch_gallery"]
-
-
-def _store(operation):
-    """``operation(store)`` through this process's ``GalleryAccess``."""
-    return _access().call(operation)
 
 
 @bp.before_request
@@ -112,7 +107,7 @@ def add_face(gallery: str, subject: str):
         )
     else:
         raise MissingField(f"{_ENROL_FIELDS} is required (multipart/form-data)")
-    added = _store(lambda store: store.add_face(gallery, subject, vector, model, source))
+    added = _access().enrol(gallery, subject, vector, model, source)
     body = {
         "gallery": gallery,
         "subject": subject,
@@ -147,7 +142,7 @@ def list_subjects(gallery: str):
     after = request.args.get("after") or None
     if after is not None:
         check_id("cursor ('after')", after)
-    page = _store(lambda store: store.list_subjects(gallery, limit, after))
+    page = _access().subjects(gallery, limit, after)
     return {
         "gallery": gallery,
         "subjects": [
@@ -161,7 +156,7 @@ def list_subjects(gallery: str):
 def get_subject(gallery: str, subject: str):
     """The subject, its metadata and its faces (no vectors)."""
     _ids(gallery=gallery, subject=subject)
-    detail = _store(lambda store: store.get_subject(gallery, subject))
+    detail = _access().subject(gallery, subject)
     return {
         **_subject_json(gallery, detail.subject),
         "faces": [_face_json(face) for face in detail.faces],
@@ -178,9 +173,7 @@ def put_subject(gallery: str, subject: str):
     unknown = sorted(set(body) - {"name", "metadata"})
     if unknown:
         raise InvalidParameter(f"unknown field(s): {', '.join(unknown)[:100]}")
-    stored = _store(
-        lambda store: store.put_subject(gallery, subject, body.get("name"), body.get("metadata"))
-    )
+    stored = _access().put_subject(gallery, subject, body.get("name"), body.get("metadata"))
     return {**_subject_json(gallery, stored), "faces": stored.faces}
 
 
@@ -191,7 +184,7 @@ def put_subject(gallery: str, subject: str):
 def delete_face(gallery: str, subject: str, face: str):
     """Delete one face of a subject."""
     _ids(gallery=gallery, subject=subject, face=face)
-    deleted = _store(lambda store: store.delete_face(gallery, subject, face))
+    deleted = _access().delete_face(gallery, subject, face)
     return {
         "deleted": {"gallery": gallery, "subject": subject, "face": face, "faces": deleted.faces}
     }
@@ -201,7 +194,7 @@ def delete_face(gallery: str, subject: str, face: str):
 def delete_subject(gallery: str, subject: str):
     """Delete a subject and every embedding of it."""
     _ids(gallery=gallery, subject=subject)
-    deleted = _store(lambda store: store.delete_subject(gallery, subject))
+    deleted = _access().delete_subject(gallery, subject)
     return {"deleted": {"gallery": gallery, "subject": subject, "faces": deleted.faces}}
 
 
@@ -209,7 +202,7 @@ def delete_subject(gallery: str, subject: str):
 def delete_gallery(gallery: str):
     """Delete a gallery, its subjects and their embeddings."""
     _ids(gallery=gallery)
-    deleted = _store(lambda store: store.delete_gallery(gallery))
+    deleted = _access().delete_gallery(gallery)
     return {"deleted": {"gallery": gallery, "subjects": deleted.subjects, "faces": deleted.faces}}
 
 
@@ -226,8 +219,8 @@ def verify(gallery: str, subject: str):
     model = steps.services().engine.model_name
     work = steps.outcome().gallery
     start = time.perf_counter()
-    references = _store(lambda store: store.subject_vectors(gallery, subject, model))
-    size = _store(lambda store: store.gallery_size(gallery))
+    references = _access().references(gallery, subject, model)
+    size = _access().size(gallery)
     work.search_ms += (time.perf_counter() - start) * 1000
     if not len(references):
         raise NoReferences(
@@ -237,10 +230,8 @@ def verify(gallery: str, subject: str):
     sample = steps.detect("sample", steps.image_field("sample"))
     steps.outcome().compared = sample.faces[:1]
     vector = steps.embed([sample.primary.crop])[0]
-    searched = _store(
-        lambda store: verify_subject(
-            store, gallery, subject, references, vector, model, decision.threshold, rule
-        )
+    searched = _access().verify(
+        gallery, subject, references, vector, model, decision.threshold, rule
     )
     result = searched.result
     work.search_ms += searched.search_ms
@@ -279,20 +270,16 @@ def identify(gallery: str):
     model = steps.services().engine.model_name
     work = steps.outcome().gallery
     start = time.perf_counter()
-    work.size = _store(lambda store: store.gallery_size(gallery))
+    work.size = _access().size(gallery)
     if work.size == 0:  # an unknown gallery is a 404 before any photo is looked at
-        _store(lambda store: store.list_subjects(gallery, 1))
+        _access().subjects(gallery, 1)
     work.search_ms += (time.perf_counter() - start) * 1000
     sample = steps.detect("sample", steps.image_field("sample"))
     compared = steps.sample_faces(sample, decision)
     vectors = steps.embed([face.crop for face in compared])
     found: list[Identification] = []
     for vector in vectors:
-        searched = _store(
-            lambda store, v=vector: identify_face(
-                store, gallery, v, model, decision.threshold, top_k
-            )
-        )
+        searched = _access().identify(gallery, vector, model, decision.threshold, top_k)
         work.search_ms += searched.search_ms
         found.append(searched.result)
     _note_identified(work, found, decision)

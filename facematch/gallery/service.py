@@ -6,9 +6,9 @@ service starts while its database is down, and the 1:1 routes never touch it. Wh
 the database unavailable, this process answers every gallery call at once with
 ``GalleryUnavailable`` for ``retry_after`` seconds (the ``Retry-After`` the routes send) instead
 of letting each request wait on the database's timeouts: worker threads stay free for the
-routes that do not need it. ``verify_subject`` and ``identify_face`` take a store and an
-embedding and return the rules' results (``decision.gallery_scoring``) with the time the store
-took.
+routes that do not need it. Every operation the routes need is a method (``enrol``,
+``verify``, ``identify``, the reads and deletes); ``verify`` and ``identify`` return the rules'
+results (``decision.gallery_scoring``) with the time the store took.
 No Flask here.
 """
 
@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,7 +28,15 @@ from facematch.decision import gallery_scoring
 from facematch.decision.gallery_scoring import Identification, Neighbour, VerifyResult, VerifyRule
 from facematch.errors import GalleryUnavailable
 from facematch.gallery.opening import store_from_settings
-from facematch.gallery.store import GalleryStore
+from facematch.gallery.store import (
+    Deleted,
+    FaceAdded,
+    FaceSource,
+    GalleryStore,
+    Page,
+    Subject,
+    SubjectDetail,
+)
 
 T = TypeVar("T")
 
@@ -54,7 +62,88 @@ class GalleryAccess:
             raise ConfigError(str(error)) from None
         return cls(store, settings.gallery_retry_after)
 
-    def call(self, operation: Callable[[GalleryStore], T]) -> T:
+    # --- the store's operations, each held off while the database is unavailable ----------
+
+    def enrol(
+        self, gallery: str, subject: str, vector: np.ndarray, model: str, source: FaceSource
+    ) -> FaceAdded:
+        """Store one embedding of ``subject`` (gallery and subject created if new)."""
+        return self._call(lambda store: store.add_face(gallery, subject, vector, model, source))
+
+    def put_subject(self, gallery: str, subject: str, name: str | None, metadata: Any) -> Subject:
+        """Create the subject or replace its name and metadata."""
+        return self._call(lambda store: store.put_subject(gallery, subject, name, metadata))
+
+    def subject(self, gallery: str, subject: str) -> SubjectDetail:
+        """The subject and its faces (never vectors)."""
+        return self._call(lambda store: store.get_subject(gallery, subject))
+
+    def subjects(self, gallery: str, limit: int = 100, after: str | None = None) -> Page:
+        """A page of the gallery's subjects, in id order."""
+        return self._call(lambda store: store.list_subjects(gallery, limit, after))
+
+    def size(self, gallery: str) -> int:
+        """How many faces the gallery holds (0 for an unknown one)."""
+        return self._call(lambda store: store.gallery_size(gallery))
+
+    def references(self, gallery: str, subject: str, model: str) -> np.ndarray:
+        """The subject's embeddings of ``model``, (n, 512)."""
+        return self._call(lambda store: store.subject_vectors(gallery, subject, model))
+
+    def delete_face(self, gallery: str, subject: str, face: str) -> Deleted:
+        return self._call(lambda store: store.delete_face(gallery, subject, face))
+
+    def delete_subject(self, gallery: str, subject: str) -> Deleted:
+        return self._call(lambda store: store.delete_subject(gallery, subject))
+
+    def delete_gallery(self, gallery: str) -> Deleted:
+        return self._call(lambda store: store.delete_gallery(gallery))
+
+    def verify(
+        self,
+        gallery: str,
+        subject: str,
+        references: np.ndarray,
+        sample: np.ndarray,
+        model: str,
+        threshold: float,
+        rule: VerifyRule,
+    ) -> Searched:
+        """Verify ``sample`` against the subject's ``references`` (``references()``) with
+        ``rule`` at cosine ``threshold``; ``knn`` also searches the gallery for its neighbours."""
+
+        def verify(store: GalleryStore) -> Searched:
+            start = time.perf_counter()
+            neighbours: list[Neighbour] = []
+            if rule.name == "knn":
+                found = store.search(gallery, sample, model, rule.k)
+                neighbours = [Neighbour(c.subject, c.distance) for c in found]
+            search_ms = (time.perf_counter() - start) * 1000
+            result = gallery_scoring.verify(
+                sample, references, threshold, rule, subject, neighbours
+            )
+            return Searched(result, search_ms)
+
+        return self._call(verify)
+
+    def identify(
+        self, gallery: str, sample: np.ndarray, model: str, threshold: float, top_k: int
+    ) -> Searched:
+        """The open-set identification of ``sample`` among the gallery's subjects: the ``top_k``
+        nearest subjects (each by its nearest face) at cosine ``threshold``."""
+
+        def identify(store: GalleryStore) -> Searched:
+            start = time.perf_counter()
+            found = store.search_subjects(gallery, sample, model, top_k)
+            search_ms = (time.perf_counter() - start) * 1000
+            distances = np.array([c.distance for c in found], dtype=np.float64)
+            subjects = [c.subject for c in found]
+            result = gallery_scoring.identify(distances, subjects, threshold, top_k)
+            return Searched(result, search_ms)
+
+        return self._call(identify)
+
+    def _call(self, operation: Callable[[GalleryStore], T]) -> T:
         """``operation(store)``'s result. ``GalleryUnavailable`` without trying while the
         database was found unavailable less than ``retry_after`` seconds ago."""
         if time.monotonic() < self._down_until:
@@ -77,38 +166,3 @@ class Searched:
 
     result: VerifyResult | Identification
     search_ms: float
-
-
-def verify_subject(
-    store: GalleryStore,
-    gallery: str,
-    subject: str,
-    references: np.ndarray,
-    sample: np.ndarray,
-    model: str,
-    threshold: float,
-    rule: VerifyRule,
-) -> Searched:
-    """Verify ``sample`` against the subject's ``references`` (``store.subject_vectors``) with
-    ``rule`` at cosine ``threshold``; ``knn`` also searches the gallery for its neighbours."""
-    start = time.perf_counter()
-    neighbours: list[Neighbour] = []
-    if rule.name == "knn":
-        found = store.search(gallery, sample, model, rule.k)
-        neighbours = [Neighbour(c.subject, c.distance) for c in found]
-    search_ms = (time.perf_counter() - start) * 1000
-    result = gallery_scoring.verify(sample, references, threshold, rule, subject, neighbours)
-    return Searched(result, search_ms)
-
-
-def identify_face(
-    store: GalleryStore, gallery: str, sample: np.ndarray, model: str, threshold: float, top_k: int
-) -> Searched:
-    """The open-set identification of ``sample`` among the gallery's subjects: the ``top_k``
-    nearest subjects (each by its nearest face) at cosine ``threshold``."""
-    start = time.perf_counter()
-    found = store.search_subjects(gallery, sample, model, top_k)
-    search_ms = (time.perf_counter() - start) * 1000
-    distances = np.array([c.distance for c in found], dtype=np.float64)
-    result = gallery_scoring.identify(distances, [c.subject for c in found], threshold, top_k)
-    return Searched(result, search_ms)

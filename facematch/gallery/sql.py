@@ -256,42 +256,7 @@ class SqlGalleryStore:
     ) -> FaceAdded:
         check_id("gallery", gallery)
         check_id("subject", subject)
-        check_model(model)
-        vector = check_vector(vector)
-        check_source(source)
-        now = time.time()
-        with self._transaction(write=True) as db:
-            stored_model, faces, _ = self._lock_gallery(db, gallery, create=True)
-            self._check_model(gallery, stored_model, faces, model)
-            if faces >= self.limits.max_faces:
-                raise GalleryFull(
-                    f"gallery {gallery!r} holds its limit of {self.limits.max_faces} faces"
-                )
-            created = db.one(
-                "INSERT INTO subjects (gallery, id, faces, created, updated) "
-                "VALUES (?, ?, 0, ?, ?) ON CONFLICT (gallery, id) DO NOTHING RETURNING id",
-                (gallery, subject, now, now),
-            )
-            (subject_faces,) = db.one(
-                "SELECT faces FROM subjects WHERE gallery = ? AND id = ?", (gallery, subject)
-            )
-            if subject_faces >= self.limits.max_subject_faces:
-                raise GalleryFull(
-                    f"subject {subject!r} holds its limit of {self.limits.max_subject_faces} faces"
-                )
-            row = self._face_row(gallery, subject, model, vector, source, now)
-            (new_id,) = db.one(self._insert_face_sql(), row)
-            db.run(
-                "UPDATE subjects SET faces = faces + 1, updated = ? WHERE gallery = ? AND id = ?",
-                (now, gallery, subject),
-            )
-            db.run(
-                "UPDATE galleries SET faces = faces + 1, subjects = subjects + ?, model = ?, "
-                "generation = generation + 1 WHERE id = ?",
-                (1 if created else 0, model, gallery),
-            )
-        self._after_add(gallery, faces + 1)
-        return FaceAdded(face=str(new_id), faces=subject_faces + 1)
+        return self.add_faces(gallery, [(subject, vector, source)], model)[0]
 
     def add_faces(
         self, gallery: str, faces: Sequence[tuple[str, np.ndarray, FaceSource]], model: str
@@ -312,16 +277,12 @@ class SqlGalleryStore:
             stored_model, count, _ = self._lock_gallery(db, gallery, create=True)
             self._check_model(gallery, stored_model, count, model)
             if count + len(checked) > self.limits.max_faces:
-                raise GalleryFull(
-                    f"gallery {gallery!r} would pass its limit of {self.limits.max_faces} faces"
-                )
+                raise _over_limit(f"gallery {gallery!r}", len(checked), self.limits.max_faces)
             held = self._subject_faces(db, gallery, list(adding))
             for subject, added in adding.items():
                 if held.get(subject, 0) + added > self.limits.max_subject_faces:
-                    raise GalleryFull(
-                        f"subject {subject!r} would pass its limit of "
-                        f"{self.limits.max_subject_faces} faces"
-                    )
+                    limit = self.limits.max_subject_faces
+                    raise _over_limit(f"subject {subject!r}", added, limit)
             new = [s for s in adding if s not in held]
             db.many(
                 "INSERT INTO subjects (gallery, id, faces, created, updated) "
@@ -543,3 +504,9 @@ def _face(row: tuple) -> Face:
         source=FaceSource(box=box, probability=probability, image_width=width, image_height=height),
         created=created,
     )
+
+
+def _over_limit(what: str, adding: int, limit: int) -> GalleryFull:
+    """The refusal of adding ``adding`` faces to ``what`` past its ``limit`` of faces."""
+    reach = "holds its limit" if adding == 1 else "would pass its limit"
+    return GalleryFull(f"{what} {reach} of {limit} faces")
