@@ -24,7 +24,7 @@ from facematch.api.security import ReferenceSigner
 from facematch.config import Settings
 from facematch.engine.decoding import decode_image
 from facematch.engine.engine import FaceEngine
-from facematch.errors import ApiError
+from facematch.errors import FacematchError
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -60,7 +60,7 @@ def embed_folder(
         relative = photo.relative_to(photos_dir)
         try:
             image = decode_image(photo.read_bytes(), max_pixels, str(relative))
-        except ApiError as error:
+        except FacematchError as error:
             summary.failed[str(relative)] = error.message
             continue
         found = engine.detect(image)

@@ -52,7 +52,7 @@ import numpy as np
 from tqdm import tqdm
 
 from facematch.config import Settings
-from facematch.errors import ApiError
+from facematch.errors import FacematchError
 from facematch.gallery.opening import store_from_settings
 from facematch.gallery.store import (
     EMBEDDING_DIM,
@@ -135,7 +135,7 @@ def enrol_folder(
         name = photo.relative_to(folder).as_posix()
         try:
             image = decode_image(photo.read_bytes(), max_pixels, name)
-        except (ApiError, OSError) as error:
+        except (FacematchError, OSError) as error:
             done.skipped[name] = getattr(error, "message", None) or str(error)
             continue
         found = engine.detect(image)
@@ -482,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 0
-    except (ToolError, ApiError) as error:
+    except (ToolError, FacematchError) as error:
         print(f"error: {getattr(error, 'message', None) or error}", file=sys.stderr)
         return 2
     finally:

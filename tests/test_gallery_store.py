@@ -15,6 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from facematch.api.errors import status_of
 from facematch.config import Settings
 from facematch.errors import (
     GalleryFull,
@@ -353,7 +354,7 @@ def test_another_models_embeddings_are_refused_naming_both_models(gallery_store)
     gallery_store.add_face("site", "jo", vectors[0], MODEL, SOURCE)
     with pytest.raises(ModelMismatch, match=f"'{MODEL}'.*'vggface2'") as refused:
         gallery_store.add_face("site", "jo", vectors[1], "vggface2", SOURCE)
-    assert refused.value.status == 409 and refused.value.code == "model_mismatch"
+    assert status_of(refused.value) == 409 and refused.value.code == "model_mismatch"
     with pytest.raises(ModelMismatch, match="vggface2"):
         gallery_store.search("site", vectors[0], "vggface2", 3)
     with pytest.raises(ModelMismatch, match="vggface2"):
@@ -377,7 +378,7 @@ def test_gallery_and_subject_limits_refuse_with_the_limit_in_the_message(open_st
         store.add_face("site", "kim", row, MODEL, SOURCE)
     with pytest.raises(GalleryFull, match="limit of 3 faces") as refused:
         store.add_face("site", "kim", vectors[3], MODEL, SOURCE)
-    assert refused.value.status == 409
+    assert status_of(refused.value) == 409
     store.add_face("site", "lee", vectors[4], MODEL, SOURCE)
     store.add_face("site", "lee", vectors[5], MODEL, SOURCE)
     with pytest.raises(GalleryFull, match="limit of 5 faces"):
@@ -665,7 +666,7 @@ def test_sqlite_file_that_cannot_be_opened_is_unavailable(tmp_path):
         store = open_gallery_store(f"sqlite:///{tmp_path / path}")  # opening connects to nothing
         with pytest.raises(GalleryUnavailable) as refused:
             store.search("site", unit(1)[0], MODEL, 1)
-        assert refused.value.status == 503 and str(tmp_path) not in refused.value.message
+        assert status_of(refused.value) == 503 and str(tmp_path) not in refused.value.message
         assert store.health() is False
 
 

@@ -76,10 +76,22 @@ def test_every_error_code_the_server_can_raise_is_documented():
     codes = {
         cls.code
         for cls in vars(errors).values()
-        if isinstance(cls, type) and issubclass(cls, errors.ApiError)
+        if isinstance(cls, type) and issubclass(cls, errors.FacematchError)
     }
     text = json.dumps(DOCUMENT["components"]["responses"])
     assert not [code for code in codes | {"internal_error"} if f"`{code}`" not in text]
+
+
+def test_every_error_the_service_raises_has_its_status_in_the_api_table():
+    from facematch import errors
+    from facematch.api.errors import STATUS
+
+    raised = {
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.FacematchError)
+    }
+    assert raised - {errors.FacematchError} == set(STATUS)
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+from facematch.api.errors import status_of
 from facematch.config import ConfigError, Settings
 from facematch.decision.policy import Decision, DecisionPolicy, convert_threshold, parse_decimal
 from facematch.decision.scores import DEFAULT_THRESHOLDS
@@ -49,7 +50,7 @@ def test_a_request_may_tighten_or_restate_the_threshold(raw):
 def test_a_looser_threshold_is_refused_naming_the_limit(raw):
     with pytest.raises(ThresholdNotAllowed, match="0.6397") as refused:
         DEFAULT.for_request({"threshold": raw})
-    assert refused.value.status == 403 and refused.value.code == "threshold_not_allowed"
+    assert status_of(refused.value) == 403 and refused.value.code == "threshold_not_allowed"
 
 
 def test_the_operator_may_allow_looser_thresholds_up_to_a_maximum():
@@ -129,7 +130,7 @@ def test_unknown_options_are_invalid(form):
 def test_all_sample_faces_is_off_unless_allowed_and_then_bounded():
     with pytest.raises(SampleFacesNotAllowed) as refused:
         DEFAULT.for_request({"sample_faces": "all"})
-    assert refused.value.status == 403
+    assert status_of(refused.value) == 403
     allowed = DecisionPolicy.from_settings(Settings(allow_all_faces=True, max_sample_faces=4))
     assert allowed.for_request({"sample_faces": "all"}) == Decision("cosine", 0.6397, "all", 4)
     assert allowed.for_request({"sample_faces": "primary"}).max_sample_faces == 1

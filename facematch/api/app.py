@@ -27,13 +27,14 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from facematch.api import faces as face_listing
 from facematch.api import gallery_routes, security, steps, web
 from facematch.api.codec import FORMATS, encode_embedding, parse_embedding
+from facematch.api.errors import HttpError, error_body, status_of
 from facematch.api.steps import Services
 from facematch.config import ConfigError, Settings
 from facematch.decision import calibration, scores
 from facematch.decision.policy import Decision, DecisionPolicy
 from facematch.decision.quality import QualityGate
 from facematch.engine.engine import FaceEngine
-from facematch.errors import ApiError, InvalidParameter, PayloadTooLarge, TooManyParts
+from facematch.errors import FacematchError, InvalidParameter, PayloadTooLarge, TooManyParts
 from facematch.gallery import search as gallery_search
 from facematch.observability import prometheus, request_metrics
 from facematch.observability.outcome import Outcome
@@ -81,7 +82,7 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     )
     gallery_routes.init_app(app, settings)  # the gallery routes; the store opens on first use
     web.init_app(app)  # the page at / and its static files
-    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(FacematchError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
@@ -326,21 +327,21 @@ def _match_json(outcome: Outcome) -> dict:
 # --- errors: always JSON ---
 
 
-def _api_error(error: ApiError):
+def _api_error(error: FacematchError):
     outcome: Outcome | None = g.get("outcome")
     if outcome is not None:
         outcome.error_code = error.code
-    return jsonify(error.to_dict()), error.status
+    return jsonify(error_body(error)), status_of(error)
 
 
 def _http_error(error: HTTPException):
     if isinstance(error, RequestEntityTooLarge):
         return _api_error(_too_large())
     code = (error.name or "http_error").lower().replace(" ", "_")
-    return _api_error(ApiError(error.description or error.name, code=code, status=error.code))
+    return _api_error(HttpError(error.description or error.name, code, error.code))
 
 
-def _too_large() -> ApiError:
+def _too_large() -> FacematchError:
     """What a Werkzeug 413 was about: the body's bytes, or the number of form parts."""
     limit = steps.services().settings.max_upload_mb
     length = request.content_length
@@ -357,4 +358,4 @@ def _too_large() -> ApiError:
 
 def _unexpected_error(error: Exception):
     log.exception("unhandled error on %s", request.path)
-    return _api_error(ApiError("internal error", code="internal_error", status=500))
+    return _api_error(HttpError("internal error", "internal_error", 500))

@@ -24,6 +24,7 @@ from flask import Blueprint, Flask, current_app, g, jsonify, request
 
 from facematch.api import steps
 from facematch.api.codec import parse_embedding
+from facematch.api.errors import error_body, status_of
 from facematch.api.security import reference_claims
 from facematch.config import Settings
 from facematch.decision.gallery_scoring import MAX_TOP_K, Identification, VerifyRule
@@ -70,8 +71,8 @@ def _unavailable(error: GalleryUnavailable):
     outcome = g.get("outcome")
     if outcome is not None:
         outcome.error_code = error.code
-    response = jsonify(error.to_dict())
-    response.status_code = error.status
+    response = jsonify(error_body(error))
+    response.status_code = status_of(error)
     response.headers["Retry-After"] = str(_access().seconds_to_retry())
     return response
 

@@ -22,7 +22,7 @@
     the JSON, ``.npy`` and ``.pt`` forms of one reference carry the same signature (JSON floats
     written from float32 round-trip exactly).
 
-Both classes are pure: they take strings and bytes, raise ``errors.ApiError`` subclasses, and
+Both classes are pure: they take strings and bytes, raise ``errors.FacematchError`` subclasses, and
 never log a key, a signature or an embedding. ``init_app(app, settings)`` attaches them to a
 Flask app the way Flask extensions do: the API-key check runs before every request.
 """

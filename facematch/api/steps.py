@@ -3,7 +3,7 @@ embed, check a reference's signature, and turn the ``Outcome`` into the answer's
 
 ``app`` (the 1:1 routes) and ``gallery_routes`` (the gallery routes) call the same steps, so a
 photo or an embedding is read, checked and recorded one way whichever route receives it. Each
-step notes what it did in the request's ``Outcome`` (``g.outcome``) and raises an ``ApiError``
+step notes what it did in the request's ``Outcome`` (``g.outcome``) and raises a ``FacematchError``
 for bad input. The services a step needs (engine, policy, signer, settings) are the app's
 ``Services``, reached through ``services()``.
 """

@@ -13,7 +13,8 @@ and every call made while the database is down or unreachable raises ``GalleryUn
 quickly.
 
 Every backend validates its arguments itself (it is the last line): ids, vectors, metadata.
-Errors are the ``errors`` module's ``ApiError`` subclasses, so routes pass them through.
+Errors are the ``errors`` module's ``FacematchError`` subclasses (no HTTP here: the API maps
+them to statuses), so routes pass them through.
 """
 
 from __future__ import annotations
