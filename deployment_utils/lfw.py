@@ -98,10 +98,30 @@ def pair_distances(
     return distances, same, sum(v is None for v in vectors.values())
 
 
+def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
+    """Threshold maximising accuracy on labelled pairs, and that accuracy (tools only: the service
+    reads its thresholds from ``DEFAULT_THRESHOLDS`` or a calibration table).
+
+    Among the distance intervals with the best accuracy, the first one's midpoint is chosen, so
+    the threshold does not sit on a training sample.
+    """
+    d = np.asarray(distances, dtype=np.float64)
+    y = np.asarray(same, dtype=bool)
+    order = np.argsort(d)
+    d, y = d[order], y[order]
+    # Threshold below all points: everything rejected -> correct = number of different pairs.
+    correct = (~y).sum() + np.cumsum(np.where(y, 1, -1))
+    candidates = np.concatenate([[(~y).sum()], correct])
+    best = int(np.argmax(candidates))
+    lower = d[best - 1] if best > 0 else d[0] - 1e-3
+    upper = d[best] if best < len(d) else d[-1] + 1e-3
+    return float((lower + upper) / 2.0), float(candidates[best] / len(d))
+
+
 def choose_threshold(distances: np.ndarray, same: np.ndarray) -> float:
     """The accuracy-maximising threshold over the pairs that have a distance."""
     valid = ~np.isnan(distances)
-    return score_service.best_threshold(distances[valid], same[valid])[0]
+    return best_threshold(distances[valid], same[valid])[0]
 
 
 def accuracy_counting_failures(distances: np.ndarray, same: np.ndarray, threshold: float) -> float:
