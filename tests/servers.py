@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment_utils.local_gunicorn import GunicornFailed, LocalGunicorn, free_port
+from benchmarking_utils.local_gunicorn import GunicornFailed, LocalGunicorn, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 _RUNNING: set[subprocess.Popen] = set()
