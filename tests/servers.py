@@ -322,7 +322,7 @@ class VictoriaMetrics(_Process):
 
 
 class BridgeProcess(_Process):
-    """``python -m monitoring.bridge`` with the given FACEMATCH_ environment."""
+    """``python -m facematch.observability.bridge`` with the given FACEMATCH_ environment."""
 
     name = "bridge"
 
