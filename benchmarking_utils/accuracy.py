@@ -34,8 +34,9 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from benchmarking_utils.common import Config, embedder_tag, machine, parse_config, write_json
+from benchmarking_utils.common import machine, write_json
 from benchmarking_utils.inputs import parse_size, photo_bytes
+from deployment_utils.configs import Config, embedder_tag, parse_config
 from deployment_utils.lfw import (
     GET_LFW,
     Pair,

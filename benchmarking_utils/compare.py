@@ -29,15 +29,14 @@ from tqdm import tqdm
 from benchmarking_utils.baseline import Baseline
 from benchmarking_utils.common import (
     EMBED_GFLOP,
-    Config,
     local_settings,
     machine,
     multipart,
-    parse_config,
     summary,
     write_json,
 )
 from benchmarking_utils.inputs import pair_photos, parse_size
+from deployment_utils.configs import Config, parse_config
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from facematch.api.app import create_app
 from facematch.engine.engine import FaceEngine

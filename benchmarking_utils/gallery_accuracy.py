@@ -34,15 +34,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from benchmarking_utils.common import Config, machine, parse_config, write_json
-from benchmarking_utils.lfw_embeddings import (
+from benchmarking_utils.common import machine, write_json
+from deployment_utils.configs import Config, parse_config
+from deployment_utils.lfw import (
+    GET_LFW,
     LfwEmbeddings,
     embed_lfw,
+    lfw_dir,
     lfw_images,
     person_of,
     settings_key,
 )
-from deployment_utils.lfw import GET_LFW, lfw_dir
 from facematch.decision import gallery_scoring
 from facematch.decision import scores as score_service
 

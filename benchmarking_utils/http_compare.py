@@ -1,7 +1,7 @@
 """What a user sees over HTTP: the baseline at PyTorch's default threads against facematch at
 its defaults through a real Gunicorn, in one run, plus facematch's start time and footprint.
 
-Both servers run side by side on 127.0.0.1 (``deployment_utils.local_gunicorn``): the baseline
+Both servers run side by side on 127.0.0.1 (``benchmarking_utils.local_gunicorn``): the baseline
 (``benchmarking_utils.baseline``, the original design's Flask app) in one sync worker with
 PyTorch's default thread count, and facematch with no ``FACEMATCH_*`` serving variable set (its
 defaults: 2 workers of 2 threads, preloaded). For each input (two 4032x3024 photos, two
@@ -35,8 +35,8 @@ import requests
 from benchmarking_utils.common import machine, write_json
 from benchmarking_utils.inputs import Photo, pair_photos, parse_size
 from benchmarking_utils.load import memory
+from benchmarking_utils.local_gunicorn import REPO, LocalGunicorn
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
-from deployment_utils.local_gunicorn import REPO, LocalGunicorn
 
 BASELINE = "benchmarking_utils.baseline:create_app()"
 BASELINE_ENV = {"FACEMATCH_WORKERS": "1", "FACEMATCH_THREADS": "1", "FACEMATCH_PRELOAD": "false"}

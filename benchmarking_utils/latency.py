@@ -34,11 +34,11 @@ from benchmarking_utils.common import (
     local_settings,
     machine,
     multipart,
-    parse_config,
     summary,
     write_json,
 )
 from benchmarking_utils.inputs import Photo, folder_photos, pair_photos, parse_size
+from deployment_utils.configs import parse_config
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
 from facematch.api.app import create_app
 from facematch.engine.engine import FaceEngine

@@ -31,8 +31,8 @@ import requests
 
 from benchmarking_utils.common import machine, write_json
 from benchmarking_utils.inputs import Photo, pair_photos, parse_size
+from benchmarking_utils.local_gunicorn import GunicornFailed, LocalGunicorn
 from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
-from deployment_utils.local_gunicorn import GunicornFailed, LocalGunicorn
 from facematch.config import PREFIX, Settings
 
 REPO = Path(__file__).resolve().parents[1]

@@ -31,9 +31,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from benchmarking_utils.common import parse_config, write_json
-from benchmarking_utils.lfw_embeddings import CACHE, embed_lfw, settings_key
-from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
+from benchmarking_utils.common import write_json
+from deployment_utils.configs import parse_config
+from deployment_utils.lfw import CACHE, GET_LFW, embed_lfw, lfw_dir, read_pairs, settings_key
 from facematch.decision import quality as face_quality
 from facematch.decision import scores as score_service
 from facematch.decision.quality import FaceQuality, QualityGate

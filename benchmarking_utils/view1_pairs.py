@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarking_utils.accuracy import Evaluator
-from benchmarking_utils.common import machine, parse_config, write_json
-from benchmarking_utils.lfw_embeddings import person_of
-from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
+from benchmarking_utils.common import machine, write_json
+from deployment_utils.configs import parse_config
+from deployment_utils.lfw import GET_LFW, lfw_dir, person_of, read_pairs
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 
 Embeds the images of ``pairsDevTrain.txt`` and ``pairsDevTest.txt`` (View 1 only: View 2's
 ``pairs.txt`` stays for the reported figures) the way the service does, through the embedding
-cache of ``benchmarking_utils.lfw_embeddings``, and writes the cosine distance of every pair
+cache of ``deployment_utils.lfw``, and writes the cosine distance of every pair
 with a face in both photos, with its provenance (date, commit, command, images, pair counts,
 settings), to ``model_data/calibration-<model>-<key>.json``. Another configuration gets its own
 table from the same command:
@@ -21,9 +21,8 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarking_utils.common import parse_config
-from benchmarking_utils.lfw_embeddings import embed_lfw
-from deployment_utils.lfw import GET_LFW, lfw_dir, read_pairs
+from deployment_utils.configs import parse_config
+from deployment_utils.lfw import GET_LFW, embed_lfw, lfw_dir, read_pairs
 from facematch.decision import calibration
 from facematch.decision import scores as score_service
 from facematch.engine.options import EngineOptions

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from deployment_utils.local_gunicorn import GunicornFailed, LocalGunicorn, free_port
+from benchmarking_utils.local_gunicorn import GunicornFailed, LocalGunicorn, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 _RUNNING: set[subprocess.Popen] = set()
@@ -322,7 +322,7 @@ class VictoriaMetrics(_Process):
 
 
 class BridgeProcess(_Process):
-    """``python -m monitoring.bridge`` with the given FACEMATCH_ environment."""
+    """``python -m facematch.observability.bridge`` with the given FACEMATCH_ environment."""
 
     name = "bridge"
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from deployment_utils.local_gunicorn import free_port  # noqa: F401 - the one free_port
+from benchmarking_utils.local_gunicorn import free_port  # noqa: F401 - the one free_port
 
 REPO = Path(__file__).resolve().parents[1]
 JS_YAML = REPO / ".tools" / "grafana-schema" / "node_modules" / "js-yaml" / "bin" / "js-yaml.js"

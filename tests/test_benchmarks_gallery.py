@@ -49,7 +49,7 @@ def test_identify_command_reports_closed_and_open_set_figures(run_benchmark, tmp
 def synthetic_lfw(people: int = 12, images: int = 6, seed: int = 1):
     """Embeddings of ``people`` persons with ``images`` each: a random direction per person,
     plus noise, so that some impostors come near and some genuine images stray."""
-    from benchmarking_utils.lfw_embeddings import LfwEmbeddings
+    from deployment_utils.lfw import LfwEmbeddings
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(people, 16))

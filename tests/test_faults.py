@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from deployment_utils.local_gunicorn import LocalGunicorn
+from benchmarking_utils.local_gunicorn import LocalGunicorn
 from tests.servers import Subscriber, samples, wait_until
 from tests.support import SAME
 

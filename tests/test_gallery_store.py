@@ -671,7 +671,7 @@ def test_sqlite_file_that_cannot_be_opened_is_unavailable(tmp_path):
 
 
 def test_postgres_down_or_unreachable_is_unavailable_quickly_and_recovers():
-    from deployment_utils.local_gunicorn import free_port
+    from benchmarking_utils.local_gunicorn import free_port
 
     closed = open_gallery_store(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
     started = time.monotonic()

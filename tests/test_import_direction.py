@@ -1,8 +1,9 @@
 """Dependencies point one way: the service's runtime modules never import the deployment or
-benchmark tools (those import the runtime, never the reverse); inside the facematch package the
-floors import downwards only (base -> engine -> decision -> gallery -> observability -> api, as
-facematch/__init__.py documents), with no circle between them; the engine, decision and gallery
-floors do without Flask; the root holds only the front doors."""
+benchmark tools or the tests (those import the runtime, never the reverse); the deployment tools
+never import the benchmark tools (measuring uses preparing, never the reverse); inside the
+facematch package the floors import downwards only (base -> engine -> decision -> gallery ->
+observability -> api, as facematch/__init__.py documents), with no circle between them; the
+engine, decision and gallery floors do without Flask; the root holds only the front doors."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TOOLS = ("deployment_utils", "benchmarking_utils")
+NOT_FOR_THE_RUNTIME = (*TOOLS, "tests")
+DEPLOYMENT_TOOLS = sorted((REPO / "deployment_utils").glob("**/*.py"))
 PACKAGE = REPO / "facematch"
 # The runtime: the facematch package and the front doors at the root.
 RUNTIME = sorted([*REPO.glob("*.py"), *PACKAGE.glob("**/*.py")])
@@ -121,8 +124,22 @@ def test_the_runtime_modules_are_found_and_their_imports_read():
 
 @pytest.mark.parametrize("path", RUNTIME, ids=lambda p: p.relative_to(REPO).as_posix())
 def test_no_runtime_module_imports_the_deployment_or_benchmark_tools(path):
-    tools = sorted(m for m in imported_modules(path) if m.split(".")[0] in TOOLS)
+    tools = sorted(m for m in imported_modules(path) if m.split(".")[0] in NOT_FOR_THE_RUNTIME)
     assert not tools, f"{path.name} imports {tools}"
+
+
+def test_the_deployment_tools_are_found_and_their_imports_read():
+    names = {path.relative_to(REPO).as_posix() for path in DEPLOYMENT_TOOLS}
+    assert {"deployment_utils/calibration.py", "deployment_utils/lfw.py"} <= names
+    assert "deployment_utils.lfw" in imported_modules(REPO / "deployment_utils" / "calibration.py")
+
+
+@pytest.mark.parametrize("path", DEPLOYMENT_TOOLS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_no_deployment_tool_imports_the_benchmark_tools(path):
+    """Preparing and operating (``deployment_utils``) never needs measuring; what both use (LFW,
+    named settings) lives in ``deployment_utils`` and the benchmarks import it from there."""
+    found = sorted(m for m in imported_modules(path) if m.split(".")[0] == "benchmarking_utils")
+    assert not found, f"{path.name} imports {found}"
 
 
 def test_the_floor_graph_is_read():

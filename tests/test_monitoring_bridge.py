@@ -1,6 +1,7 @@
-"""The bridge process (``python -m monitoring.bridge``) between a real mosquitto and a real
-database taking InfluxDB v2 writes (victoria-metrics): values arrive intact, nothing is lost or
-doubled through a database outage, a bridge restart or kill, bad messages, and SIGTERM."""
+"""The bridge process (``python -m facematch.observability.bridge``) between a real mosquitto
+and a real database taking InfluxDB v2 writes (victoria-metrics): values arrive intact, nothing
+is lost or doubled through a database outage, a bridge restart or kill, bad messages, and
+SIGTERM."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from deployment_utils.local_gunicorn import free_port
+from benchmarking_utils.local_gunicorn import free_port
 from facematch.api.app import create_app
 from facematch.config import ConfigError
 from tests.servers import ScrapeJob, wait_until

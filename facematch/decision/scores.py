@@ -65,22 +65,3 @@ def decide(a: np.ndarray, b: np.ndarray, threshold: float, metric: str = "cosine
     """Compare two embeddings: same person when their distance is at most ``threshold``."""
     d = distance(a, b, metric)
     return MatchResult(match=d <= threshold, distance=d, threshold=threshold, metric=metric)
-
-
-def best_threshold(distances: np.ndarray, same: np.ndarray) -> tuple[float, float]:
-    """Threshold maximising accuracy on labelled pairs, and that accuracy.
-
-    Among the distance intervals with the best accuracy, the first one's midpoint is chosen, so
-    the threshold does not sit on a training sample.
-    """
-    d = np.asarray(distances, dtype=np.float64)
-    y = np.asarray(same, dtype=bool)
-    order = np.argsort(d)
-    d, y = d[order], y[order]
-    # Threshold below all points: everything rejected -> correct = number of different pairs.
-    correct = (~y).sum() + np.cumsum(np.where(y, 1, -1))
-    candidates = np.concatenate([[(~y).sum()], correct])
-    best = int(np.argmax(candidates))
-    lower = d[best - 1] if best > 0 else d[0] - 1e-3
-    upper = d[best] if best < len(d) else d[-1] + 1e-3
-    return float((lower + upper) / 2.0), float(candidates[best] / len(d))

@@ -30,7 +30,8 @@ import numpy as np
 
 from facematch.errors import InvalidEmbedding, InvalidId, InvalidParameter
 
-EMBEDDING_DIM = 512  # api.codec.EMBEDDING_DIM (not imported: that module loads torch)
+# = facematch.api.codec.EMBEDDING_DIM, not imported from there: the gallery never imports the API
+EMBEDDING_DIM = 512
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,128}")
 MAX_METADATA_BYTES = 4096  # the metadata's compact JSON encoding, UTF-8
 MAX_NAME_CHARS = 256

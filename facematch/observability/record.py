@@ -1,8 +1,10 @@
-"""What one API request did: the record the server fills in and the metrics publisher sends.
+"""What one API request did: the record the metrics publisher sends and Prometheus counts.
 
-The server creates one ``RequestRecord`` per request to a verifying, embedding or gallery
-endpoint, fills in what it learned (faces, timings, the decision, what a gallery search found),
-and hands it to the metrics publisher once the response is known. Nothing here holds image data,
+The routes never touch a record: while a request runs they fill its ``Outcome``
+(``outcome``: faces, timings, the decision, what a gallery search found). Once the response is
+known, ``request_metrics`` builds one ``RequestRecord`` from that outcome and the status, for a
+request to ``/photo_match``, ``/cached_match``, ``/embeddings``, ``/faces`` or a gallery route,
+and hands it to the publisher and to the Prometheus metrics. Nothing here holds image data,
 embeddings or gallery ids.
 """
 

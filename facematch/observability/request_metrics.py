@@ -2,9 +2,11 @@
 
 Attaches the metrics publisher (``publisher``) and the Prometheus metrics
 (``prometheus``, ``GET /metrics``) to an app: after each response to a recorded endpoint
-it builds one ``RequestRecord`` from the request's ``Outcome`` (the values the response was built
-from) and hands that same record to the publisher, which never blocks, and to the Prometheus
-metrics. The record is filled here and nowhere else; routes never touch it.
+(``/photo_match``, ``/cached_match``, ``/embeddings``, ``/faces`` and every gallery route, errors
+included; no other route publishes) it builds one ``RequestRecord`` from the request's
+``Outcome`` (the values the response was built from) and hands that same record to the
+publisher, which never blocks, and to the Prometheus metrics. The record is filled here and
+nowhere else; routes never touch it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """A local facematch Gunicorn on 127.0.0.1: started, waited for, looked into and stopped.
 
-The one launcher the tests, the load and soak benchmarks and smoke checks share. It runs
+The one launcher the tests, the load, soak and HTTP benchmarks (through ``load`` and
+``http_compare``) and smoke checks share. It lives with the measuring tools rather than in
+``tests/`` because the benchmarks need it and never import the tests; the tests import it from
+here. It runs
 ``python -m gunicorn -c gunicorn.conf.py <app>`` from the repository root in its own process
 session (so ``stop`` can end the master and every worker), on a free port, with its output in a
 log file. The environment is the caller's without its ``FACEMATCH_*`` variables (except where
