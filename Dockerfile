@@ -46,12 +46,13 @@ WORKDIR /app
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /opt/facematch/data /opt/facematch/data
 # The root's front doors (wsgi.py, gunicorn.conf.py, ...), the package, its data files
-# (model_data/, the metrics message schema) and the operator tools.
+# (model_data/, the metrics message schema, the web page) and the operator tools.
 COPY *.py openapi.json ./
 COPY facematch/ facematch/
 COPY model_data/ model_data/
 COPY deployment_utils/ deployment_utils/
 COPY monitoring/schema/ monitoring/schema/
+COPY web/ web/
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=90s --retries=3 \
