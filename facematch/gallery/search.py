@@ -39,8 +39,8 @@ QUERY_MAX = 127  # query codes in [-127, 127], sent to the kernel as u8 (code + 
 _SLACK = 1e-5  # float32 rounding in the scores, added to every bound
 # Up to this many faces a float32 scan is faster than the integer pass and its bounds: the matrix
 # is still in cache and the pass's fixed cost (a session run, the rescoring) dominates. Measured
-# on an AVX2 EPYC (docs/performance.md): 0.29 against 0.53 ms at 8,000 faces, 0.61 against 0.43
-# at 12,000.
+# on an AVX2 EPYC (docs/performance.md, benchmarking_utils.kernel_speed): float32 0.85 against
+# 0.96 ms at 8,000 faces, 2.17 against 1.56 ms at 20,000.
 FLOAT_SCAN_ROWS = 8_192
 KERNEL = "gallery_search"
 INT8_BACKEND = "onnxruntime MatMulInteger (u8 x s8, 7-bit rows)"
