@@ -14,7 +14,8 @@ import pytest
 
 from facematch.decision.scores import MatchResult
 from facematch.observability.message import TAGS, build_message, field_names, to_point, validate
-from facematch.observability.outcome import GalleryWork, Outcome
+from facematch.observability.outcome import Outcome
+from facematch.observability.record import GalleryWork, Latency
 from facematch.observability.request_metrics import record_from
 from tests.support import load_yaml
 
@@ -177,7 +178,7 @@ def gallery_routes() -> list[str]:
 def gallery_point(endpoint: str):
     """The InfluxDB point the bridge writes for an identify-like request to ``endpoint``: the
     server's own record, message and point code, as a request fills them."""
-    outcome = Outcome(gallery=GalleryWork(size=1650, search_ms=3.5, candidates=5))
+    outcome = Outcome(gallery=GalleryWork(size=1650, candidates=5), times=Latency(search=3.5))
     outcome.gallery.best_distance = 0.21
     outcome.results, outcome.decided_by = [MatchResult(True, 0.21, 0.3458, "cosine")], 0
     message = build_message(record_from(outcome, endpoint, "casia-webface", 200), node="n1")

@@ -60,8 +60,10 @@ def test_a_face_too_small_at_a_quarter_is_cut_from_the_full_decode(engine, portr
     data = image_bytes(canvas, quality=90)
     photo = decode_photo(data, LIMIT, "sample", SIDE)
     assert photo.reduction == 4
-    face = engine.detect(photo).primary
-    assert photo.reduction == 1 and photo.image.size == (4032, 3024)
+    found = engine.detect(photo)
+    face = found.primary
+    assert found.source.reduction == 1 and found.source.image.size == (4032, 3024)
+    assert photo.reduction == 4  # the finer decode is a photo of its own: nothing mutated
     expected = engine.cropper.plain_crop(decode_image(data, LIMIT), face.box)
     assert np.array_equal(face.crop, expected)
 

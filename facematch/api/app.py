@@ -24,8 +24,8 @@ from pathlib import Path
 from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
+from facematch.api import answers, gallery_routes, security, steps, web
 from facematch.api import faces as face_listing
-from facematch.api import gallery_routes, security, steps, web
 from facematch.api.codec import FORMATS, encode_embedding, parse_embedding
 from facematch.api.errors import HttpError, error_body, status_of
 from facematch.api.steps import Services
@@ -192,7 +192,7 @@ def _openapi_document() -> bytes:
 
 @bp.get("/health")
 def health():
-    services = steps.services()
+    services = steps.context().services
     return {
         "status": "ok",
         "model": services.engine.model_name,
@@ -213,47 +213,49 @@ def health():
 @bp.post("/photo_match")
 def photo_match():
     """Compare the primary face of ``reference`` with the face(s) of ``sample``."""
-    decision = steps.decision()
-    reference, sample = steps.detect_all(["reference", "sample"])
-    compared = steps.sample_faces(sample, decision)
-    embedded = steps.embed([reference.primary.crop, *(face.crop for face in compared)])
-    _score(embedded[0], embedded[1:], decision)
-    return _match_json(steps.outcome())
+    ctx = steps.context()
+    decision = steps.decision(ctx)
+    reference, sample = steps.detect_all(ctx, ["reference", "sample"])
+    compared = steps.sample_faces(ctx, sample, decision)
+    embedded = steps.embed(ctx, [reference.primary.crop, *(face.crop for face in compared)])
+    _score(ctx.outcome, embedded[0], embedded[1:], decision)
+    return _match_json(ctx)
 
 
 @bp.post("/cached_match")
 def cached_match():
     """Compare a precomputed reference embedding with the face(s) of ``sample``."""
-    decision = steps.decision()
-    reference_bytes = steps.bytes_field("reference", allow_text=True)
-    reference_vector = parse_embedding(reference_bytes, steps.services().engine.device)
-    steps.verify_reference(reference_bytes, reference_vector)
-    sample = steps.detect("sample", steps.image_field("sample"))
-    compared = steps.sample_faces(sample, decision)
-    _score(reference_vector, steps.embed([face.crop for face in compared]), decision)
-    return _match_json(steps.outcome())
+    ctx = steps.context()
+    decision = steps.decision(ctx)
+    reference_bytes = steps.bytes_field(ctx, "reference", allow_text=True)
+    reference_vector = parse_embedding(reference_bytes, ctx.services.engine.device)
+    steps.verify_reference(ctx, reference_bytes, reference_vector)
+    sample = steps.detect(ctx, "sample", steps.image_field(ctx, "sample"))
+    compared = steps.sample_faces(ctx, sample, decision)
+    _score(ctx.outcome, reference_vector, steps.embed(ctx, [f.crop for f in compared]), decision)
+    return _match_json(ctx)
 
 
 @bp.post("/embeddings")
 def embeddings():
     """The embedding of the primary face of ``photo``, in a form ``/cached_match`` accepts."""
-    fmt = request.form.get("format", "json")
+    ctx = steps.context()
+    fmt = ctx.form.get("format", "json")
     if fmt not in FORMATS:
         raise InvalidParameter(f"'format' must be one of {', '.join(FORMATS)}")
-    photo = steps.detect("photo", steps.image_field("photo"))
-    vector = steps.embed([photo.primary.crop])[0]
-    outcome = steps.outcome()
-    model = steps.services().engine.model_name
-    faces = steps.faces_json(outcome)
-    signer = steps.services().signer
+    photo = steps.detect(ctx, "photo", steps.image_field(ctx, "photo"))
+    vector = steps.embed(ctx, [photo.primary.crop])[0]
+    model = ctx.services.engine.model_name
+    faces = answers.faces_json(ctx)
+    signer = ctx.services.signer
     signed = {"signature": signer.sign(vector, model)} if signer else {}
     if fmt == "json":
         body = json.loads(encode_embedding(vector, "json", {"model": model, **signed}))
         return {
             **body,
             "faces": faces,
-            **steps.quality_warnings(outcome),
-            "latency_ms": steps.latency_json(outcome),
+            **answers.quality_warnings(ctx),
+            "latency_ms": answers.latency_json(ctx.outcome),
         }
     response = Response(encode_embedding(vector, fmt), mimetype="application/octet-stream")
     response.headers["Content-Disposition"] = f'attachment; filename="embedding.{fmt}"'
@@ -268,16 +270,17 @@ def embeddings():
 def faces():
     """Every face found in ``photo``, primary first, with boxes, landmarks and (``crops``) the
     crops the model embeds; a photo without a face answers an empty list."""
-    options = face_listing.FacesOptions.from_form(request.form)
-    found = steps.find_faces("photo", steps.image_field("photo"))
+    ctx = steps.context()
+    options = face_listing.FacesOptions.from_form(ctx.form)
+    found = steps.find_faces(ctx, "photo", steps.image_field(ctx, "photo"))
     body = face_listing.faces_json(found, options)
-    return {**body, "latency_ms": steps.latency_json(steps.outcome())}
+    return {**body, "latency_ms": answers.latency_json(ctx.outcome)}
 
 
 # --- steps of the request path (the shared ones are in steps) ---
 
 
-def _score(reference_vector, sample_vectors, decision: Decision) -> None:
+def _score(outcome: Outcome, reference_vector, sample_vectors, decision: Decision) -> None:
     """Score the reference against each compared face; the primary (or, for ``all``, the
     closest) decides."""
     start = time.perf_counter()
@@ -285,7 +288,6 @@ def _score(reference_vector, sample_vectors, decision: Decision) -> None:
         scores.decide(reference_vector, v, decision.threshold, decision.metric)
         for v in sample_vectors
     ]
-    outcome = steps.outcome()
     outcome.results = results
     outcome.decided_by = min(range(len(results)), key=lambda i: results[i].distance)
     outcome.times.scoring = (time.perf_counter() - start) * 1000
@@ -294,17 +296,18 @@ def _score(reference_vector, sample_vectors, decision: Decision) -> None:
 # --- responses, built from the outcome ---
 
 
-def _match_json(outcome: Outcome) -> dict:
+def _match_json(ctx: steps.RequestContext) -> dict:
+    outcome = ctx.outcome
     result = outcome.result
     body = {
         "match": result.match,
         "distance": result.distance,
         "threshold": result.threshold,
         "metric": result.metric,
-        "model": steps.services().engine.model_name,
-        **steps.calibration_json(result.distance, result.threshold, result.metric),
-        "faces": steps.faces_json(outcome),
-        **steps.quality_warnings(outcome),
+        "model": ctx.services.engine.model_name,
+        **answers.calibration_json(ctx, result.distance, result.threshold, result.metric),
+        "faces": answers.faces_json(ctx),
+        **answers.quality_warnings(ctx),
     }
     if outcome.decision.sample_faces == "all":
         body["sample_faces"] = [
@@ -312,15 +315,15 @@ def _match_json(outcome: Outcome) -> dict:
                 "index": i,
                 "box": [round(v, 1) for v in face.box],
                 "probability": face.probability,
-                "quality": steps.face_quality_json(outcome, "sample", i),
+                "quality": answers.face_quality_json(outcome, "sample", i),
                 "distance": r.distance,
                 "match": r.match,
-                **steps.calibration_json(r.distance, r.threshold, r.metric),
+                **answers.calibration_json(ctx, r.distance, r.threshold, r.metric),
             }
             for i, (face, r) in enumerate(zip(outcome.compared, outcome.results))
         ]
         body["decided_by"] = outcome.decided_by
-    body["latency_ms"] = steps.latency_json(outcome)
+    body["latency_ms"] = answers.latency_json(outcome)
     return body
 
 
@@ -343,7 +346,7 @@ def _http_error(error: HTTPException):
 
 def _too_large() -> FacematchError:
     """What a Werkzeug 413 was about: the body's bytes, or the number of form parts."""
-    limit = steps.services().settings.max_upload_mb
+    limit = current_app.extensions["facematch"].settings.max_upload_mb
     length = request.content_length
     stream = request.__dict__.get("stream")  # only when Werkzeug got as far as reading
     streamed_past_cap = length is None and getattr(stream, "is_exhausted", True)

@@ -11,7 +11,7 @@ distances are cosine distances, so ``metric`` may only be ``cosine`` here.
 
 Errors are the usual JSON errors; an unavailable database is 503 ``gallery_unavailable`` with
 ``Retry-After``. What each request did goes into its ``Outcome`` (``GalleryWork``: gallery
-size, search time, candidates, best distance) for the metrics record.
+size, candidates, best distance; the search time in its stage times) for the metrics record.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 
-from facematch.api import steps
+from facematch.api import answers, steps
 from facematch.api.codec import parse_embedding
 from facematch.api.errors import error_body, status_of
 from facematch.api.security import reference_claims
@@ -39,7 +39,7 @@ from facematch.errors import (
 )
 from facematch.gallery.service import GalleryAccess
 from facematch.gallery.store import MAX_K, Face, FaceSource, Subject, check_id
-from facematch.observability.outcome import GalleryWork
+from facematch.observability.record import GalleryWork
 
 bp = Blueprint("gallery", __name__)
 DEFAULT_LIMIT = 100
@@ -63,7 +63,9 @@ def _access() -> GalleryAccess:
 
 @bp.before_request
 def _begin_gallery_work() -> None:
-    steps.outcome().gallery = GalleryWork()
+    outcome = steps.context().outcome
+    outcome.gallery = GalleryWork()
+    outcome.times.search = 0.0
 
 
 @bp.errorhandler(GalleryUnavailable)
@@ -85,20 +87,21 @@ def add_face(gallery: str, subject: str):
     """Enrol one face of ``subject`` (created if new): the primary face of ``photo``, or an
     ``embedding`` in any form /cached_match accepts (signed when signing is on)."""
     _ids(gallery=gallery, subject=subject)
-    model = steps.services().engine.model_name
-    has_photo = "photo" in request.files
-    has_embedding = "embedding" in request.files or "embedding" in request.form
+    ctx = steps.context()
+    model = ctx.services.engine.model_name
+    has_photo = "photo" in ctx.files
+    has_embedding = "embedding" in ctx.files or "embedding" in ctx.form
     if has_photo and has_embedding:
         raise InvalidParameter(f"send {_ENROL_FIELDS}, not both")
     if has_embedding:
-        data = steps.bytes_field("embedding", allow_text=True)
-        vector = parse_embedding(data, steps.services().engine.device)
-        steps.verify_reference(data, vector)
-        _check_claimed_model(data, model)
+        data = steps.bytes_field(ctx, "embedding", allow_text=True)
+        vector = parse_embedding(data, ctx.services.engine.device)
+        steps.verify_reference(ctx, data, vector)
+        _check_claimed_model(ctx, data, model)
         source = FaceSource()
     elif has_photo:
-        photo = steps.detect("photo", steps.image_field("photo"))
-        vector = steps.embed([photo.primary.crop])[0]
+        photo = steps.detect(ctx, "photo", steps.image_field(ctx, "photo"))
+        vector = steps.embed(ctx, [photo.primary.crop])[0]
         face = photo.primary
         source = FaceSource(
             box=tuple(float(v) for v in face.box),
@@ -116,15 +119,15 @@ def add_face(gallery: str, subject: str):
         "faces": added.faces,
         "model": model,
         "source": _source_json(source),
-        "latency_ms": steps.latency_json(steps.outcome()),
+        "latency_ms": answers.latency_json(ctx.outcome),
     }
     return body, 201
 
 
-def _check_claimed_model(data: bytes, model: str) -> None:
+def _check_claimed_model(ctx: steps.RequestContext, data: bytes, model: str) -> None:
     """Refuse an embedding that says it was made by another model (with signing on, the
     signature check has already refused it)."""
-    claimed = request.form.get("reference_model") or reference_claims(data)[1]
+    claimed = ctx.form.get("reference_model") or reference_claims(data)[1]
     if claimed is not None and claimed != model:
         raise WrongModel(
             f"the embedding was made by model '{claimed[:64]}'; this server runs '{model}': "
@@ -215,30 +218,31 @@ def verify(gallery: str, subject: str):
     """Verify the primary face of ``sample`` against every face of ``subject`` with the
     operator's (or the request's allowed) ``rule``: the /photo_match decision."""
     _ids(gallery=gallery, subject=subject)
-    decision = _gallery_decision(identify=False)
-    rule = VerifyRule(steps.services().policy.verify_rule(request.form))
-    model = steps.services().engine.model_name
-    work = steps.outcome().gallery
+    ctx = steps.context()
+    decision = _gallery_decision(ctx, identify=False)
+    rule = VerifyRule(ctx.services.policy.verify_rule(ctx.form))
+    model = ctx.services.engine.model_name
+    work = ctx.outcome.gallery
     start = time.perf_counter()
     references = _access().references(gallery, subject, model)
     size = _access().size(gallery)
-    work.search_ms += (time.perf_counter() - start) * 1000
+    ctx.outcome.times.search += (time.perf_counter() - start) * 1000
     if not len(references):
         raise NoReferences(
             f"subject {subject!r} holds no face of model '{model}' to verify against"
         )
     work.size = size
-    sample = steps.detect("sample", steps.image_field("sample"))
-    steps.outcome().compared = sample.faces[:1]
-    vector = steps.embed([sample.primary.crop])[0]
+    sample = steps.detect(ctx, "sample", steps.image_field(ctx, "sample"))
+    ctx.outcome.compared = sample.faces[:1]
+    vector = steps.embed(ctx, [sample.primary.crop])[0]
     searched = _access().verify(
         gallery, subject, references, vector, model, decision.threshold, rule
     )
     result = searched.result
-    work.search_ms += searched.search_ms
+    ctx.outcome.times.search += searched.search_ms
     work.candidates = result.references
     work.best_distance = result.distance
-    _decided([MatchResult(result.match, result.distance, result.threshold, decision.metric)])
+    _decided(ctx, [MatchResult(result.match, result.distance, result.threshold, decision.metric)])
     body = {
         "match": result.match,
         "distance": result.distance,
@@ -247,7 +251,7 @@ def verify(gallery: str, subject: str):
         "model": model,
         "rule": result.rule,
         "references": result.references,
-        **steps.calibration_json(result.distance, result.threshold, decision.metric),
+        **answers.calibration_json(ctx, result.distance, result.threshold, decision.metric),
     }
     if result.votes is not None:
         body.update(votes=result.votes, voters=result.voters)
@@ -255,9 +259,9 @@ def verify(gallery: str, subject: str):
         **body,
         "gallery": gallery,
         "subject": subject,
-        "faces": steps.faces_json(steps.outcome()),
-        **steps.quality_warnings(steps.outcome()),
-        "latency_ms": _latency(work),
+        "faces": answers.faces_json(ctx),
+        **answers.quality_warnings(ctx),
+        "latency_ms": answers.latency_json(ctx.outcome),
     }
 
 
@@ -266,24 +270,25 @@ def identify(gallery: str):
     """Who is in ``sample``: the ``top_k`` nearest subjects and the identified one (or null)
     for its primary face, or with ``sample_faces=all`` for each face (as many as allowed)."""
     _ids(gallery=gallery)
-    decision = _gallery_decision(identify=True)
-    top_k = _int_arg(request.form, "top_k", DEFAULT_TOP_K, MAX_TOP_K)
-    model = steps.services().engine.model_name
-    work = steps.outcome().gallery
+    ctx = steps.context()
+    decision = _gallery_decision(ctx, identify=True)
+    top_k = _int_arg(ctx.form, "top_k", DEFAULT_TOP_K, MAX_TOP_K)
+    model = ctx.services.engine.model_name
+    work = ctx.outcome.gallery
     start = time.perf_counter()
     work.size = _access().size(gallery)
     if work.size == 0:  # an unknown gallery is a 404 before any photo is looked at
         _access().subjects(gallery, 1)
-    work.search_ms += (time.perf_counter() - start) * 1000
-    sample = steps.detect("sample", steps.image_field("sample"))
-    compared = steps.sample_faces(sample, decision)
-    vectors = steps.embed([face.crop for face in compared])
+    ctx.outcome.times.search += (time.perf_counter() - start) * 1000
+    sample = steps.detect(ctx, "sample", steps.image_field(ctx, "sample"))
+    compared = steps.sample_faces(ctx, sample, decision)
+    vectors = steps.embed(ctx, [face.crop for face in compared])
     found: list[Identification] = []
     for vector in vectors:
         searched = _access().identify(gallery, vector, model, decision.threshold, top_k)
-        work.search_ms += searched.search_ms
+        ctx.outcome.times.search += searched.search_ms
         found.append(searched.result)
-    _note_identified(work, found, decision)
+    _note_identified(ctx, found, decision)
     common = {"threshold": decision.threshold, "metric": decision.metric, "model": model}
     if decision.sample_faces == "all":
         results = [
@@ -291,9 +296,9 @@ def identify(gallery: str):
                 "index": i,
                 "box": [round(v, 1) for v in face.box],
                 "probability": face.probability,
-                "quality": steps.face_quality_json(steps.outcome(), "sample", i),
+                "quality": answers.face_quality_json(ctx.outcome, "sample", i),
                 **_identification_json(answer),
-                **_identify_calibration(answer, decision),
+                **_identify_calibration(ctx, answer, decision),
             }
             for i, (face, answer) in enumerate(zip(compared, found))
         ]
@@ -302,46 +307,50 @@ def identify(gallery: str):
         body = {
             **_identification_json(found[0]),
             **common,
-            **_identify_calibration(found[0], decision),
+            **_identify_calibration(ctx, found[0], decision),
         }
     return {
         **body,
         "gallery": gallery,
-        "faces": steps.faces_json(steps.outcome()),
-        **steps.quality_warnings(steps.outcome()),
-        "latency_ms": _latency(work),
+        "faces": answers.faces_json(ctx),
+        **answers.quality_warnings(ctx),
+        "latency_ms": answers.latency_json(ctx.outcome),
     }
 
 
-def _gallery_decision(identify: bool) -> Decision:
+def _gallery_decision(ctx: steps.RequestContext, identify: bool) -> Decision:
     """The operator's policy for this request (cosine only: gallery distances are cosine)."""
-    metric = request.form.get("metric") or "cosine"
+    metric = ctx.form.get("metric") or "cosine"
     if metric != "cosine":
         raise InvalidParameter("gallery routes compare cosine distances: 'metric' must be cosine")
-    form = {**request.form.to_dict(), "metric": metric}
+    form = {**ctx.form.to_dict(), "metric": metric}
     if not identify:
         form.pop("sample_faces", None)  # verify compares the sample's primary face
-    policy = steps.services().policy
+    policy = ctx.services.policy
     decision = policy.for_identify(form) if identify else policy.for_request(form)
-    steps.outcome().decision = decision
+    ctx.outcome.decision = decision
     return decision
 
 
-def _decided(results: list[MatchResult]) -> None:
+def _decided(ctx: steps.RequestContext, results: list[MatchResult]) -> None:
     """Note the decisions (one per compared face) in the outcome; the closest decides."""
-    outcome = steps.outcome()
+    outcome = ctx.outcome
     outcome.results = results
     outcome.decided_by = min(range(len(results)), key=lambda i: results[i].distance)
 
 
-def _note_identified(work: GalleryWork, found: list[Identification], decision: Decision) -> None:
+def _note_identified(
+    ctx: steps.RequestContext, found: list[Identification], decision: Decision
+) -> None:
     """Note each face's best candidate as its decision (``match``: someone was identified)."""
+    work = ctx.outcome.gallery
     best = [answer.candidates[0] for answer in found if answer.candidates]
     work.candidates = sum(len(answer.candidates) for answer in found)
     if not best:
         return
     work.best_distance = min(c.distance for c in best)
-    _decided([MatchResult(c.match, c.distance, decision.threshold, decision.metric) for c in best])
+    results = [MatchResult(c.match, c.distance, decision.threshold, decision.metric) for c in best]
+    _decided(ctx, results)
 
 
 # --- request fields ---
@@ -368,15 +377,13 @@ def _int_arg(fields, name: str, default: int, maximum: int) -> int:
 # --- answers ---
 
 
-def _latency(work: GalleryWork) -> dict:
-    return steps.latency_json(steps.outcome(), search=work.search_ms)
-
-
-def _identify_calibration(answer: Identification, decision: Decision) -> dict:
+def _identify_calibration(
+    ctx: steps.RequestContext, answer: Identification, decision: Decision
+) -> dict:
     """The calibration of a 1:N answer at its nearest candidate's distance (far is per
     comparison: over a gallery of N subjects the chance of a false match grows with N)."""
     nearest = answer.candidates[0].distance if answer.candidates else None
-    return steps.calibration_json(nearest, decision.threshold, decision.metric)
+    return answers.calibration_json(ctx, nearest, decision.threshold, decision.metric)
 
 
 def _identification_json(answer: Identification) -> dict:

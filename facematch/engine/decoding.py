@@ -14,8 +14,8 @@ images use their first frame.
 Pillow's ``draft``), the smallest that keeps the longer side at least the ``min_side`` the
 detector searches at, after every check above has passed on the full size (a reduced decode
 takes less memory and the same scans). The ``DecodedPhoto`` keeps the full upright size, and
-decodes again at a finer scale, with the same checks, when a face would otherwise be cut from
-too few pixels (``at_reduction``).
+gives a finer decode of itself, with the same checks, when a face would otherwise be cut from
+too few pixels (``at_reduction``: a new ``DecodedPhoto``, the first one unchanged).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from __future__ import annotations
 import io
 import re
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from PIL import ExifTags, Image
 
@@ -97,14 +97,13 @@ class DecodedPhoto:
         """Full-size pixels per pixel of ``image``, across and down."""
         return self.width / self.image.width, self.height / self.image.height
 
-    def at_reduction(self, reduction: int) -> Image.Image:
-        """The photo at ``1 / reduction`` or finer: ``image`` itself, or decoded again (every
-        check of ``decode_image`` applies; the coarser image is released first)."""
+    def at_reduction(self, reduction: int) -> DecodedPhoto:
+        """The photo at ``1 / reduction`` or finer: itself, or decoded again into a new one
+        (every check of ``decode_image`` applies)."""
         if reduction >= self.reduction:
-            return self.image
-        self.image = None
-        self.image, self.reduction, _ = _decode(self.data, self.max_pixels, self.name, 0, reduction)
-        return self.image
+            return self
+        image, reduction, _ = _decode(self.data, self.max_pixels, self.name, 0, reduction)
+        return replace(self, image=image, reduction=reduction)
 
 
 def decode_photo(data: bytes, max_pixels: int, name: str = "image", min_side: int = 0):

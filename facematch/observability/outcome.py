@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from facematch.observability.record import GalleryWork, Latency
+
 if TYPE_CHECKING:
     from facematch.decision.policy import Decision
     from facematch.decision.quality import FaceQuality
@@ -41,34 +43,13 @@ class InputPhoto:
 
 
 @dataclass
-class StageTimes:
-    """Milliseconds spent per stage of the request path."""
-
-    decode: float = 0.0
-    detection: float = 0.0
-    embedding: float = 0.0
-    scoring: float = 0.0
-
-
-@dataclass
-class GalleryWork:
-    """What a gallery request did with its gallery: the faces it holds, the time spent in the
-    store's search, how many candidates came back and the nearest one's distance."""
-
-    size: int | None = None
-    search_ms: float = 0.0
-    candidates: int | None = None
-    best_distance: float | None = None
-
-
-@dataclass
 class Outcome:
     """Everything a request did so far; errors leave it partly filled."""
 
     started_at: float = field(default_factory=time.time)  # wall clock, for the metrics message
     started: float = field(default_factory=time.perf_counter)
     photos: dict[str, InputPhoto] = field(default_factory=dict)  # by role, in upload order
-    times: StageTimes = field(default_factory=StageTimes)
+    times: Latency = field(default_factory=Latency)  # stage times, the record's spelling
     decision: Decision | None = None
     compared: list[DetectedFace] = field(default_factory=list)  # sample faces, best-ranked first
     results: list[MatchResult] = field(default_factory=list)  # one per compared face

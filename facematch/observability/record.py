@@ -28,7 +28,8 @@ class FaceSummary:
 
 @dataclass
 class Latency:
-    """Milliseconds spent per stage; total covers the whole request handler."""
+    """Milliseconds spent per stage, as the request's ``Outcome`` adds them up; ``total``
+    covers the whole request handler (set when the answer or the record is made)."""
 
     decode: float = 0.0
     detection: float = 0.0
@@ -37,11 +38,21 @@ class Latency:
     total: float = 0.0
     search: float | None = None  # gallery routes: the store's search
 
+    def stages(self) -> dict[str, float]:
+        """Each stage the request went through, in the answer's order: the four of every
+        route, ``search`` on the gallery routes, and ``total``."""
+        done = {"decode": self.decode, "detection": self.detection}
+        done.update(embedding=self.embedding, scoring=self.scoring)
+        if self.search is not None:
+            done["search"] = self.search
+        return {**done, "total": self.total}
+
 
 @dataclass
-class GallerySummary:
-    """What a gallery request found: the gallery's faces, the candidates returned and the
-    nearest one's distance (each None when the request did not get that far). No ids."""
+class GalleryWork:
+    """What a gallery request did with its gallery: the faces it holds, how many candidates
+    came back and the nearest one's distance (each None when the request did not get that
+    far). No ids."""
 
     size: int | None = None
     candidates: int | None = None
@@ -63,4 +74,4 @@ class RequestRecord:
     model: str | None = None
     faces: list[FaceSummary] = field(default_factory=list)
     latency: Latency = field(default_factory=Latency)
-    gallery: GallerySummary | None = None  # gallery routes only
+    gallery: GalleryWork | None = None  # gallery routes only

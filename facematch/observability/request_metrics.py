@@ -12,6 +12,7 @@ nowhere else; routes never touch it.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from flask import Flask, Response, g, request
 
@@ -20,7 +21,7 @@ from facematch.observability import prometheus as prometheus_metrics
 from facematch.observability.outcome import Outcome
 from facematch.observability.prometheus import BuildInfo
 from facematch.observability.publisher import Publisher, create_publisher
-from facematch.observability.record import FaceSummary, GallerySummary, Latency, RequestRecord
+from facematch.observability.record import FaceSummary, RequestRecord
 
 #: The endpoints whose requests are recorded (verifying, embedding, listing faces) ...
 RECORDED_ENDPOINTS = ("api.photo_match", "api.cached_match", "api.embeddings", "api.faces")
@@ -69,11 +70,6 @@ def record_from(outcome: Outcome, endpoint: str, model: str, status: int) -> Req
         )
         for role, photo in outcome.photos.items()
     ]
-    times = outcome.times
-    work = outcome.gallery
-    gallery = None
-    if work is not None:
-        gallery = GallerySummary(work.size, work.candidates, work.best_distance)
     return RequestRecord(
         endpoint=endpoint,
         started=outcome.started_at,
@@ -85,13 +81,6 @@ def record_from(outcome: Outcome, endpoint: str, model: str, status: int) -> Req
         metric=result.metric if result else None,
         model=model,
         faces=faces,
-        latency=Latency(
-            decode=times.decode,
-            detection=times.detection,
-            embedding=times.embedding,
-            scoring=times.scoring,
-            total=outcome.elapsed_ms(),
-            search=work.search_ms if work is not None else None,
-        ),
-        gallery=gallery,
+        latency=replace(outcome.times, total=outcome.elapsed_ms()),
+        gallery=replace(outcome.gallery) if outcome.gallery is not None else None,
     )
