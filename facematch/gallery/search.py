@@ -233,7 +233,8 @@ class FaceMatrix:
         take = min(snap.n, 4 * k if per_subject else k)
         while True:
             first = _top(approx, take)
-            chosen = _select(first, snap.vectors[first] @ query, snap.owners, k, per_subject)
+            scores = approx[first] if q_error is None else snap.vectors[first] @ query
+            chosen = _select(first, scores, snap.owners, k, per_subject)
             if len(chosen) == k or take == snap.n:
                 break
             take = min(snap.n, 4 * take)
