@@ -121,8 +121,9 @@ class Settings:
     prometheus_dir: str = ""  # where each start makes its fresh directory; empty: system temp
 
     # Security
-    api_keys: str = ""
+    api_keys: str = ""  # the simple mode: every key holds every role on every gallery
     api_keys_file: str = ""
+    keys_file: str = ""  # TOML: keys with roles and gallery scopes (facematch/keys.py)
     signing_keys: str = ""
 
     @classmethod

@@ -87,6 +87,12 @@ class Unauthorized(FacematchError):
     code = "unauthorized"
 
 
+class Forbidden(FacematchError):
+    """The request's key lacks the role the route needs, or may not use the gallery."""
+
+    code = "forbidden"
+
+
 class UnsignedReference(FacematchError):
     """Signing is on and the reference came without a signature."""
 

@@ -1,22 +1,36 @@
-"""API keys: ``ApiKeyCheck`` and the rules every configured key or token follows.
+"""API keys: what each key may do (``Grant``), the ring of configured keys (``KeyRing``) and the
+rules every configured key or token follows.
 
-Optional API keys (off when none are configured, for local use; production sets them). Keys come
-from ``FACEMATCH_API_KEYS`` (comma-separated) and/or the file named by
-``FACEMATCH_API_KEYS_FILE`` (one key per line, ``#`` comments and blank lines ignored). A request
-presents one as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Every configured key is
-compared, in constant time, with SHA-256 digests of equal length, so neither the timing nor the
-answer tells which part was wrong. Keys shorter than ``MIN_KEY_LENGTH`` are refused at start-up.
+Keys are off when none are configured (local use; production sets them). Two ways to set them:
+
+- **Scoped keys**, from the TOML file ``FACEMATCH_KEYS_FILE`` (read with the standard library),
+  one table per key: ``id`` (shown in logs and the audit trail, never the key), ``sha256`` (the
+  hex SHA-256 of the key: the file holds no key), ``roles`` (any of ``verify``, ``enrol``,
+  ``admin``) and ``galleries`` (glob patterns, default ``["*"]``).
+- **The simple mode**: keys in ``FACEMATCH_API_KEYS`` (comma-separated) and the file
+  ``FACEMATCH_API_KEYS_FILE`` (one key per line, ``#`` comments) hold every role on every
+  gallery; their id is ``key-`` and 8 hex digits of a hash of the key.
+
+A request presents a key as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Its SHA-256
+is compared, in constant time, with every configured digest, so neither the timing nor the
+answer tells which part was wrong. ``KeyRing.reload`` re-reads the files (Gunicorn's HUP: key
+rotation without dropping requests); a malformed file is a ``ConfigError`` that names the key's
+position, never a hash or a key.
 
 In the base beside ``config`` and ``errors`` because two floors check keys: the API on every
-request (``api.security``) and ``GET /metrics`` (``observability.prometheus``: its token, else
-an API key). Pure: strings in, ``Unauthorized`` or ``ConfigError`` out; a key is never logged.
+request (``api.security``) and ``GET /metrics`` (``observability.prometheus``). Pure: strings
+in, ``Grant``, ``Unauthorized`` or ``ConfigError`` out; a key is never logged.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import tomllib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 from facematch.config import ConfigError, Settings
@@ -24,7 +38,40 @@ from facematch.errors import Unauthorized
 
 #: Keys shorter than this are refused at start-up (a guessable key protects nothing).
 MIN_KEY_LENGTH = 16
+#: The roles a key may hold: what each allows is ``api.security.ROLE_OF``.
+ROLES = ("verify", "enrol", "admin")
+_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_FIELDS = {"id", "sha256", "roles", "galleries"}
 _UNAUTHORIZED_MESSAGE = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What one key may do: its public ``id``, its ``roles`` and the ``galleries`` (glob
+    patterns) it may touch."""
+
+    id: str
+    roles: frozenset[str]
+    galleries: tuple[str, ...] = ("*",)
+
+    def holds(self, role: str) -> bool:
+        return role in self.roles
+
+    def covers(self, gallery: str) -> bool:
+        """Whether ``gallery`` matches one of the key's patterns (case-sensitive, like ids)."""
+        return any(fnmatchcase(gallery, pattern) for pattern in self.galleries)
+
+    def as_json(self) -> dict:
+        return {
+            "id": self.id,
+            "roles": [role for role in ROLES if role in self.roles],
+            "galleries": list(self.galleries),
+        }
+
+
+#: Everyone, when no key is configured.
+ANONYMOUS = Grant("anonymous", frozenset(ROLES))
 
 
 def split_keys(text: str) -> list[str]:
@@ -39,47 +86,143 @@ def check_lengths(keys: Iterable[str], variable: str) -> None:
             )
 
 
-def _digest(value: str) -> bytes:
-    return hashlib.sha256(value.encode("utf-8", "surrogateescape")).digest()
+def digest(key: str) -> bytes:
+    """The SHA-256 of ``key``, as the keys file's ``sha256`` holds it (in hex)."""
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
 
 
-class ApiKeyCheck:
-    """Checks the API key of a request against the configured keys (no keys: everything passes)."""
+def simple_key_id(key: str) -> str:
+    """The id of a simple-mode key: ``key-`` and 8 hex digits of a domain-separated hash."""
+    return "key-" + hashlib.sha256(b"facematch-api-key-id\0" + key.encode()).hexdigest()[:8]
 
-    def __init__(self, keys: Iterable[str] = ()):
-        keys = list(keys)
-        check_lengths(keys, "FACEMATCH_API_KEYS")
-        self._digests = [_digest(key) for key in dict.fromkeys(keys)]
+
+def _read(path_text: str, variable: str) -> str:
+    try:
+        return Path(path_text).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{variable} cannot be read: {type(error).__name__}") from None
+
+
+def simple_keys(settings: Settings) -> list[str]:
+    """The simple mode's keys: ``api_keys``, then the lines of ``api_keys_file``."""
+    keys = split_keys(settings.api_keys)
+    if settings.api_keys_file:
+        text = _read(settings.api_keys_file, "FACEMATCH_API_KEYS_FILE")
+        lines = [line.strip() for line in text.splitlines()]
+        from_file = [line for line in lines if line and not line.startswith("#")]
+        if not from_file:
+            raise ConfigError("FACEMATCH_API_KEYS_FILE holds no key")
+        keys += from_file
+    return keys
+
+
+def parse_keys_file(text: str) -> list[tuple[bytes, Grant]]:
+    """The ``(digest, grant)`` of every ``[[keys]]`` table in a keys file's TOML ``text``;
+    ``ConfigError`` naming the table (by position and id) for anything malformed."""
+    variable = "FACEMATCH_KEYS_FILE"
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{variable} is not valid TOML: {error}") from None
+    tables = document.get("keys")
+    if set(document) != {"keys"} or not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{variable} must hold one or more [[keys]] tables and nothing else")
+    entries: list[tuple[bytes, Grant]] = []
+    for index, table in enumerate(tables, 1):
+        entries.append(_entry(table, f"{variable}: key #{index}"))
+    _check_unique(entries, variable)
+    return entries
+
+
+def _entry(table, where: str) -> tuple[bytes, Grant]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} is not a table")
+    unknown = sorted(set(table) - _FIELDS)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)[:100]}")
+    key_id = table.get("id")
+    if not isinstance(key_id, str) or not _ID.fullmatch(key_id):
+        raise ConfigError(f"{where}: 'id' must be 1-64 characters of A-Z a-z 0-9 . _ -")
+    where = f"{where} ('{key_id}')"
+    sha = table.get("sha256")
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise ConfigError(f"{where}: 'sha256' must be the 64 hex digits of the key's SHA-256")
+    roles = table.get("roles")
+    if (
+        not isinstance(roles, list)
+        or not roles
+        or not all(isinstance(role, str) and role in ROLES for role in roles)
+    ):
+        raise ConfigError(f"{where}: 'roles' must be a non-empty list of {', '.join(ROLES)}")
+    galleries = table.get("galleries", ["*"])
+    if (
+        not isinstance(galleries, list)
+        or not galleries
+        or not all(isinstance(p, str) and 0 < len(p) <= 128 for p in galleries)
+    ):
+        raise ConfigError(f"{where}: 'galleries' must be a non-empty list of glob patterns")
+    grant = Grant(key_id, frozenset(roles), tuple(dict.fromkeys(galleries)))
+    return bytes.fromhex(sha), grant
+
+
+def _check_unique(entries: list[tuple[bytes, Grant]], variable: str) -> None:
+    seen_ids: set[str] = set()
+    seen_digests: dict[bytes, str] = {}
+    for key_digest, grant in entries:
+        if grant.id in seen_ids:
+            raise ConfigError(f"{variable}: two keys share the id '{grant.id}'")
+        if key_digest in seen_digests:
+            raise ConfigError(
+                f"{variable}: keys '{seen_digests[key_digest]}' and '{grant.id}' are one key"
+            )
+        seen_ids.add(grant.id)
+        seen_digests[key_digest] = grant.id
+
+
+def entries_from_settings(settings: Settings) -> list[tuple[bytes, Grant]]:
+    """Every configured key as ``(digest, grant)``: the simple mode's, then the keys file's."""
+    keys = list(dict.fromkeys(simple_keys(settings)))
+    check_lengths(keys, "FACEMATCH_API_KEYS")
+    entries = [(digest(key), Grant(simple_key_id(key), frozenset(ROLES))) for key in keys]
+    if settings.keys_file:
+        entries += parse_keys_file(_read(settings.keys_file, "FACEMATCH_KEYS_FILE"))
+    _check_unique(entries, "FACEMATCH_API_KEYS and FACEMATCH_KEYS_FILE")
+    return entries
+
+
+class KeyRing:
+    """The configured keys and what each may do; no keys: every request is ``ANONYMOUS``."""
+
+    def __init__(self, entries: Iterable[tuple[bytes, Grant]] = (), settings: Settings = None):
+        self._entries = tuple(entries)
+        self._settings = settings
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ApiKeyCheck:
-        """Keys from ``api_keys`` and ``api_keys_file``; a named file that is missing, unreadable
+    def of_keys(cls, keys: Iterable[str]) -> KeyRing:
+        """A ring of plain keys with every role (the simple mode; ``/metrics``' token)."""
+        keys = list(dict.fromkeys(keys))
+        check_lengths(keys, "FACEMATCH_API_KEYS")
+        return cls((digest(key), Grant(simple_key_id(key), frozenset(ROLES))) for key in keys)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> KeyRing:
+        """The keys ``settings`` configure; a named file that is missing, unreadable, malformed
         or holds no key is a ``ConfigError`` (fail closed rather than run without keys)."""
-        keys = split_keys(settings.api_keys)
-        if settings.api_keys_file:
-            path = Path(settings.api_keys_file).expanduser()
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as error:
-                raise ConfigError(
-                    f"FACEMATCH_API_KEYS_FILE cannot be read: {type(error).__name__}"
-                ) from None
-            from_file = [
-                line.strip()
-                for line in text.splitlines()
-                if line.strip() and not line.strip().startswith("#")
-            ]
-            if not from_file:
-                raise ConfigError("FACEMATCH_API_KEYS_FILE holds no key")
-            keys += from_file
-        return cls(keys)
+        return cls(entries_from_settings(settings), settings)
+
+    def reload(self) -> int:
+        """Re-read the configured files (all or nothing: a ``ConfigError`` keeps the keys in
+        force); the number of keys now."""
+        if self._settings is not None:
+            self._entries = tuple(entries_from_settings(self._settings))
+        return len(self._entries)
 
     @property
     def enabled(self) -> bool:
-        return bool(self._digests)
+        return bool(self._entries)
 
     def __len__(self) -> int:
-        return len(self._digests)
+        return len(self._entries)
 
     @staticmethod
     def presented_key(headers: Mapping[str, str]) -> str | None:
@@ -91,17 +234,25 @@ class ApiKeyCheck:
         key = headers.get("X-API-Key", "").strip()
         return key or None
 
-    def is_valid(self, key: str | None) -> bool:
-        """Whether ``key`` is one of the configured keys; compares against every key."""
-        if not self._digests:
-            return True
-        presented = _digest(key or "")
-        found = False
-        for digest in self._digests:
-            found |= hmac.compare_digest(presented, digest)
-        return found and key is not None
+    def grant_of(self, key: str | None) -> Grant | None:
+        """The grant of ``key`` (``ANONYMOUS`` with keys off), None for an unknown key; compares
+        against every configured digest whatever matches."""
+        entries = self._entries  # one snapshot: a reload swaps the tuple
+        if not entries:
+            return ANONYMOUS
+        presented = digest(key or "")
+        found = None
+        for key_digest, grant in entries:
+            if hmac.compare_digest(presented, key_digest) and found is None:
+                found = grant
+        return found if key is not None else None
 
-    def check(self, headers: Mapping[str, str]) -> None:
-        """Raise ``Unauthorized`` (401) unless the request carries a configured key."""
-        if self._digests and not self.is_valid(self.presented_key(headers)):
+    def is_valid(self, key: str | None) -> bool:
+        return self.grant_of(key) is not None
+
+    def check(self, headers: Mapping[str, str]) -> Grant:
+        """The grant of the request's key; ``Unauthorized`` (401) without a configured key."""
+        grant = self.grant_of(self.presented_key(headers))
+        if grant is None:
             raise Unauthorized(_UNAUTHORIZED_MESSAGE)
+        return grant

@@ -18,6 +18,7 @@ from deployment_utils.lfw import GET_LFW, lfw_dir
 from facematch.api.app import create_app
 from facematch.config import Settings
 from facematch.engine.engine import FaceEngine
+from tests.support import keys_file_text
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,9 +35,23 @@ def settings(tmp_path_factory) -> Settings:
         mqtt_host="",
         api_keys="",
         api_keys_file="",
+        keys_file="",
         signing_keys="",
         gallery_url=f"sqlite:///{gallery}",
     )
+
+
+@pytest.fixture
+def keys_toml(tmp_path):
+    """Write a keys file: ``keys_toml({key: (id, roles, galleries)})`` returns its path (the
+    same path each call, so a test can rewrite it)."""
+    path = tmp_path / "keys.toml"
+
+    def write(keys: dict[str, tuple[str, list[str], list[str]]]) -> Path:
+        path.write_text(keys_file_text(keys))
+        return path
+
+    return write
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ never from each other.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import struct
@@ -113,3 +114,12 @@ def load_yaml(path: Path):
     )
     assert result.returncode == 0, f"{path}: {result.stderr}"
     return json.loads(result.stdout)
+
+
+def keys_file_text(keys: dict[str, tuple[str, list[str], list[str]]]) -> str:
+    """A FACEMATCH_KEYS_FILE holding ``{key: (id, roles, galleries)}`` (the keys as SHA-256)."""
+    return "\n".join(
+        f'[[keys]]\nid = "{key_id}"\nsha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+        f"roles = {json.dumps(roles)}\ngalleries = {json.dumps(galleries)}\n"
+        for key, (key_id, roles, galleries) in keys.items()
+    )

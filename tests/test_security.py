@@ -12,9 +12,10 @@ import pytest
 import requests
 
 from facematch.api.app import create_app
-from facematch.api.security import ApiKeyCheck, ReferenceSigner, key_id, reference_claims
+from facematch.api.security import ReferenceSigner, key_id, reference_claims
 from facematch.config import ConfigError
 from facematch.errors import BadSignature, Unauthorized, UnsignedReference, WrongModel
+from facematch.keys import KeyRing
 from tests.support import (
     KEY_A,
     KEY_B,
@@ -43,11 +44,11 @@ def unit_vector(seed: int = 0) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-# --- ApiKeyCheck ---
+# --- KeyRing ---
 
 
 def test_no_configured_key_lets_every_request_through():
-    check = ApiKeyCheck([])
+    check = KeyRing.of_keys([])
     assert not check.enabled
     check.check({})
 
@@ -55,7 +56,7 @@ def test_no_configured_key_lets_every_request_through():
 def test_keys_come_from_the_comma_separated_variable_and_the_file(settings, tmp_path):
     keys_file = tmp_path / "keys"
     keys_file.write_text(f"# production keys\n\n  {KEY_B}  \n")
-    check = ApiKeyCheck.from_settings(
+    check = KeyRing.from_settings(
         settings.replace(api_keys=f" {KEY_A} , ", api_keys_file=str(keys_file))
     )
     assert len(check) == 2
@@ -70,13 +71,13 @@ def test_unreadable_or_empty_key_file_stops_the_start(settings, tmp_path, conten
     if content is not None:
         path.write_text(content)
     with pytest.raises(ConfigError) as raised:
-        ApiKeyCheck.from_settings(settings.replace(api_keys_file=str(path)))
+        KeyRing.from_settings(settings.replace(api_keys_file=str(path)))
     assert "FACEMATCH_API_KEYS_FILE" in str(raised.value)
 
 
 def test_short_keys_are_refused_without_echoing_them(settings):
     with pytest.raises(ConfigError) as raised:
-        ApiKeyCheck.from_settings(settings.replace(api_keys=f"{KEY_A},hunter2"))
+        KeyRing.from_settings(settings.replace(api_keys=f"{KEY_A},hunter2"))
     assert "#2" in str(raised.value) and "hunter2" not in str(raised.value)
 
 
@@ -94,7 +95,7 @@ def test_short_keys_are_refused_without_echoing_them(settings):
     ],
 )
 def test_key_is_accepted_as_bearer_token_or_x_api_key(headers, valid):
-    check = ApiKeyCheck([KEY_A])
+    check = KeyRing.of_keys([KEY_A])
     if valid:
         check.check(headers)
     else:

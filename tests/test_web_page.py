@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from tests.support import DIFFERENT, KEY_A, SAME, image_bytes
+from tests.support import DIFFERENT, KEY_A, SAME, image_bytes, keys_file_text
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO / "web"
@@ -35,6 +35,7 @@ GERHARD = (
 )
 WAIT_MS = 60_000  # a detection on a busy 2-core machine can take seconds
 FAKE_CAMERA = ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+KIOSK, CLERK = "web-kiosk-0123456789ab", "web-clerk-0123456789ab"
 
 
 def expect(locator):
@@ -79,8 +80,18 @@ def server(module_gunicorn, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def keyed_server(module_gunicorn, tmp_path_factory):
-    gallery = tmp_path_factory.mktemp("web-gallery-keyed") / "g.db"
-    return module_gunicorn(FACEMATCH_GALLERY_URL=f"sqlite:///{gallery}", FACEMATCH_API_KEYS=KEY_A)
+    folder = tmp_path_factory.mktemp("web-gallery-keyed")
+    keys = folder / "keys.toml"
+    keys.write_text(
+        keys_file_text(
+            {KIOSK: ("kiosk", ["verify"], ["site-a"]), CLERK: ("clerk", ["enrol"], ["*"])}
+        )
+    )
+    return module_gunicorn(
+        FACEMATCH_GALLERY_URL=f"sqlite:///{folder / 'g.db'}",
+        FACEMATCH_API_KEYS=KEY_A,
+        FACEMATCH_KEYS_FILE=str(keys),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +267,7 @@ def test_a_wrong_api_key_shows_the_401_message_and_the_right_one_works(
     keyed_server, open_page, photo_files
 ):
     page = open_page(keyed_server.url)
-    page.wait_for_selector("#key-form:not([hidden])")  # /health answered 401: the page asks
+    page.wait_for_selector("#key-form:not([hidden])")  # GET /key answered 401: the page asks
     page.fill("#api-key", "not-the-key-0123456789")
     page.click("#key-form button")
     choose_photos(page, photo_files[SAME[0]], photo_files[SAME[1]])
@@ -272,6 +283,40 @@ def test_a_wrong_api_key_shows_the_401_message_and_the_right_one_works(
     page.click("#verify-button")
     page.wait_for_selector("#verify-result:not([hidden])")
     assert page.text_content("#decision") == "match"
+
+
+def use_key(page, key: str) -> None:
+    page.wait_for_selector("#key-form:not([hidden])")
+    page.fill("#api-key", key)
+    page.click("#key-form button")
+    page.wait_for_selector("#key-grant:not([hidden])")
+
+
+def test_a_verify_only_key_sees_verify_and_identify_but_not_enrol_list_or_delete(
+    keyed_server, open_page
+):
+    page = open_page(keyed_server.url)
+    use_key(page, KIOSK)
+    assert page.text_content("#key-grant") == "Key kiosk: verify on galleries site-a."
+    page.click("#tab-gallery")
+    assert page.is_visible("#identify-form") and page.is_visible("#gallery-id")
+    assert page.is_hidden("#enrol-form") and page.is_hidden("#gallery-form button")
+    assert page.is_hidden("#subjects") and page.is_visible("#tab-verify")
+
+
+def test_an_enrol_only_key_sees_enrol_and_the_list_without_delete_buttons(
+    keyed_server, open_page, photo_files
+):
+    page = open_page(keyed_server.url)
+    use_key(page, CLERK)
+    assert page.is_hidden("#tab-verify") and page.is_visible("#panel-gallery")
+    assert page.is_hidden("#identify-form") and page.is_visible("#enrol-form")
+    page.fill("#gallery-id", "clerks")
+    page.fill("#enrol-subject", "laura")
+    page.set_input_files("#enrol-file", str(photo_files[LAURA[0]]))
+    page.click("#enrol-form button")
+    expect(page.locator("#subjects tbody tr")).to_have_count(1)
+    assert page.locator("#subjects tbody button").count() == 0
 
 
 # --- camera, keyboard, phone ----------------------------------------------------------------

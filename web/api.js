@@ -3,6 +3,9 @@
 
 const KEY_ITEM = "facematch-api-key";
 
+// What the key in use may do (GET key): the page shows only that. Every role until known.
+export const access = { id: null, roles: new Set(["verify", "enrol", "admin"]), galleries: ["*"] };
+
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);

@@ -1,6 +1,6 @@
 // facematch's page: the tabs, the API key field, and the two tabs' set-up (verify.js, gallery.js).
 
-import { apiKey, call, setApiKey } from "./api.js";
+import { access, apiKey, call, setApiKey } from "./api.js";
 import { setUpGallery } from "./gallery.js";
 import { setUpVerify } from "./verify.js";
 
@@ -26,7 +26,8 @@ function setUpTabs() {
   });
 }
 
-// The key field shows when the server asks for a key (a 401 from /health or any later call).
+// The key field shows when the server asks for a key (a 401 from GET key or any later call);
+// with a key, the page shows only what it may do (its roles) and says which galleries.
 function setUpKey() {
   const form = document.getElementById("key-form");
   const input = document.getElementById("api-key");
@@ -35,13 +36,33 @@ function setUpKey() {
   form.addEventListener("submit", (event) => {
     event.preventDefault();
     setApiKey(input.value.trim());
+    loadGrant(form);
   });
   document.addEventListener("facematch:unauthorized", () => {
     form.hidden = false;
   });
-  call("GET", "health").catch((error) => {
+  loadGrant(form);
+}
+
+async function loadGrant(form) {
+  const note = document.getElementById("key-grant");
+  let grant;
+  try {
+    grant = await call("GET", "key");
+  } catch (error) {
     if (error.status === 401) form.hidden = false;
-  });
+    return;
+  }
+  access.id = grant.id;
+  access.roles = new Set(grant.roles);
+  access.galleries = grant.galleries;
+  for (const element of document.querySelectorAll("[data-role]")) {
+    element.hidden = !element.dataset.role.split(" ").some((role) => access.roles.has(role));
+  }
+  const selected = document.querySelector("[role=tab][aria-selected=true]");
+  if (selected && selected.hidden) document.querySelector("[role=tab]:not([hidden])")?.click();
+  note.hidden = grant.keys !== "on";
+  note.textContent = `Key ${grant.id}: ${grant.roles.join(", ")} on galleries ${grant.galleries.join(", ")}.`;
 }
 
 setUpTabs();

@@ -1,7 +1,7 @@
 // The Enrol and identify tab: a gallery (picked or typed), enrol a subject's photo, identify a
 // photo among the subjects, list and delete subjects.
 
-import { call, clearError, formOf, showError } from "./api.js";
+import { access, call, clearError, formOf, showError } from "./api.js";
 
 const USED_ITEM = "facematch-galleries";
 
@@ -22,6 +22,7 @@ export function setUpGallery() {
 
   document.getElementById("gallery-form").addEventListener("submit", (event) => {
     event.preventDefault();
+    if (!access.roles.has("enrol")) return; // listing subjects is the enrol role's
     attempt(() => listSubjects(gallery()));
   });
 
@@ -67,13 +68,14 @@ export function setUpGallery() {
     const rows = page.subjects.map((subject) => {
       const tr = row([subject.subject, String(subject.faces)]);
       const cell = document.createElement("td");
+      tr.append(cell);
+      if (!access.roles.has("admin")) return tr; // deleting is the admin role's
       const button = document.createElement("button");
       button.type = "button";
       button.textContent = "Delete";
       button.setAttribute("aria-label", `Delete subject ${subject.subject}`);
       button.addEventListener("click", () => attempt(() => deleteSubject(id, subject.subject)));
       cell.append(button);
-      tr.append(cell);
       return tr;
     });
     document.querySelector("#subjects tbody").replaceChildren(...rows);

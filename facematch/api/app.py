@@ -36,6 +36,7 @@ from facematch.decision.quality import QualityGate
 from facematch.engine.engine import FaceEngine
 from facematch.errors import FacematchError, InvalidParameter, PayloadTooLarge, TooManyParts
 from facematch.gallery import search as gallery_search
+from facematch.keys import KeyRing
 from facematch.observability import prometheus, request_metrics
 from facematch.observability.outcome import Outcome
 
@@ -74,9 +75,10 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     table = _calibration(settings, engine)
     policy = DecisionPolicy.from_settings(settings, table)
     build = prometheus.BuildInfo.of(engine.options)
-    publisher = request_metrics.init_app(app, settings, build)
+    keys = KeyRing.from_settings(settings)
+    publisher = request_metrics.init_app(app, settings, build, keys)
     app.register_blueprint(bp)  # its hooks run before the API-key check: 401s are recorded
-    signer = security.init_app(app, settings, OPEN_ENDPOINTS)
+    signer = security.init_app(app, settings, keys, OPEN_ENDPOINTS)
     app.extensions["facematch"] = Services(
         settings, engine, policy, signer, publisher, calibration=table, gate=gate
     )

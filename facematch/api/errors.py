@@ -23,6 +23,7 @@ STATUS: dict[type[FacematchError], int] = {
     errors.GalleryFull: 409,
     errors.GalleryUnavailable: 503,
     errors.Unauthorized: 401,
+    errors.Forbidden: 403,
     errors.UnsignedReference: 400,
     errors.BadSignature: 403,
     errors.WrongModel: 422,

@@ -44,6 +44,12 @@ normal exit runs wait for that thread, which a forked worker does not have, so t
 hung or aborted ("terminate called ... std::system_error", SIGABRT) on every shutdown.
 ``multiprocessing`` ends its forked children the same way, for the same reason.
 
+``on_reload`` (Gunicorn's HUP) re-reads the key files into the preloaded app's ``KeyRing`` in the
+master before the new workers are forked from it, so the new workers hold the new keys while the
+old ones finish their requests (rotation without a dropped request). A malformed file keeps the
+keys in force and logs why. Without ``preload_app`` each new worker loads the app, and its keys,
+itself.
+
 ``prometheus_dir`` makes the directory in which the workers write their Prometheus metrics
 (``PROMETHEUS_MULTIPROC_DIR``, see ``observability.prometheus``): a fresh one per server start,
 under ``FACEMATCH_PROMETHEUS_DIR`` or the system's temporary directory, so no counts of an
@@ -65,6 +71,8 @@ import shutil
 import signal
 import sys
 import tempfile
+
+from facematch.config import ConfigError
 
 _prometheus_dir: str | None = None  # this master's; gunicorn.conf.py is re-read on HUP
 _prometheus_dir_owner: int | None = None
@@ -90,6 +98,21 @@ def post_worker_init(worker) -> None:
     services = getattr(worker.wsgi, "extensions", {}).get("facematch")
     if services is not None:
         services.publisher.start()
+
+
+def on_reload(server) -> None:
+    """Re-read the key files into the preloaded app (see the module's docstring)."""
+    if not server.cfg.preload_app:
+        return
+    security = getattr(server.app.wsgi(), "extensions", {}).get("facematch_security")
+    if security is None:
+        return
+    try:
+        count = security["api_keys"].reload()
+    except ConfigError as error:
+        server.log.error("keys not reloaded, the previous keys stay in force: %s", error)
+        return
+    server.log.info("keys reloaded: %d key(s)", count)
 
 
 def pre_fork(server, worker) -> None:

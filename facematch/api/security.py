@@ -1,12 +1,13 @@
-"""API keys and signed reference embeddings: the two checks at facematch's trust boundary.
+"""Who may do what, and signed reference embeddings: the checks at facematch's trust boundary.
 
-``ApiKeyCheck`` (``facematch.keys``, in the base: ``GET /metrics`` checks keys too)
-    Optional API keys (off when none are configured, for local use; production sets them). Keys
-    come from ``FACEMATCH_API_KEYS`` (comma-separated) and/or the file named by
-    ``FACEMATCH_API_KEYS_FILE`` (one key per line, ``#`` comments and blank lines ignored). A
-    request presents one as ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Every
-    configured key is compared, in constant time, with SHA-256 digests of equal length, so
-    neither the timing nor the answer tells which part was wrong.
+Keys and roles (``facematch.keys``: ``KeyRing``, ``Grant``; in the base, ``GET /metrics`` checks
+keys too)
+    Before every request to an endpoint that is not open, the request's key is looked up (401
+    ``unauthorized`` without a configured key), then the role its endpoint needs (``ROLE_OF``)
+    and, on a gallery route, the gallery against the key's patterns: 403 ``forbidden`` naming
+    what the key lacks, the same answer whether or not the gallery exists (decided before the
+    store is touched). The key's id is ``g.key_id`` for the logs and the audit trail. ``GET /key``
+    tells a client what its key may do (the page shows only that).
 
 ``ReferenceSigner``
     With ``FACEMATCH_SIGNING_KEYS`` set (comma-separated; the first signs, all verify, so a key
@@ -22,9 +23,9 @@
     the JSON, ``.npy`` and ``.pt`` forms of one reference carry the same signature (JSON floats
     written from float32 round-trip exactly).
 
-Both classes are pure: they take strings and bytes, raise ``errors.FacematchError`` subclasses, and
-never log a key, a signature or an embedding. ``init_app(app, settings)`` attaches them to a
-Flask app the way Flask extensions do: the API-key check runs before every request.
+The checks are pure: they take strings and bytes, raise ``errors.FacematchError`` subclasses, and
+never log a key, a signature or an embedding. ``init_app(app, settings, keys)`` attaches them to
+a Flask app the way Flask extensions do.
 """
 
 from __future__ import annotations
@@ -39,11 +40,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
-from flask import Flask, request
+from flask import Blueprint, Flask, current_app, g, request
 
 from facematch.config import ConfigError, Settings
-from facematch.errors import BadSignature, UnsignedReference, WrongModel
-from facematch.keys import ApiKeyCheck, check_lengths, split_keys
+from facematch.errors import BadSignature, Forbidden, UnsignedReference, WrongModel
+from facematch.keys import Grant, KeyRing, check_lengths, split_keys
 
 SIGNATURE_VERSION = "v1"
 _SIGNED_PREFIX = b"facematch-reference-v1\0"
@@ -173,29 +174,85 @@ def reference_claims(data: bytes) -> tuple[str | None, str | None]:
     )
 
 
+#: The role each endpoint needs (``verify``: decisions and embeddings; ``enrol``: writing and
+#: reading subjects; ``admin``: deleting, the audit trail, export and import).
+ROLE_OF: dict[str, str] = {
+    "api.photo_match": "verify",
+    "api.cached_match": "verify",
+    "api.embeddings": "verify",
+    "api.faces": "verify",
+    "gallery.verify": "verify",
+    "gallery.identify": "verify",
+    "gallery.add_face": "enrol",
+    "gallery.put_subject": "enrol",
+    "gallery.get_subject": "enrol",
+    "gallery.list_subjects": "enrol",
+    "gallery.delete_face": "admin",
+    "gallery.delete_subject": "admin",
+    "gallery.delete_gallery": "admin",
+}
+#: Endpoints any configured key may call, whatever its roles (they hold no gallery data).
+ANY_ROLE = frozenset({"api.health", "api.openapi", "security.key"})
+#: An endpoint named nowhere needs this role: a new route is closed until it is classified.
+UNCLASSIFIED_ROLE = "admin"
+
+bp = Blueprint("security", __name__)
+
+
+def required_role(endpoint: str | None) -> str | None:
+    """The role ``endpoint`` needs; None for any key (and for no endpoint: a 404 or 405)."""
+    if endpoint is None or endpoint in ANY_ROLE:
+        return None
+    return ROLE_OF.get(endpoint, UNCLASSIFIED_ROLE)
+
+
+def authorize(grant: Grant, endpoint: str | None, gallery: str | None) -> None:
+    """Raise ``Forbidden`` (403) unless ``grant`` holds the role of ``endpoint`` and, for a
+    gallery route, covers ``gallery``. Neither check looks at the store."""
+    role = required_role(endpoint)
+    if role is not None and not grant.holds(role):
+        raise Forbidden(f"this key ('{grant.id}') lacks the '{role}' role this route needs")
+    if gallery is not None and not grant.covers(gallery):
+        # the gallery is not named: the answer is the same whether or not it exists
+        raise Forbidden(f"this key ('{grant.id}') may not use this gallery")
+
+
+@bp.get("/key")
+def key():
+    """What the request's key may do: its id, roles and gallery patterns."""
+    keys: KeyRing = current_app.extensions["facematch_security"]["api_keys"]
+    return {"keys": "on" if keys.enabled else "off", **g.grant.as_json()}
+
+
 def init_app(
-    app: Flask, settings: Settings, open_endpoints: Iterable[str] = ()
+    app: Flask, settings: Settings, keys: KeyRing, open_endpoints: Iterable[str] = ()
 ) -> ReferenceSigner | None:
-    """Attach the configured API keys and reference signer to ``app``.
+    """Attach ``keys`` and the configured reference signer to ``app``.
 
     Every request to an endpoint not in ``open_endpoints`` then needs a configured key (401
-    ``unauthorized`` otherwise; no keys configured: everything passes, with a warning at start).
-    Both objects are kept in ``app.extensions["facematch_security"]``; returns the signer, or
-    None when signing is off. Raises ``ConfigError`` for unusable keys.
+    ``unauthorized`` otherwise; no keys configured: everything passes, with a warning at start)
+    holding the endpoint's role and covering its gallery (403 ``forbidden``). Both objects are
+    kept in ``app.extensions["facematch_security"]``; returns the signer, or None when signing
+    is off. Raises ``ConfigError`` for unusable signing keys.
     """
-    keys = ApiKeyCheck.from_settings(settings)
     signer = ReferenceSigner.from_settings(settings)
     if not keys.enabled:
         log.warning(
-            "API keys are off (FACEMATCH_API_KEYS unset): anyone who can reach this "
-            "port can use the API; set keys in production"
+            "API keys are off (FACEMATCH_API_KEYS and FACEMATCH_KEYS_FILE unset): anyone who "
+            "can reach this port can use the API; set keys in production"
         )
     app.extensions["facematch_security"] = {"api_keys": keys, "signer": signer}
+    app.register_blueprint(bp)
     open_endpoints = frozenset(open_endpoints)
 
     @app.before_request
     def require_api_key() -> None:
-        if request.endpoint not in open_endpoints:
-            keys.check(request.headers)
+        g.grant, g.key_id = None, None
+        if request.endpoint in open_endpoints:
+            return
+        grant = keys.check(request.headers)
+        g.grant, g.key_id = grant, grant.id
+        gallery = (request.view_args or {}).get("gallery")
+        authorize(grant, request.endpoint, gallery)
 
     return signer

@@ -38,7 +38,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from facematch.config import ConfigError, Settings
 from facematch.engine.options import EngineOptions
 from facematch.errors import Unauthorized
-from facematch.keys import MIN_KEY_LENGTH, ApiKeyCheck
+from facematch.keys import MIN_KEY_LENGTH, KeyRing
 from facematch.observability.record import RequestRecord
 
 bp = Blueprint("prometheus", __name__)
@@ -211,12 +211,12 @@ class PrometheusMetrics:
 class MetricsAccess:
     """Who may read ``/metrics``: the token's holder, else an API key's, else anyone."""
 
-    def __init__(self, token: str, api_keys: ApiKeyCheck):
+    def __init__(self, token: str, api_keys: KeyRing):
         if token and len(token) < MIN_KEY_LENGTH:
             raise ConfigError(
                 f"FACEMATCH_METRICS_TOKEN is shorter than {MIN_KEY_LENGTH} characters"
             )
-        self._check = ApiKeyCheck([token]) if token else api_keys
+        self._check = KeyRing.of_keys([token]) if token else api_keys
         self.by_token = bool(token)
 
     @property
@@ -225,17 +225,17 @@ class MetricsAccess:
 
     def check(self, headers) -> None:
         """Raise ``Unauthorized`` (401) unless ``headers`` carry the token (or an API key)."""
-        if self.open or self._check.is_valid(ApiKeyCheck.presented_key(headers)):
+        if self.open or self._check.is_valid(KeyRing.presented_key(headers)):
             return
         raise Unauthorized(_TOKEN_MESSAGE if self.by_token else _KEY_MESSAGE)
 
 
-def init_app(app: Flask, settings: Settings, build: BuildInfo) -> PrometheusMetrics:
+def init_app(app: Flask, settings: Settings, build: BuildInfo, keys: KeyRing) -> PrometheusMetrics:
     """Register ``GET /metrics`` on ``app`` and return the ``PrometheusMetrics`` to fill (also
     ``app.extensions["facematch_prometheus"]``). ``ConfigError`` for a short token or unusable
     API keys."""
     metrics = PrometheusMetrics(build)
-    access = MetricsAccess(settings.metrics_token, ApiKeyCheck.from_settings(settings))
+    access = MetricsAccess(settings.metrics_token, keys)
     app.extensions["facematch_prometheus"] = (metrics, access)
     app.register_blueprint(bp)
     return metrics

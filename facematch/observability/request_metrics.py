@@ -17,6 +17,7 @@ from dataclasses import replace
 from flask import Flask, Response, g, request
 
 from facematch.config import Settings
+from facematch.keys import KeyRing
 from facematch.observability import prometheus as prometheus_metrics
 from facematch.observability.outcome import Outcome
 from facematch.observability.prometheus import BuildInfo
@@ -30,13 +31,13 @@ RECORDED_BLUEPRINTS = ("gallery",)
 log = logging.getLogger(__name__)
 
 
-def init_app(app: Flask, settings: Settings, build: BuildInfo) -> Publisher:
+def init_app(app: Flask, settings: Settings, build: BuildInfo, keys: KeyRing) -> Publisher:
     """Create the publisher ``settings`` ask for and the Prometheus metrics of ``build``, feed
     both one record per recorded request of ``app``, and return the publisher (also
     ``app.extensions["facematch_metrics"]``)."""
     publisher = create_publisher(settings)
     app.extensions["facematch_metrics"] = publisher
-    prometheus = prometheus_metrics.init_app(app, settings, build)
+    prometheus = prometheus_metrics.init_app(app, settings, build, keys)
 
     @app.after_request
     def publish_record(response: Response) -> Response:
