@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -583,18 +584,25 @@ NGINX_CONFIG = REPO / "deploy" / "nginx"
 
 class Nginx(_Process):
     """nginx running ``deploy/nginx/facematch.conf`` unchanged but for its ``listen`` (a free
-    loopback port), in front of ``upstream_port``: the shipped upstream.conf with its address
-    moved there. Everything nginx writes (pid, logs, temporary files) stays in ``workdir``."""
+    loopback port) and any ``set $name value;`` that ``variables`` gives another value (a short
+    request deadline, say), in front of ``upstream_port``: the shipped upstream.conf with its
+    address moved there. Everything nginx writes (pid, logs, temporary files) stays in
+    ``workdir``."""
 
     name = "nginx"
 
-    def __init__(self, workdir: Path, upstream_port: int):
+    def __init__(self, workdir: Path, upstream_port: int, variables: dict[str, str] | None = None):
         super().__init__(workdir)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         site = (NGINX_CONFIG / "facematch.conf").read_text()
         upstream = (NGINX_CONFIG / "upstream.conf").read_text()
         assert site.count("\n    listen 80;\n") == 1 and "server 127.0.0.1:8000;" in upstream
+        for name, value in (variables or {}).items():
+            site, count = re.subn(
+                rf"^(\s*set \${name}) [^;]+;", rf"\g<1> {value};", site, flags=re.M
+            )
+            assert count == 1, f"the shipped config sets ${name} {count} times, not once"
         (workdir / "facematch.conf").write_text(
             site.replace("\n    listen 80;\n", f"\n    listen 127.0.0.1:{self.port};\n")
         )
@@ -608,6 +616,9 @@ class Nginx(_Process):
         self.config_path = workdir / "nginx.conf"
         self.config_path.write_text(
             f"daemon off;\nworker_processes 1;\npid {workdir}/nginx.pid;\n"
+            # The Lua module the config needs (Debian's libnginx-mod-http-lua, and the NDK it uses).
+            "load_module /usr/lib/nginx/modules/ndk_http_module.so;\n"
+            "load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;\n"
             f"error_log {self.log_path} info;\n"
             "events {\n    worker_connections 1024;\n}\n"
             f"http {{\n    access_log {workdir}/access.log;\n{temp}\n"
@@ -643,7 +654,7 @@ def _servers_in_workdirs(prefix: str, server_class):
 def nginx():
     """Start nginx with the shipped config in front of a Gunicorn: ``nginx(upstream_port=...)``
     returns a started ``Nginx`` (``.url``, ``.port``, ``.log()``); all are stopped after the
-    test. ``scripts/test-deps/nginx.sh`` installs nginx."""
+    test. ``scripts/test-deps/nginx.sh`` installs nginx and its Lua module."""
     yield from _servers_in_workdirs("nginx", Nginx)
 
 

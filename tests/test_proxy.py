@@ -100,6 +100,29 @@ def test_proxy_waits_longer_than_gunicorn_lets_a_request_run():
     assert int(directive("proxy_read_timeout").rstrip("s")) > Settings().timeout
 
 
+def variable(name: str) -> str:
+    """The value the shipped config ``set``s ``$name`` to (exactly once)."""
+    values = re.findall(rf"^\s*set\s+\${name}\s+([^;]+);", SHIPPED, re.M)
+    assert len(values) == 1, (name, values)
+    return values[0]
+
+
+def test_the_request_deadline_lets_a_10_mb_upload_arrive_at_1_mbit_s_and_is_bounded():
+    """A kiosk on a poor 3G uplink (1 Mbit/s) sends the largest upload in 84 s; the deadline
+    for it (grace + length at the minimum rate) leaves it time, and is still a bound."""
+    largest = Settings().max_upload_bytes
+    deadline = int(variable("facematch_request_grace_s")) + largest / int(
+        variable("facematch_body_min_rate")
+    )
+    assert largest * 8 / 1_000_000 < deadline <= 180
+
+
+def test_a_chunked_body_gets_the_deadline_of_the_largest_body_allowed():
+    """A chunked body announces no length: the Lua block takes client_max_body_size's."""
+    assigned = re.findall(r"length = (\d+) \* 1024 \* 1024", SHIPPED)
+    assert [f"{m}m" for m in assigned] == [directive("client_max_body_size")]
+
+
 def test_gunicorn_accepts_every_request_line_and_header_nginx_forwards(monkeypatch):
     for name in [n for n in os.environ if n.startswith("FACEMATCH_")]:
         monkeypatch.delenv(name)
