@@ -32,7 +32,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 from collections.abc import Iterable
@@ -41,8 +40,10 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Flask, request
 
+from facematch import bounded_json
+from facematch.api.codec import MAX_REFERENCE_BYTES
 from facematch.config import ConfigError, Settings
-from facematch.errors import BadSignature, UnsignedReference, WrongModel
+from facematch.errors import BadSignature, InvalidParameter, UnsignedReference, WrongModel
 from facematch.keys import ApiKeyCheck, check_lengths, split_keys
 
 SIGNATURE_VERSION = "v1"
@@ -157,12 +158,11 @@ def _printable(text: str, limit: int = 64) -> str:
 def reference_claims(data: bytes) -> tuple[str | None, str | None]:
     """``(signature, model)`` stated inside a JSON object reference (as ``/embeddings`` returns
     it); ``(None, None)`` for any other form. Values that are not strings are ignored."""
-    stripped = data.lstrip()
-    if not stripped.startswith(b"{"):
+    if not data.lstrip().startswith(b"{"):
         return None, None
     try:
-        body = json.loads(stripped)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = bounded_json.loads(data, what="the reference", max_bytes=MAX_REFERENCE_BYTES)
+    except InvalidParameter:
         return None, None
     if not isinstance(body, dict):
         return None, None
