@@ -163,6 +163,19 @@ def test_only_the_canonical_encoding_of_a_signature_verifies():
             signer.verify(vector, "casia-webface", spelling)
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("", "\n"), ("", "\r\n"), ("", " "), (" ", ""), (" ", " "), ("\t", "")],
+    ids=["newline", "crlf", "trailing-space", "leading-space", "both-spaces", "tab"],
+)
+def test_a_signature_with_spaces_or_a_line_end_around_it_does_not_verify(before, after):
+    signer = ReferenceSigner([SIGN_NEW])
+    vector = unit_vector()
+    token = signer.sign(vector, "casia-webface")
+    with pytest.raises(BadSignature, match="spaces or line breaks around it"):
+        signer.verify(vector, "casia-webface", before + token + after)
+
+
 @pytest.mark.parametrize("token", [None, "", "   "])
 def test_missing_signature_is_an_unsigned_reference(token):
     with pytest.raises(UnsignedReference):
@@ -302,6 +315,28 @@ def test_binary_reference_carries_its_signature_in_a_form_field(signing, face_by
     assert response.json["match"] is True
     unsigned = cached_match(signing, stored.get_data(), face_bytes(SAME[1]))
     assert_error(unsigned, 400, "unsigned_reference")
+
+
+def respellings(token: str) -> list[str]:
+    """What a careless client might send for ``token``: with a line end or spaces around it,
+    or its mac in one of the 3 other base64url spellings."""
+    return [token + "\n", token + "\r\n", f" {token} ", *non_canonical_spellings(token)]
+
+
+def test_only_the_exact_token_verifies_in_a_form_field(signing, face_bytes):
+    """A form field arrives as sent, so the server never trims it: a .sig file holds the bare
+    token (deployment_utils.embed_references) and its text is sent as is."""
+    npy = embedding_of(signing, face_bytes(SAME[0]), "npy")
+    for spelling in respellings(npy.headers["X-Facematch-Signature"]):
+        response = cached_match(signing, npy.get_data(), face_bytes(SAME[1]), signature=spelling)
+        assert_error(response, 403, "bad_signature")
+
+
+def test_only_the_exact_token_verifies_in_the_json(signing, face_bytes):
+    stored = embedding_of(signing, face_bytes(SAME[0]), "json").json
+    for spelling in respellings(stored["signature"]):
+        reference = dumps({**stored, "signature": spelling})
+        assert_error(cached_match(signing, reference, face_bytes(SAME[1])), 403, "bad_signature")
 
 
 def test_unsigned_references_are_refused(signing, face_bytes):
