@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import struct
 import subprocess
 import zlib
@@ -113,3 +114,17 @@ def load_yaml(path: Path):
     )
     assert result.returncode == 0, f"{path}: {result.stderr}"
     return json.loads(result.stdout)
+
+
+#: A value for each path parameter of the app's routes (``filename``: a file the page serves).
+PATH_VALUES = {"gallery": "g", "subject": "s", "face": "f", "filename": "app.css"}
+
+
+def every_route(app) -> list[tuple[str, str, str]]:
+    """(method, path, endpoint) for every method of every rule in the app's url_map, the path
+    parameters filled from ``PATH_VALUES``."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: PATH_VALUES[m[1]], rule.rule)
+        routes += [(method, path, rule.endpoint) for method in sorted(rule.methods)]
+    return routes

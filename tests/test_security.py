@@ -6,15 +6,18 @@ import base64
 import io
 import json
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from facematch.api.app import create_app
+from facematch.api.app import OPEN_ENDPOINTS, create_app
 from facematch.api.security import ApiKeyCheck, ReferenceSigner, key_id, reference_claims
 from facematch.config import ConfigError
 from facematch.errors import BadSignature, Unauthorized, UnsignedReference, WrongModel
+from facematch.observability import prometheus
 from tests.support import (
     KEY_A,
     KEY_B,
@@ -25,8 +28,11 @@ from tests.support import (
     cached_match,
     dumps,
     embedding_of,
+    every_route,
     files,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROTECTED = [
     ("GET", "/health"),
@@ -246,6 +252,30 @@ def test_ping_needs_no_key(keyed):
 def test_every_other_route_is_401_without_a_valid_key(keyed, method, path, headers):
     response = keyed.open(path, method=method, headers=headers)
     assert_error(response, 401, "unauthorized")
+
+
+def documented_open_routes() -> dict[str, str]:
+    """endpoint -> what docs/security.md's table of routes without an API key says of it."""
+    text = (REPO / "docs" / "security.md").read_text()
+    table = text.split("#### Routes without an API key", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `[A-Z]+ [^`]+` \| `([\w.]+)` \| ([^|]+) \|", table, re.M)
+    return {endpoint: said.strip() for endpoint, said in rows}
+
+
+def test_the_documented_open_routes_are_the_ones_answered_without_a_key(keyed):
+    documented = documented_open_routes()
+    assert set(documented) == set(OPEN_ENDPOINTS)
+    open_routes = {endpoint for endpoint, said in documented.items() if said == "open"}
+    assert open_routes == {"api.ping", "web.index", "static"}
+    assert documented[prometheus.ENDPOINT] == "its own check"
+    for method, path, endpoint in every_route(keyed.application):
+        status = keyed.open(path, method=method).status_code
+        if endpoint in open_routes:
+            assert status == (204 if method == "OPTIONS" else 200), (method, path)
+        elif endpoint in documented and method == "OPTIONS":
+            assert status == 204, path  # /metrics: OPTIONS skips the key check, as documented
+        else:  # /metrics too: with keys on and no token of its own, it needs an API key
+            assert status == 401, (method, path)
 
 
 def test_401_is_the_same_whatever_part_was_wrong(keyed):

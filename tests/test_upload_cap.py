@@ -5,19 +5,15 @@ nginx answers it. Never a 500, and no traceback in the log for a client's error.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import requests
 
 from facematch.config import Settings
-from tests.support import KEY_A
+from tests.support import KEY_A, every_route
 
 SMALL_MB = 0.01  # a 10,485-byte cap: every route, every method, in seconds
 SMALL_CAP = Settings(max_upload_mb=SMALL_MB).max_upload_bytes
 DEFAULT_CAP = Settings().max_upload_bytes
-#: A value for each path parameter of the app's routes.
-PATH_VALUES = {"gallery": "g", "subject": "s", "face": "f", "filename": "app.css"}
 BOUNDARY = "cap"
 
 
@@ -50,13 +46,9 @@ def answer(response: requests.Response) -> tuple[int, str | None]:
     return response.status_code, response.json()["error"]["code"]
 
 
-def every_route(app) -> list[tuple[str, str]]:
-    """(method, path) for every method of every rule in the app's url_map."""
-    routes = []
-    for rule in app.url_map.iter_rules():
-        path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: PATH_VALUES[m[1]], rule.rule)
-        routes += [(method, path) for method in sorted(rule.methods)]
-    return [*routes, ("POST", "/nonexistent")]
+def routes(app) -> list[tuple[str, str]]:
+    """(method, path) for every method of every route, and a POST to a route that is none."""
+    return [(method, path) for method, path, _ in every_route(app)] + [("POST", "/nonexistent")]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +60,7 @@ def small_cap_server(module_gunicorn):
 def test_a_body_of_exactly_the_cap_is_answered_as_one_byte_less_on_every_route(
     app, small_cap_server, key
 ):
-    for method, path in every_route(app):
+    for method, path in routes(app):
         url = small_cap_server.url + path
         below = answer(send(url, method, SMALL_CAP - 1, key))
         at = answer(send(url, method, SMALL_CAP, key))
@@ -82,7 +74,7 @@ def test_a_body_of_exactly_the_cap_is_answered_as_one_byte_less_on_every_route(
 def test_one_byte_over_the_cap_is_413_on_every_route_before_the_key_check(
     app, small_cap_server, key
 ):
-    for method, path in every_route(app):
+    for method, path in routes(app):
         over = answer(send(small_cap_server.url + path, method, SMALL_CAP + 1, key))
         expected_code = None if method == "HEAD" else "payload_too_large"
         assert over == (413, expected_code), (method, path)
