@@ -7,7 +7,8 @@ count) and never recurses, and only then parses. It also holds the text to stric
 no ``NaN`` or ``Infinity`` (nor a number beyond a float's range), no number literal over
 ``MAX_NUMBER_CHARS`` characters (Python refuses integers of over 4,300 digits with a bare
 ValueError, and converting long ones is slow).
-Every refusal is ``InvalidParameter`` naming what was sent and the limit it broke.
+Every refusal is ``InvalidParameter`` naming what was sent and the limit it broke, never quoting
+the text (the bridge logs the reason).
 """
 
 from __future__ import annotations
@@ -94,5 +95,5 @@ def _number(what: str, kind: type, literal: str) -> int | float:
         )
     value = kind(literal)
     if not math.isfinite(value):
-        raise InvalidParameter(f"{what} holds {literal}, beyond a float's range")
+        raise InvalidParameter(f"{what} holds a number beyond a float's range")
     return value
