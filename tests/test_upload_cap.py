@@ -81,6 +81,22 @@ def test_one_byte_over_the_cap_is_413_on_every_route_before_the_key_check(
     assert "Traceback" not in small_cap_server.log()
 
 
+def test_a_chunked_body_may_hold_the_cap_and_not_one_byte_more(small_cap_server):
+    """Without a Content-Length the bytes read are counted: the same line at the same byte."""
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}", "X-API-Key": KEY_A}
+    answers = {}
+    for size in (SMALL_CAP, SMALL_CAP + 1):
+        body = multipart_of_size(size)
+        chunks = iter([body[: size // 2], body[size // 2 :]])  # no length: sent chunked
+        response = requests.post(
+            small_cap_server.url + "/photo_match", data=chunks, headers=headers, timeout=60
+        )
+        assert response.request.headers["Transfer-Encoding"] == "chunked"
+        answers[size] = answer(response)
+    assert answers == {SMALL_CAP: (400, "missing_field"), SMALL_CAP + 1: (413, "payload_too_large")}
+    assert "Traceback" not in small_cap_server.log()
+
+
 def test_the_default_cap_through_the_shipped_nginx(module_gunicorn, nginx):
     server = module_gunicorn(FACEMATCH_API_KEYS=KEY_A)
     proxy = nginx(upstream_port=server.port)
