@@ -3,7 +3,8 @@
 Each photo's primary face is embedded exactly as ``POST /embeddings`` would embed it (same
 engine, same settings), and written as ``OUT/<relative path>.<format>``. With
 ``FACEMATCH_SIGNING_KEYS`` set, each reference is signed as ``/embeddings`` signs it: inside the
-JSON object, or for npy/pt in ``<file>.sig`` (send its text as the ``signature`` form field).
+JSON object, or for npy/pt in ``<file>.sig``: the token alone, no line end, so its text is sent
+as-is as the ``signature`` form field (``curl -F signature=<file.sig``).
 Photos without a face are listed at the end and make the exit status 1; the others are written.
 
     python -m deployment_utils.embed_references PHOTOS OUT [--format json|npy|pt]
@@ -74,7 +75,7 @@ def embed_folder(
         if signer is not None:
             extra["signature"] = signer.sign(vector, engine.model_name)
             if fmt != "json":
-                target.with_name(target.name + ".sig").write_text(extra["signature"] + "\n")
+                target.with_name(target.name + ".sig").write_text(extra["signature"])
         target.write_bytes(encode_embedding(vector, fmt, extra))
         summary.written.append(target)
     return summary

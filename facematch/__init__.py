@@ -5,7 +5,8 @@ One subpackage per capability, in this order; a module imports only from its own
 floors below it, never from a higher one (tests/test_import_direction.py checks it):
 
 1. the base: ``config`` (``Settings``, read from the ``FACEMATCH_`` variables), ``errors``
-   (every error a request can meet) and ``keys`` (API keys, checked in constant time);
+   (every error a request can meet), ``keys`` (API keys, checked in constant time) and
+   ``bounded_json`` (JSON a client sends, parsed within size and depth limits);
 2. ``engine``: photos in, ranked faces and their embeddings out (decoding, MTCNN detection,
    crops, the embedder, its weights and runtime backends);
 3. ``decision``: distances, the operator's decision policy, calibration, face quality and the

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import struct
 import subprocess
 import zlib
@@ -123,3 +124,17 @@ def keys_file_text(keys: dict[str, tuple[str, list[str], list[str]]]) -> str:
         f"roles = {json.dumps(roles)}\ngalleries = {json.dumps(galleries)}\n"
         for key, (key_id, roles, galleries) in keys.items()
     )
+
+
+#: A value for each path parameter of the app's routes (``filename``: a file the page serves).
+PATH_VALUES = {"gallery": "g", "subject": "s", "face": "f", "filename": "app.css"}
+
+
+def every_route(app) -> list[tuple[str, str, str]]:
+    """(method, path, endpoint) for every method of every rule in the app's url_map, the path
+    parameters filled from ``PATH_VALUES``."""
+    routes = []
+    for rule in app.url_map.iter_rules():
+        path = re.sub(r"<(?:\w+:)?(\w+)>", lambda m: PATH_VALUES[m[1]], rule.rule)
+        routes += [(method, path, rule.endpoint) for method in sorted(rule.methods)]
+    return routes

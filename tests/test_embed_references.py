@@ -83,7 +83,7 @@ def test_references_are_signed_when_signing_keys_are_set(
         **files(sample=face_bytes(SAME[1])),
     }
     if fmt != "json":
-        form["signature"] = (tmp_path / "out" / f"aaron.{fmt}.sig").read_text().strip()
+        form["signature"] = (tmp_path / "out" / f"aaron.{fmt}.sig").read_text()  # as-is
     assert signed.post("/cached_match", data=form).json["match"] is True
     other = create_app(settings.replace(signing_keys="o" * 32), engine=engine).test_client()
     form["reference"] = (io.BytesIO(reference), f"aaron.{fmt}")

@@ -3,12 +3,14 @@ benchmark tools or the tests (those import the runtime, never the reverse); the 
 never import the benchmark tools (measuring uses preparing, never the reverse); inside the
 facematch package the floors import downwards only (base -> engine -> decision -> gallery ->
 observability -> api, as facematch/__init__.py documents), with no circle between them; the
-engine, decision and gallery floors do without Flask; the root holds only the front doors."""
+base, engine, decision and gallery floors do without Flask (the base's JSON parser needs only the
+standard library); the root holds only the front doors."""
 
 from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +29,7 @@ FRONT_DOORS = (
     "server.py",
     "wsgi.py",
 )
-WITHOUT_FLASK = ("engine", "decision", "gallery")
+WITHOUT_FLASK = ("base", "engine", "decision", "gallery")
 WEB_FRAMEWORKS = ("flask", "werkzeug")
 
 
@@ -173,10 +175,15 @@ def test_each_floor_imports_only_the_floors_below_it():
     assert upward == {}
 
 
+def floor_modules(floor: str) -> list[Path]:
+    """The modules of a floor: the package's own top-level ones for the base."""
+    return sorted(PACKAGE.glob("*.py") if floor == "base" else (PACKAGE / floor).glob("**/*.py"))
+
+
 @pytest.mark.parametrize("floor", WITHOUT_FLASK)
-def test_engine_decision_and_gallery_do_not_import_flask(floor):
-    paths = sorted((PACKAGE / floor).glob("**/*.py"))
-    assert paths, f"facematch/{floor}/ has no modules"
+def test_the_base_engine_decision_and_gallery_do_not_import_flask(floor):
+    paths = floor_modules(floor)
+    assert paths, f"the {floor} floor has no modules"
     found = {
         path.relative_to(REPO).as_posix(): sorted(
             m for m in imported_modules(path) if m.split(".")[0] in WEB_FRAMEWORKS
@@ -184,6 +191,13 @@ def test_engine_decision_and_gallery_do_not_import_flask(floor):
         for path in paths
     }
     assert {path: modules for path, modules in found.items() if modules} == {}
+
+
+def test_bounded_json_is_pure_the_standard_library_and_the_errors_only():
+    """The base floor's JSON parser (the API's and a gallery import's) needs nothing else."""
+    path = PACKAGE / "bounded_json.py"
+    assert path in floor_modules("base")
+    assert imported_modules(path) - sys.stdlib_module_names == {"facematch.errors"}
 
 
 def test_only_the_front_doors_are_python_files_at_the_root():

@@ -151,7 +151,18 @@ def test_schema_rejects_messages_that_break_it(message):
         m.validate(message)
 
 
-@pytest.mark.parametrize("payload", [b"not json", b"\xff\xfe", b"{}", b""])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b"\xff\xfe",
+        b"{}",
+        b"",
+        b"[" * 100_000 + b"]" * 100_000,  # the parser would recurse
+        b'{"node": "' + b"x" * m.MAX_PAYLOAD_BYTES + b'"}',
+    ],
+    ids=["not-json", "not-utf8", "empty-object", "empty", "deep", "huge"],
+)
 def test_decode_rejects_payloads_that_are_not_v1_messages(payload):
     with pytest.raises(m.InvalidMessage):
         m.decode(payload)

@@ -16,19 +16,23 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
+from PIL import Image
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi import checks as openapi_checks
 
 from facematch.api.app import create_app
+from facematch.engine import decoding
 from tests.support import (
     DIFFERENT,
     KEY_A,
     SAME,
     SIGN_NEW,
+    assert_error,
     cached_match,
     dumps,
     embedding_of,
     files,
+    image_bytes,
     photo_match,
     png_declaring,
 )
@@ -92,6 +96,75 @@ def test_every_error_the_service_raises_has_its_status_in_the_api_table():
         if isinstance(cls, type) and issubclass(cls, errors.FacematchError)
     }
     assert raised - {errors.FacematchError} == set(STATUS)
+
+
+# --- photo formats: what the document names is what the decoder opens ----------------------
+
+Image.init()
+PILLOW_FORMATS = set(Image.OPEN) | set(Image.SAVE)
+
+
+def photo_fields() -> dict[str, set[str]]:
+    """'METHOD path field' -> the image formats its description names, for every uploaded file
+    field whose description names any (the photos; not the embeddings)."""
+    fields = {}
+    for path, operations in DOCUMENT["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            properties = content.get("multipart/form-data", {}).get("schema", {})
+            for name, field in properties.get("properties", {}).items():
+                words = re.findall(r"[A-Za-z0-9]+", field.get("description", ""))
+                named = {word.upper() for word in words} & PILLOW_FORMATS
+                if field.get("format") == "binary" and named:
+                    fields[f"{method.upper()} {path} {name}"] = named
+    return fields
+
+
+DOCUMENTED_FORMATS = sorted(set().union(*photo_fields().values()))
+
+
+def encoded_in(fmt: str, image: Image.Image) -> bytes | None:
+    """``image`` saved as ``fmt`` in the first mode that format takes; None if it takes none."""
+    for mode in ("RGB", "L", "1"):
+        try:
+            return image_bytes(image.convert(mode), fmt)
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+SYNTHETIC = Image.radial_gradient("L").convert("RGB").resize((64, 64))
+# Formats Pillow writes that the document does not name, each as a file. MPO is left out: it is a
+# JPEG file (its first image is a plain JPEG), opened as JPEG like a camera's.
+UNNAMED = {
+    fmt: data
+    for fmt in sorted(set(Image.SAVE) - set(DOCUMENTED_FORMATS) - {"MPO"})
+    if (data := encoded_in(fmt, SYNTHETIC)) is not None
+}
+
+
+def test_every_photo_field_names_the_formats_the_decoder_opens_and_no_other():
+    fields = photo_fields()
+    assert len(fields) == 8, sorted(fields)  # the 1:1 and gallery routes' photos
+    assert fields == dict.fromkeys(fields, set(decoding.FORMATS))
+
+
+@pytest.mark.parametrize("fmt", DOCUMENTED_FORMATS)
+def test_every_format_the_document_names_is_accepted(client, face_bytes, fmt):
+    photo = encoded_in(fmt, Image.open(io.BytesIO(face_bytes(SAME[0]))))
+    response = client.post("/faces", data=files(photo=photo))
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.json["faces"]
+
+
+def test_the_unnamed_formats_are_the_ones_pillow_writes():
+    assert {"GIF", "BMP", "TIFF", "ICO", "JPEG2000", "PPM", "TGA"} <= set(UNNAMED)
+
+
+@pytest.mark.parametrize("fmt", sorted(UNNAMED))
+def test_a_format_the_document_does_not_name_is_refused_with_415(client, fmt):
+    response = client.post("/faces", data=files(photo=UNNAMED[fmt]))
+    assert_error(response, 415, "unsupported_image")
 
 
 @pytest.fixture(scope="module")

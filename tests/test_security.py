@@ -6,16 +6,19 @@ import base64
 import io
 import json
 import logging
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 
-from facematch.api.app import create_app
+from facematch.api.app import OPEN_ENDPOINTS, create_app
 from facematch.api.security import ReferenceSigner, key_id, reference_claims
 from facematch.config import ConfigError
 from facematch.errors import BadSignature, Unauthorized, UnsignedReference, WrongModel
 from facematch.keys import KeyRing
+from facematch.observability import prometheus
 from tests.support import (
     KEY_A,
     KEY_B,
@@ -26,8 +29,11 @@ from tests.support import (
     cached_match,
     dumps,
     embedding_of,
+    every_route,
     files,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 PROTECTED = [
     ("GET", "/health"),
@@ -164,6 +170,19 @@ def test_only_the_canonical_encoding_of_a_signature_verifies():
             signer.verify(vector, "casia-webface", spelling)
 
 
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [("", "\n"), ("", "\r\n"), ("", " "), (" ", ""), (" ", " "), ("\t", "")],
+    ids=["newline", "crlf", "trailing-space", "leading-space", "both-spaces", "tab"],
+)
+def test_a_signature_with_spaces_or_a_line_end_around_it_does_not_verify(before, after):
+    signer = ReferenceSigner([SIGN_NEW])
+    vector = unit_vector()
+    token = signer.sign(vector, "casia-webface")
+    with pytest.raises(BadSignature, match="spaces or line breaks around it"):
+        signer.verify(vector, "casia-webface", before + token + after)
+
+
 @pytest.mark.parametrize("token", [None, "", "   "])
 def test_missing_signature_is_an_unsigned_reference(token):
     with pytest.raises(UnsignedReference):
@@ -236,6 +255,30 @@ def test_every_other_route_is_401_without_a_valid_key(keyed, method, path, heade
     assert_error(response, 401, "unauthorized")
 
 
+def documented_open_routes() -> dict[str, str]:
+    """endpoint -> what docs/security.md's table of routes without an API key says of it."""
+    text = (REPO / "docs" / "security.md").read_text()
+    table = text.split("#### Routes without an API key", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `[A-Z]+ [^`]+` \| `([\w.]+)` \| ([^|]+) \|", table, re.M)
+    return {endpoint: said.strip() for endpoint, said in rows}
+
+
+def test_the_documented_open_routes_are_the_ones_answered_without_a_key(keyed):
+    documented = documented_open_routes()
+    assert set(documented) == set(OPEN_ENDPOINTS)
+    open_routes = {endpoint for endpoint, said in documented.items() if said == "open"}
+    assert open_routes == {"api.ping", "web.index", "static"}
+    assert documented[prometheus.ENDPOINT] == "its own check"
+    for method, path, endpoint in every_route(keyed.application):
+        status = keyed.open(path, method=method).status_code
+        if endpoint in open_routes:
+            assert status == (204 if method == "OPTIONS" else 200), (method, path)
+        elif endpoint in documented and method == "OPTIONS":
+            assert status == 204, path  # /metrics: OPTIONS skips the key check, as documented
+        else:  # /metrics too: with keys on and no token of its own, it needs an API key
+            assert status == 401, (method, path)
+
+
 def test_401_is_the_same_whatever_part_was_wrong(keyed):
     bodies = {
         keyed.get("/health", headers=h).get_data()
@@ -303,6 +346,28 @@ def test_binary_reference_carries_its_signature_in_a_form_field(signing, face_by
     assert response.json["match"] is True
     unsigned = cached_match(signing, stored.get_data(), face_bytes(SAME[1]))
     assert_error(unsigned, 400, "unsigned_reference")
+
+
+def respellings(token: str) -> list[str]:
+    """What a careless client might send for ``token``: with a line end or spaces around it,
+    or its mac in one of the 3 other base64url spellings."""
+    return [token + "\n", token + "\r\n", f" {token} ", *non_canonical_spellings(token)]
+
+
+def test_only_the_exact_token_verifies_in_a_form_field(signing, face_bytes):
+    """A form field arrives as sent, so the server never trims it: a .sig file holds the bare
+    token (deployment_utils.embed_references) and its text is sent as is."""
+    npy = embedding_of(signing, face_bytes(SAME[0]), "npy")
+    for spelling in respellings(npy.headers["X-Facematch-Signature"]):
+        response = cached_match(signing, npy.get_data(), face_bytes(SAME[1]), signature=spelling)
+        assert_error(response, 403, "bad_signature")
+
+
+def test_only_the_exact_token_verifies_in_the_json(signing, face_bytes):
+    stored = embedding_of(signing, face_bytes(SAME[0]), "json").json
+    for spelling in respellings(stored["signature"]):
+        reference = dumps({**stored, "signature": spelling})
+        assert_error(cached_match(signing, reference, face_bytes(SAME[1])), 403, "bad_signature")
 
 
 def test_unsigned_references_are_refused(signing, face_bytes):

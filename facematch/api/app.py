@@ -18,11 +18,13 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import IO
 
 from flask import Blueprint, Flask, Request, Response, current_app, g, jsonify, request
 from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
+from werkzeug.wsgi import LimitedStream, get_input_stream
 
 from facematch.api import answers, gallery_routes, security, steps, web
 from facematch.api import faces as face_listing
@@ -125,7 +127,26 @@ def _calibration_health(services: Services) -> dict:
 
 class _InMemoryRequest(Request):
     """Uploads stay in memory (bounded by MAX_CONTENT_LENGTH): Werkzeug would otherwise spool
-    files over 500 KB to a temporary file, and photos must never touch the disk."""
+    files over 500 KB to a temporary file, and photos must never touch the disk. A body of at
+    most the cap is read whole, as nginx's ``client_max_body_size`` lets it through (``stream``).
+    """
+
+    @cached_property
+    def stream(self) -> IO[bytes]:
+        """The body, limited to its ``Content-Length`` once that is within the cap (413 over it).
+
+        Werkzeug's own stream under Gunicorn (which terminates the input) is limited to the cap
+        instead and refuses any read once the cap's bytes are in: a body of exactly the cap
+        then fails wherever it is read to its end. A chunked body (no length) may hold the cap's
+        bytes and not one more: its limit is one byte over the cap, refused if reached."""
+        cap = self.max_content_length
+        length = self.content_length
+        if length is None or cap is None:
+            cap = None if cap is None else cap + 1
+            return get_input_stream(self.environ, max_content_length=cap)
+        if length > cap:
+            raise RequestEntityTooLarge()
+        return LimitedStream(self.environ["wsgi.input"], length)
 
     def _get_file_stream(
         self, total_content_length, content_type, filename=None, content_length=None
@@ -154,6 +175,15 @@ def _begin_outcome() -> None:
     g.outcome = Outcome()
 
 
+@bp.before_app_request
+def _refuse_a_body_over_the_cap() -> None:
+    """A body whose Content-Length is over the cap is 413 on every route, before the key check
+    and whether or not the route reads it: what nginx answers for it."""
+    length = request.content_length
+    if length is not None and length > current_app.config["MAX_CONTENT_LENGTH"]:
+        raise RequestEntityTooLarge()
+
+
 @bp.after_app_request
 def _read_rest_of_body(response: Response) -> Response:
     """Read what the app left of a request body within the upload cap (a form refused for too
@@ -161,14 +191,14 @@ def _read_rest_of_body(response: Response) -> Response:
 
     Gunicorn's gthread worker drains at most 64 KiB of an unread body after the response and
     otherwise closes the connection, although the response already said ``keep-alive``: the
-    client's next request on it then fails. A body over the cap is not read (Werkzeug refuses
-    it from its Content-Length)."""
+    client's next request on it then fails. A body over the cap is not read (refused from its
+    Content-Length); the stream ends at the Content-Length (``_InMemoryRequest.stream``)."""
     length = request.content_length
     if length and length <= current_app.config["MAX_CONTENT_LENGTH"]:
         try:
             while request.stream.read(_DRAIN_CHUNK):
                 pass
-        except (OSError, ClientDisconnected):
+        except ClientDisconnected:
             pass  # the client is gone; Gunicorn closes the connection
     return response
 

@@ -4,7 +4,8 @@
 JSON object ``/embeddings`` returns (its ``embedding`` key), a ``.npy`` file (``allow_pickle``
 off) or a tensor saved with ``torch.save`` (loaded with ``weights_only=True``). The format is
 recognised from the content, not the file name. The structure is checked before anything is
-allocated or loaded: the size of the upload, the length of each JSON number, the ``.npy`` header
+allocated or loaded: the size of the upload, the JSON's depth and number literals
+(``bounded_json``), the ``.npy`` header
 (shape and dtype), the ``.pt`` archive (its entries' names, count, sizes and compression, and
 the globals its pickle names, read without unpickling). Every failure is ``InvalidEmbedding``.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import pickletools
 import re
 import zipfile
@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from facematch.errors import InvalidEmbedding
+from facematch import bounded_json
+from facematch.errors import InvalidEmbedding, InvalidParameter
 
 if TYPE_CHECKING:  # PyTorch is imported only to read or write a .pt embedding
     import torch
@@ -32,8 +33,7 @@ _NPY_MAGIC = b"\x93NUMPY"
 _ZIP_MAGIC = b"PK\x03\x04"
 #: The largest reference accepted: /embeddings' JSON is about 12 KB, its .npy and .pt under 4 KB.
 MAX_REFERENCE_BYTES = 64 * 1024
-#: The longest JSON number literal accepted (a float's repr is at most 24 characters).
-MAX_NUMBER_CHARS = 100
+_JSON_REFERENCE = "the reference (neither a .npy file nor a .pt tensor, so read as JSON)"
 _SHAPES = ((EMBEDDING_DIM,), (1, EMBEDDING_DIM))
 # What a torch.save'd float tensor's archive holds, under one top folder; at most one storage.
 _PT_ENTRY = re.compile(
@@ -121,14 +121,12 @@ def encode_embedding(embedding: np.ndarray, fmt: str, extra: dict | None = None)
 
 
 def _load_json(data: bytes) -> Any:
+    """The JSON reference's values, parsed within bounds (``bounded_json``: its size, depth and
+    number literals checked first), each failure an ``InvalidEmbedding``."""
     try:
-        value = json.loads(
-            data, parse_constant=_reject_constant, parse_int=_number, parse_float=_number
-        )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise InvalidEmbedding(
-            "the reference is neither a JSON array of numbers, a .npy file nor a .pt tensor"
-        ) from None
+        value = bounded_json.loads(data, what=_JSON_REFERENCE, max_bytes=MAX_REFERENCE_BYTES)
+    except InvalidParameter as error:
+        raise InvalidEmbedding(error.message) from None
     if isinstance(value, dict):
         value = value.get("embedding")
         if value is None:
@@ -137,24 +135,7 @@ def _load_json(data: bytes) -> Any:
         isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
     ):
         raise InvalidEmbedding("the reference embedding must be a JSON array of numbers")
-    if not all(math.isfinite(v) for v in value):
-        raise InvalidEmbedding("the reference embedding holds NaN or infinite values")
     return value
-
-
-def _reject_constant(name: str) -> float:
-    raise InvalidEmbedding("the reference embedding holds NaN or infinite values")
-
-
-def _number(literal: str) -> float:
-    """A JSON number as a float; a long literal is refused before it is converted (Python
-    refuses integers of over 4,300 digits with ValueError, and shorter ones overflow floats)."""
-    if len(literal) > MAX_NUMBER_CHARS:
-        raise InvalidEmbedding(
-            f"a number in the reference has {len(literal)} characters; at most "
-            f"{MAX_NUMBER_CHARS} are accepted"
-        )
-    return float(literal)
 
 
 def _load_npy(data: bytes) -> np.ndarray:

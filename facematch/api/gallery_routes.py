@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 
 from flask import Blueprint, Flask, current_app, g, jsonify, request
 
+from facematch import bounded_json
 from facematch.api import answers, steps
 from facematch.api.codec import parse_embedding
 from facematch.api.errors import error_body, status_of
@@ -44,6 +45,8 @@ from facematch.observability.record import GalleryWork
 bp = Blueprint("gallery", __name__)
 DEFAULT_LIMIT = 100
 DEFAULT_TOP_K = 5
+#: The largest PUT subject body: room for 4 KB of metadata and a name, however escaped.
+MAX_SUBJECT_BODY_BYTES = 64 * 1024
 _DIGITS = re.compile(r"[0-9]{1,7}")
 _ENROL_FIELDS = "'photo' (a file) or 'embedding' (a file or form field)"
 
@@ -171,7 +174,11 @@ def get_subject(gallery: str, subject: str):
 def put_subject(gallery: str, subject: str):
     """Create the subject or replace its ``name`` and ``metadata`` (a JSON object body)."""
     _ids(gallery=gallery, subject=subject)
-    body = request.get_json(silent=True) if request.is_json else None
+    body = None
+    if request.is_json:
+        body = bounded_json.loads(
+            request.get_data(), what="the subject body", max_bytes=MAX_SUBJECT_BODY_BYTES
+        )
     if not isinstance(body, dict):
         raise InvalidParameter("the body must be a JSON object with 'name' and/or 'metadata'")
     unknown = sorted(set(body) - {"name", "metadata"})

@@ -33,7 +33,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import logging
 import re
 from collections.abc import Iterable
@@ -42,13 +41,21 @@ from dataclasses import dataclass
 import numpy as np
 from flask import Blueprint, Flask, current_app, g, request
 
+from facematch import bounded_json
+from facematch.api.codec import MAX_REFERENCE_BYTES
 from facematch.config import ConfigError, Settings
-from facematch.errors import BadSignature, Forbidden, UnsignedReference, WrongModel
+from facematch.errors import (
+    BadSignature,
+    Forbidden,
+    InvalidParameter,
+    UnsignedReference,
+    WrongModel,
+)
 from facematch.keys import Grant, KeyRing, check_lengths, split_keys
 
 SIGNATURE_VERSION = "v1"
 _SIGNED_PREFIX = b"facematch-reference-v1\0"
-_TOKEN = re.compile(r"^v1\.([0-9a-f]{8})\.([A-Za-z0-9_-]{43})$")
+_TOKEN = re.compile(r"v1\.([0-9a-f]{8})\.([A-Za-z0-9_-]{43})")  # the whole token: fullmatch
 log = logging.getLogger(__name__)
 
 
@@ -115,17 +122,26 @@ class ReferenceSigner:
     ) -> None:
         """Accept ``vector`` for ``serving_model`` or raise.
 
-        ``UnsignedReference`` (400) without a signature; ``BadSignature`` (403) for a malformed
-        token, an unknown key id or a mac that does not verify (one message for all three: no
-        oracle); ``WrongModel`` (422) for an authentic reference whose signed model (the
-        ``claimed_model`` it says it was made by) is not the serving model.
+        ``UnsignedReference`` (400) without a signature (none, or blank); ``BadSignature`` (403)
+        for anything but the exact token ``sign`` writes (no space or line end around it, the one
+        base64url spelling of its mac), an unknown key id or a mac that does not verify (one
+        message for the last three: no oracle); ``WrongModel`` (422) for an authentic reference
+        whose signed model (the ``claimed_model`` it says it was made by) is not the serving
+        model.
         """
         if signature is None or not signature.strip():
             raise UnsignedReference(
                 "this server only accepts signed references: send the 'signature' that "
                 "/embeddings returned with this reference"
             )
-        match = _TOKEN.match(signature.strip())
+        if signature != signature.strip():
+            # only the exact token sign() wrote verifies: a form field arrives as sent, so a
+            # space or line end around it is the client's, and one token has one spelling
+            raise BadSignature(
+                "the signature has spaces or line breaks around it: send exactly the token "
+                "/embeddings returned"
+            )
+        match = _TOKEN.fullmatch(signature)
         key = self._keys.get(match.group(1)) if match else None
         if key is None:
             raise BadSignature(_BAD_SIGNATURE)
@@ -158,12 +174,11 @@ def _printable(text: str, limit: int = 64) -> str:
 def reference_claims(data: bytes) -> tuple[str | None, str | None]:
     """``(signature, model)`` stated inside a JSON object reference (as ``/embeddings`` returns
     it); ``(None, None)`` for any other form. Values that are not strings are ignored."""
-    stripped = data.lstrip()
-    if not stripped.startswith(b"{"):
+    if not data.lstrip().startswith(b"{"):
         return None, None
     try:
-        body = json.loads(stripped)
-    except (UnicodeDecodeError, ValueError, RecursionError):
+        body = bounded_json.loads(data, what="the reference", max_bytes=MAX_REFERENCE_BYTES)
+    except InvalidParameter:
         return None, None
     if not isinstance(body, dict):
         return None, None

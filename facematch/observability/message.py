@@ -25,9 +25,13 @@ from typing import Any
 
 import jsonschema
 
+from facematch import bounded_json
+from facematch.errors import InvalidParameter
 from facematch.observability.record import RequestRecord
 
 SCHEMA_VERSION = 1
+#: The largest payload the bridge parses (a message is about 1 KB).
+MAX_PAYLOAD_BYTES = 64 * 1024
 SCHEMA_PATH = (
     Path(__file__).resolve().parents[2] / "monitoring" / "schema" / "metrics-message.v1.json"
 )
@@ -145,11 +149,12 @@ def validate(message: Any) -> None:
 
 
 def decode(payload: bytes) -> dict[str, Any]:
-    """Parse and validate one MQTT payload; ``InvalidMessage`` when it is not a v1 message."""
+    """Parse and validate one MQTT payload; ``InvalidMessage`` when it is not a v1 message
+    (anyone who may publish on the topic can send one: parsed within bounds, ``bounded_json``)."""
     try:
-        message = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidMessage(f"not JSON: {exc}"[:300]) from None
+        message = bounded_json.loads(payload, what="the payload", max_bytes=MAX_PAYLOAD_BYTES)
+    except InvalidParameter as exc:
+        raise InvalidMessage(exc.message[:300]) from None
     validate(message)
     return message
 
