@@ -30,6 +30,10 @@ service's (``FACEMATCH_MODEL``), and a gallery that already holds faces. It then
 transactions of ``--batch`` faces: face ids are new (the database chooses them) and so are the
 times; names, metadata and sources are kept. If an import stops midway, delete the gallery and
 run it again.
+
+Every write and the export are in the gallery's audit trail as the key ``gallery_tool``: each
+enrolled face an ``enrol`` event, each import transaction an ``import`` event (its counts, in
+that transaction), an export one ``export`` event (its counts) once the file is written.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ VERSION = 1
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 _SIGNED_PREFIX = b"facematch-gallery-v1\0"
 BATCH = 500
+ACTOR = "gallery_tool"  # the key id this tool's writes and exports are audited as
 
 
 class ToolError(Exception):
@@ -128,7 +133,7 @@ def enrol_folder(
     def flush() -> None:
         for subject, _, _ in pending:
             done.faces[subject] = done.faces.get(subject, 0) + 1
-        store.add_faces(gallery, pending, engine.model_name)
+        store.add_faces(gallery, pending, engine.model_name, actor=ACTOR)
         pending.clear()
 
     for subject, photo in tqdm(photos, desc="enrolling", unit="photo", disable=not progress):
@@ -280,6 +285,7 @@ def export_gallery(
             bar.update(len(faces))
     last = {"end": counts, "signature": signer.token(mac) if signer else None}
     out.write(json.dumps(last, separators=(",", ":")).encode() + b"\n")
+    store.record(gallery, "export", counts, actor=ACTOR)
     return counts
 
 
@@ -400,15 +406,16 @@ def import_gallery(
             faces = _faces_of(record, number)
             described = record.get("name") is not None or record.get("metadata") is not None
             if described or not faces:  # a subject without faces is kept too
-                store.put_subject(target, subject, record.get("name"), record.get("metadata"))
+                name, metadata = record.get("name"), record.get("metadata")
+                store.put_subject(target, subject, name, metadata, actor=ACTOR, action="import")
             for vector, source in faces:
                 pending.append((subject, vector, source))
             if len(pending) >= batch:
-                store.add_faces(target, pending, model)
+                store.add_faces(target, pending, model, actor=ACTOR, action="import")
                 bar.update(len(pending))
                 pending.clear()
         if pending:
-            store.add_faces(target, pending, model)
+            store.add_faces(target, pending, model, actor=ACTOR, action="import")
             bar.update(len(pending))
     return {"gallery": target, "subjects": header.subjects, "faces": header.faces}
 

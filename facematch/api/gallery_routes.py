@@ -9,6 +9,10 @@ routes (``steps``), and the threshold goes through the same decision policy: ver
 1:1 decision (``for_request``), identify uses the 1:N threshold (``for_identify``). Gallery
 distances are cosine distances, so ``metric`` may only be ``cosine`` here.
 
+Every write and every decision names the acting API key (``_actor``, the one read of
+``g.key_id``, which the API-key check sets) for the gallery's audit trail, which
+``GET /galleries/<g>/audit`` pages through.
+
 Errors are the usual JSON errors; an unavailable database is 503 ``gallery_unavailable`` with
 ``Retry-After``. What each request did goes into its ``Outcome`` (``GalleryWork``: gallery
 size, candidates, best distance; the search time in its stage times) for the metrics record.
@@ -37,6 +41,7 @@ from facematch.errors import (
     NoReferences,
     WrongModel,
 )
+from facematch.gallery.audit import AuditEvent
 from facematch.gallery.service import GalleryAccess
 from facematch.gallery.store import MAX_K, Face, FaceSource, Subject, check_id
 from facematch.observability.record import GalleryWork
@@ -59,6 +64,11 @@ def init_app(app: Flask, settings: Settings) -> GalleryAccess:
 
 def _access() -> GalleryAccess:
     return current_app.extensions["facematch_gallery"]
+
+
+def _actor() -> str:
+    """The acting API key's id, as the API-key check left it ("anonymous" when keys are off)."""
+    return g.get("key_id", "anonymous")
 
 
 @bp.before_request
@@ -111,7 +121,7 @@ def add_face(gallery: str, subject: str):
         )
     else:
         raise MissingField(f"{_ENROL_FIELDS} is required (multipart/form-data)")
-    added = _access().enrol(gallery, subject, vector, model, source)
+    added = _access().enrol(gallery, subject, vector, model, source, _actor())
     body = {
         "gallery": gallery,
         "subject": subject,
@@ -177,7 +187,8 @@ def put_subject(gallery: str, subject: str):
     unknown = sorted(set(body) - {"name", "metadata"})
     if unknown:
         raise InvalidParameter(f"unknown field(s): {', '.join(unknown)[:100]}")
-    stored = _access().put_subject(gallery, subject, body.get("name"), body.get("metadata"))
+    name, metadata = body.get("name"), body.get("metadata")
+    stored = _access().put_subject(gallery, subject, name, metadata, _actor())
     return {**_subject_json(gallery, stored), "faces": stored.faces}
 
 
@@ -188,7 +199,7 @@ def put_subject(gallery: str, subject: str):
 def delete_face(gallery: str, subject: str, face: str):
     """Delete one face of a subject."""
     _ids(gallery=gallery, subject=subject, face=face)
-    deleted = _access().delete_face(gallery, subject, face)
+    deleted = _access().delete_face(gallery, subject, face, _actor())
     return {
         "deleted": {"gallery": gallery, "subject": subject, "face": face, "faces": deleted.faces}
     }
@@ -198,7 +209,7 @@ def delete_face(gallery: str, subject: str, face: str):
 def delete_subject(gallery: str, subject: str):
     """Delete a subject and every embedding of it."""
     _ids(gallery=gallery, subject=subject)
-    deleted = _access().delete_subject(gallery, subject)
+    deleted = _access().delete_subject(gallery, subject, _actor())
     return {"deleted": {"gallery": gallery, "subject": subject, "faces": deleted.faces}}
 
 
@@ -206,8 +217,21 @@ def delete_subject(gallery: str, subject: str):
 def delete_gallery(gallery: str):
     """Delete a gallery, its subjects and their embeddings."""
     _ids(gallery=gallery)
-    deleted = _access().delete_gallery(gallery)
+    deleted = _access().delete_gallery(gallery, _actor())
     return {"deleted": {"gallery": gallery, "subjects": deleted.subjects, "faces": deleted.faces}}
+
+
+# --- the audit trail ---
+
+
+@bp.get("/galleries/<gallery>/audit")
+def audit(gallery: str):
+    """A page of the gallery's audit events in the order they were recorded (a deleted
+    gallery's too); ``next`` is the ``after`` of the next page, null at the end."""
+    _ids(gallery=gallery)
+    limit = _int_arg(request.args, "limit", DEFAULT_LIMIT, MAX_K)
+    page = _access().audit(gallery, limit, request.args.get("after") or None)
+    return {"events": [_event_json(event) for event in page.events], "next": page.next}
 
 
 # --- deciding ---
@@ -236,10 +260,10 @@ def verify(gallery: str, subject: str):
     ctx.outcome.compared = sample.faces[:1]
     vector = steps.embed(ctx, [sample.primary.crop])[0]
     searched = _access().verify(
-        gallery, subject, references, vector, model, decision.threshold, rule
+        gallery, subject, references, vector, model, decision.threshold, rule, _actor()
     )
     result = searched.result
-    ctx.outcome.times.search += searched.search_ms
+    ctx.outcome.times.search += searched.search_ms + searched.audit_ms  # the event's included
     work.candidates = result.references
     work.best_distance = result.distance
     _decided(ctx, [MatchResult(result.match, result.distance, result.threshold, decision.metric)])
@@ -285,8 +309,8 @@ def identify(gallery: str):
     vectors = steps.embed(ctx, [face.crop for face in compared])
     found: list[Identification] = []
     for vector in vectors:
-        searched = _access().identify(gallery, vector, model, decision.threshold, top_k)
-        ctx.outcome.times.search += searched.search_ms
+        searched = _access().identify(gallery, vector, model, decision.threshold, top_k, _actor())
+        ctx.outcome.times.search += searched.search_ms + searched.audit_ms  # the event's included
         found.append(searched.result)
     _note_identified(ctx, found, decision)
     common = {"threshold": decision.threshold, "metric": decision.metric, "model": model}
@@ -410,6 +434,18 @@ def _subject_json(gallery: str, subject: Subject) -> dict:
         "metadata": subject.metadata,
         "created": _time(subject.created),
         "updated": _time(subject.updated),
+    }
+
+
+def _event_json(event: AuditEvent) -> dict:
+    return {
+        "at": _time(event.at),
+        "key": event.key,
+        "action": event.action,
+        "gallery": event.gallery,
+        "subject": event.subject,
+        "face": event.face,
+        "outcome": event.outcome,
     }
 
 
