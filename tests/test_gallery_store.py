@@ -839,6 +839,9 @@ def test_a_write_whose_audit_event_fails_writes_nothing(gallery_store, gallery_u
     writes = [
         lambda: gallery_store.add_face("site", "fay", vectors[1], MODEL, SOURCE),
         lambda: gallery_store.add_faces("new", [("fay", vectors[2], SOURCE)], MODEL),
+        lambda: gallery_store.add_faces(
+            "new", [("fay", vectors[2], SOURCE)], MODEL, action="import"
+        ),
         lambda: gallery_store.put_subject("site", "eve", "Eve", None),
         lambda: gallery_store.delete_face("site", "eve", face),
         lambda: gallery_store.delete_subject("site", "eve"),

@@ -129,8 +129,17 @@ def test_export_from_sqlite_then_import_into_postgres_searches_the_same(
 
     assert main(["--url", postgres, "--quiet", "import", str(export)]) == 0
 
+    exported = sqlite_gallery.audit_events("staff", limit=1000).events[-1]
+    assert (exported.key, exported.action, exported.outcome) == (
+        "gallery_tool",
+        "export",
+        {"subjects": 5, "faces": 9},
+    )
     target = open_gallery_store(postgres)
     try:
+        trail = target.audit_events("staff", limit=1000).events
+        assert {(e.key, e.action) for e in trail} == {("gallery_tool", "import")}
+        assert sum(e.outcome["faces"] for e in trail if e.subject is None) == 9
         assert target.get_subject("staff", "Zoe_New").faces == ()
         colin = target.get_subject("staff", "Colin_Powell")
         assert colin.subject.name == "Colin Powell"
