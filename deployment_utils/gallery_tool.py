@@ -51,6 +51,7 @@ from facematch.gallery.transfer import (
     export_lines,
     import_export,
 )
+from facematch.keys import split_keys
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 ACTOR = "gallery_tool"  # the key id this tool's writes and exports are audited as
@@ -135,16 +136,10 @@ def enrol_folder(
 # --- export and import (the format is facematch.gallery.transfer's) ----------------------------
 
 
-def export_signer(secrets: list[str]) -> ExportSigner:
-    """The export signer of signing keys (the first signs), checked as references' keys are."""
-    from facematch.api.security import ReferenceSigner, key_id
-
-    ReferenceSigner(secrets)  # the same checks: length, distinct key ids
-    return ExportSigner({key_id(s): s for s in dict.fromkeys(secrets)})
-
-
 def signer_from_settings(settings: Settings) -> ExportSigner | None:
-    secrets = [k.strip() for k in settings.signing_keys.split(",") if k.strip()]
+    from facematch.api.gallery_routes import export_signer
+
+    secrets = split_keys(settings.signing_keys)
     return export_signer(secrets) if secrets else None
 
 

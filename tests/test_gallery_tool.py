@@ -17,10 +17,10 @@ from PIL import Image
 from deployment_utils.gallery_tool import (
     enrol_folder,
     export_gallery,
-    export_signer,
     import_gallery,
     main,
 )
+from facematch.api.gallery_routes import export_signer
 from facematch.engine.decoding import decode_image
 from facematch.errors import FacematchError
 from facematch.gallery.opening import open_gallery_store

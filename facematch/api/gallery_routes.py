@@ -11,7 +11,10 @@ distances are cosine distances, so ``metric`` may only be ``cosine`` here.
 
 Every write and every decision names the acting API key (``_actor``, the one read of
 ``g.key_id``, which the API-key check sets) for the gallery's audit trail, which
-``GET /galleries/<g>/audit`` pages through.
+``GET /galleries/<g>/audit`` pages through. ``GET /galleries/<g>/export`` streams a gallery in
+``gallery.transfer``'s format (signed with the first signing key when signing is on) and
+``POST /galleries/<g>/import`` takes one (checked whole first; its size bounded by
+``FACEMATCH_MAX_UPLOAD_MB``, as every body).
 
 Errors are the usual JSON errors; an unavailable database is 503 ``gallery_unavailable`` with
 ``Retry-After``. What each request did goes into its ``Outcome`` (``GalleryWork``: gallery
@@ -20,16 +23,17 @@ size, candidates, best distance; the search time in its stage times) for the met
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from datetime import UTC, datetime
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, stream_with_context
 
 from facematch.api import answers, steps
 from facematch.api.codec import parse_embedding
 from facematch.api.errors import error_body, status_of
-from facematch.api.security import reference_claims
+from facematch.api.security import ReferenceSigner, key_id, reference_claims
 from facematch.config import Settings
 from facematch.decision.gallery_scoring import MAX_TOP_K, Identification, VerifyRule
 from facematch.decision.policy import Decision
@@ -44,6 +48,8 @@ from facematch.errors import (
 from facematch.gallery.audit import AuditEvent
 from facematch.gallery.service import GalleryAccess
 from facematch.gallery.store import MAX_K, Face, FaceSource, Subject, check_id
+from facematch.gallery.transfer import ExportSigner
+from facematch.keys import split_keys
 from facematch.observability.record import GalleryWork
 
 bp = Blueprint("gallery", __name__)
@@ -58,12 +64,21 @@ def init_app(app: Flask, settings: Settings) -> GalleryAccess:
     on first use). Returns the ``GalleryAccess``; ``ConfigError`` for an unusable URL."""
     access = GalleryAccess.from_settings(settings)
     app.extensions["facematch_gallery"] = access
+    secrets = split_keys(settings.signing_keys)
+    app.extensions["facematch_gallery_export"] = export_signer(secrets) if secrets else None
     app.register_blueprint(bp)
     return access
 
 
 def _access() -> GalleryAccess:
     return current_app.extensions["facematch_gallery"]
+
+
+def export_signer(secrets: list[str]) -> ExportSigner:
+    """The export signer of signing keys (the first signs), checked as references' keys are
+    (lengths, distinct key ids): the routes' and the gallery tool's."""
+    ReferenceSigner(secrets)
+    return ExportSigner({key_id(s): s for s in dict.fromkeys(secrets)})
 
 
 def _actor() -> str:
@@ -232,6 +247,32 @@ def audit(gallery: str):
     limit = _int_arg(request.args, "limit", DEFAULT_LIMIT, MAX_K)
     page = _access().audit(gallery, limit, request.args.get("after") or None)
     return {"events": [_event_json(event) for event in page.events], "next": page.next}
+
+
+# --- export and import ---
+
+
+@bp.get("/galleries/<gallery>/export")
+def export_gallery(gallery: str):
+    """The gallery as an export (JSON lines), streamed a subject at a time; 404 for an
+    unknown gallery. An export that stops midway has no last line: no import takes it."""
+    _ids(gallery=gallery)
+    signer = current_app.extensions["facematch_gallery_export"]
+    lines = _access().export(gallery, signer, _actor())
+    headers = {"Content-Disposition": f'attachment; filename="{gallery}.fmg"'}
+    return Response(stream_with_context(lines), mimetype="application/x-ndjson", headers=headers)
+
+
+@bp.post("/galleries/<gallery>/import")
+def import_gallery(gallery: str):
+    """Import an export (the body) into ``gallery``, which must hold no face: checked whole
+    (form, counts, signature when signing is on, the model) before anything is written."""
+    _ids(gallery=gallery)
+    body = request.get_data(cache=True)
+    model = steps.context().services.engine.model_name
+    signer = current_app.extensions["facematch_gallery_export"]
+    done = _access().import_export(gallery, lambda: io.BytesIO(body), model, signer, _actor())
+    return {"gallery": done.gallery, "subjects": done.subjects, "faces": done.faces}, 201
 
 
 # --- deciding ---

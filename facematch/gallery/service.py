@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ from facematch.config import ConfigError, Settings
 from facematch.decision import gallery_scoring
 from facematch.decision.gallery_scoring import Identification, Neighbour, VerifyResult, VerifyRule
 from facematch.errors import GalleryUnavailable
+from facematch.gallery import transfer
 from facematch.gallery.audit import AuditPage
 from facematch.gallery.opening import store_from_settings
 from facematch.gallery.store import (
@@ -113,6 +114,26 @@ class GalleryAccess:
 
     def delete_gallery(self, gallery: str, actor: str) -> Deleted:
         return self._call(lambda store: store.delete_gallery(gallery, actor=actor))
+
+    def export(
+        self, gallery: str, signer: transfer.ExportSigner | None, actor: str
+    ) -> Iterator[bytes]:
+        """The gallery's export, line by line (``NotFound`` at once for an unknown gallery);
+        its ``export`` event is recorded before its last line."""
+        return self._call(lambda store: transfer.export_lines(store, gallery, signer, actor))
+
+    def import_export(
+        self,
+        gallery: str,
+        lines: transfer.Lines,
+        model: str,
+        signer: transfer.ExportSigner | None,
+        actor: str,
+    ) -> transfer.Transferred:
+        """Check an export whole, then write it into ``gallery`` (which must hold no face)."""
+        return self._call(
+            lambda store: transfer.import_export(store, lines, model, signer, gallery, actor=actor)
+        )
 
     def audit(self, gallery: str, limit: int = 100, after: str | None = None) -> AuditPage:
         """A page of the gallery's audit events, in the order they were recorded."""
