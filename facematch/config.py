@@ -90,6 +90,7 @@ class Settings:
     max_identify_threshold: float | None = None  # loosest 1:N a request may ask; None: the above
     verify_rules: str = "centroid"  # verify rules a request may choose; the first: default
     gallery_retry_after: int = 5  # s: a 503's Retry-After; a worker retries a down db after it
+    audit_days: int = 365  # days the gallery audit trail keeps an event (gallery/audit.py)
 
     # PostgreSQL's HNSW search: candidates visited per query (recall against speed, 1..1000)
     gallery_ef_search: int = 100

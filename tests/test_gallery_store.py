@@ -28,6 +28,7 @@ from facematch.errors import (
 )
 from facematch.gallery import postgres as gallery_postgres
 from facematch.gallery import sqlite as gallery_sqlite
+from facematch.gallery.audit import AuditRetention
 from facematch.gallery.opening import open_gallery_store, store_from_settings
 from facematch.gallery.store import Candidate, FaceSource, StoreLimits
 from tests.servers import Postgres, wait_until
@@ -757,3 +758,150 @@ def test_the_embedding_dimension_is_the_codecs():
     from facematch.gallery.store import EMBEDDING_DIM
 
     assert EMBEDDING_DIM == codec_dim == 512
+
+
+# --- the audit trail -----------------------------------------------------------------------------
+
+
+def trail(store, gallery: str) -> list[tuple]:
+    """Every event of ``gallery`` as (key, action, subject, face, outcome), in order."""
+    events, after = [], None
+    while True:
+        page = store.audit_events(gallery, limit=2, after=after)
+        events += [(e.key, e.action, e.subject, e.face, e.outcome) for e in page.events]
+        if page.next is None:
+            return events
+        after = page.next
+
+
+def test_every_write_and_decision_is_audited_in_order_with_its_key(gallery_store):
+    vectors = unit(3, seed=30)
+    first = gallery_store.add_face("site", "amy", vectors[0], MODEL, SOURCE, actor="k1")
+    batch = [("amy", vectors[1], SOURCE), ("ben", vectors[2], SOURCE)]
+    added = gallery_store.add_faces("site", batch, MODEL, actor="k2")
+    gallery_store.put_subject("site", "amy", "Amy", None, actor="k1")
+    gallery_store.add_faces("site", [("cy", vectors[0], SOURCE)], MODEL, actor="t", action="import")
+    gallery_store.record("site", "identify", {"identified": "amy", "distance": 0.1}, actor="k3",
+                         subject="amy")  # fmt: skip
+    gallery_store.record("site", "verify", {"match": False, "distance": 0.9}, subject="ben")
+    gallery_store.delete_face("site", "amy", first.face, actor="k1")
+    gallery_store.delete_subject("site", "ben", actor="k2")
+    gallery_store.delete_gallery("site", actor="k4")
+    assert trail(gallery_store, "site") == [
+        ("k1", "enrol", "amy", first.face, {"faces": 1}),
+        ("k2", "enrol", "amy", added[0].face, {"faces": 2}),
+        ("k2", "enrol", "ben", added[1].face, {"faces": 1}),
+        ("k1", "update", "amy", None, {"created": False}),
+        ("t", "import", None, None, {"subjects": 1, "faces": 1}),
+        ("k3", "identify", "amy", None, {"identified": "amy", "distance": 0.1}),
+        ("local", "verify", "ben", None, {"match": False, "distance": 0.9}),
+        ("k1", "delete_face", "amy", first.face, {"faces": 1}),
+        ("k2", "delete_subject", "ben", None, {"subjects": 1, "faces": 1}),
+        ("k4", "delete_gallery", None, None, {"subjects": 2, "faces": 2}),
+    ]
+    assert trail(gallery_store, "elsewhere") == []
+    (event,) = gallery_store.audit_events("site", limit=1).events
+    assert event.gallery == "site" and abs(event.at - time.time()) < 60
+
+
+def test_the_audit_holds_no_vector_and_a_deleted_subjects_events_stay(gallery_store, query):
+    vectors = unit(2, seed=31)
+    enrol(gallery_store, "site", {"dee": vectors})
+    gallery_store.delete_subject("site", "dee")
+    assert query("SELECT count(*) FROM faces") == [(0,)]
+    rows = query("SELECT * FROM audit")
+    assert [row[3] for row in rows] == ["enrol", "enrol", "delete_subject"]
+    text = repr(rows)
+    assert all(len(str(value)) < 100 for row in rows for value in row)  # ids and counts only
+    assert repr(float(vectors[0][0]))[:8] not in text
+
+
+def test_a_write_whose_audit_event_fails_writes_nothing(gallery_store, gallery_url, query):
+    vectors = unit(3, seed=32)
+    enrol(gallery_store, "site", {"eve": vectors[:1]})
+    before = [query(f"SELECT * FROM {table}") for table in ("galleries", "subjects", "audit")]
+    faces = query("SELECT id, subject FROM faces")
+    face = str(faces[0][0])
+    if gallery_url.startswith("sqlite"):
+        query(
+            "CREATE TRIGGER injected BEFORE INSERT ON audit "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+        )
+    else:
+        query(
+            "CREATE FUNCTION injected() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'injected failure'; END $$"
+        )
+        query(
+            "CREATE TRIGGER injected BEFORE INSERT ON audit "
+            "FOR EACH ROW EXECUTE FUNCTION injected()"
+        )
+    writes = [
+        lambda: gallery_store.add_face("site", "fay", vectors[1], MODEL, SOURCE),
+        lambda: gallery_store.add_faces("new", [("fay", vectors[2], SOURCE)], MODEL),
+        lambda: gallery_store.add_faces(
+            "new", [("fay", vectors[2], SOURCE)], MODEL, action="import"
+        ),
+        lambda: gallery_store.put_subject("site", "eve", "Eve", None),
+        lambda: gallery_store.delete_face("site", "eve", face),
+        lambda: gallery_store.delete_subject("site", "eve"),
+        lambda: gallery_store.delete_gallery("site"),
+        lambda: gallery_store.record("site", "identify", {"identified": None, "distance": None}),
+    ]
+    for write in writes:
+        with pytest.raises(Exception, match="injected failure"):
+            write()
+    assert [query(f"SELECT * FROM {table}") for table in ("galleries", "subjects", "audit")] == (
+        before
+    )
+    assert query("SELECT id, subject FROM faces") == faces
+    assert gallery_store.gallery_size("new") == 0
+
+
+def test_retention_prunes_expired_events_at_most_once_per_interval(gallery_url, query):
+    start = 1_000_000.0
+    now = [start]
+    retention = AuditRetention(days=1, prune_every_s=3600)
+    if gallery_url.startswith("sqlite"):
+        store = gallery_sqlite.SqliteGalleryStore(
+            gallery_url.removeprefix("sqlite:///"), retention=retention, clock=lambda: now[0]
+        )
+    else:
+        store = gallery_postgres.PostgresGalleryStore(
+            gallery_url, retention=retention, clock=lambda: now[0]
+        )
+    subjects = lambda: [e.subject for e in store.audit_events("site").events]  # noqa: E731
+    try:
+        store.put_subject("site", "gus", None, None)  # the process's first prune (nothing)
+        now[0] = start + 1800
+        store.put_subject("site", "hal", None, None)  # within the hour: no prune
+        now[0] = start + 86_400 + 60  # gus is over a day old, hal not
+        store.put_subject("site", "ivy", None, None)
+        assert subjects() == ["hal", "ivy"]
+        now[0] += 60
+        query("UPDATE audit SET at = 0")  # every event expired, but a prune ran a minute ago
+        store.record("site", "verify", {"match": True, "distance": 0.2}, subject="hal")
+        assert subjects() == ["hal", "ivy", "hal"]
+        now[0] += 3600  # an hour on: the next write prunes
+        store.record("site", "verify", {"match": False, "distance": 0.9}, subject="ivy")
+        assert subjects() == ["hal", "ivy"]
+        assert [e.action for e in store.audit_events("site").events] == ["verify", "verify"]
+    finally:
+        store.close()
+
+
+def test_audit_pages_follow_their_cursor_and_refuse_a_bad_one(gallery_store):
+    for i in range(5):
+        gallery_store.put_subject("site", f"s{i}", None, None, actor=f"k{i}")
+    first = gallery_store.audit_events("site", limit=3)
+    assert [e.key for e in first.events] == ["k0", "k1", "k2"] and first.next is not None
+    rest = gallery_store.audit_events("site", limit=3, after=first.next)
+    assert [e.key for e in rest.events] == ["k3", "k4"] and rest.next is None
+    exact = gallery_store.audit_events("site", limit=5)
+    assert len(exact.events) == 5 and exact.next is None
+    for bad in ("abc", "-1", "1" * 19, "²"):
+        with pytest.raises(InvalidParameter):
+            gallery_store.audit_events("site", after=bad)
+    for bad in (0, 1001):
+        with pytest.raises(InvalidParameter):
+            gallery_store.audit_events("site", limit=bad)

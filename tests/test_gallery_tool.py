@@ -15,14 +15,14 @@ import pytest
 from PIL import Image
 
 from deployment_utils.gallery_tool import (
-    ExportSigner,
-    ToolError,
     enrol_folder,
     export_gallery,
     import_gallery,
     main,
 )
+from facematch.api.gallery_routes import export_signer
 from facematch.engine.decoding import decode_image
+from facematch.errors import FacematchError
 from facematch.gallery.opening import open_gallery_store
 from tests.support import KEY_A, KEY_B, image_bytes
 
@@ -129,8 +129,17 @@ def test_export_from_sqlite_then_import_into_postgres_searches_the_same(
 
     assert main(["--url", postgres, "--quiet", "import", str(export)]) == 0
 
+    exported = sqlite_gallery.audit_events("staff", limit=1000).events[-1]
+    assert (exported.key, exported.action, exported.outcome) == (
+        "gallery_tool",
+        "export",
+        {"subjects": 5, "faces": 9},
+    )
     target = open_gallery_store(postgres)
     try:
+        trail = target.audit_events("staff", limit=1000).events
+        assert {(e.key, e.action) for e in trail} == {("gallery_tool", "import")}
+        assert sum(e.outcome["faces"] for e in trail if e.subject is None) == 9
         assert target.get_subject("staff", "Zoe_New").faces == ()
         colin = target.get_subject("staff", "Colin_Powell")
         assert colin.subject.name == "Colin Powell"
@@ -157,11 +166,11 @@ def test_import_refuses_altered_unsigned_foreign_or_other_model_exports_writing_
 ):
     signed, unsigned, foreign = (tmp_path / n for n in ("signed", "unsigned", "foreign"))
     with signed.open("wb") as out:
-        export_gallery(sqlite_gallery, "staff", out, ExportSigner([KEY_A]), progress=False)
+        export_gallery(sqlite_gallery, "staff", out, export_signer([KEY_A]), progress=False)
     with unsigned.open("wb") as out:
         export_gallery(sqlite_gallery, "staff", out, None, progress=False)
     with foreign.open("wb") as out:
-        export_gallery(sqlite_gallery, "staff", out, ExportSigner([KEY_B]), progress=False)
+        export_gallery(sqlite_gallery, "staff", out, export_signer([KEY_B]), progress=False)
     lines = signed.read_bytes().splitlines(keepends=True)
     record = json.loads(lines[2])
     vector = np.frombuffer(base64.b64decode(record["faces"][0]["vector"]), "<f4")
@@ -172,7 +181,7 @@ def test_import_refuses_altered_unsigned_foreign_or_other_model_exports_writing_
     truncated.write_bytes(b"".join(lines[:-2] + lines[-1:]))
 
     store = open_gallery_store(f"sqlite:///{tmp_path / 'target.db'}")
-    signer = ExportSigner([KEY_A])
+    signer = export_signer([KEY_A])
     model = engine.model_name
     refusals = {
         altered: "altered",
@@ -181,15 +190,15 @@ def test_import_refuses_altered_unsigned_foreign_or_other_model_exports_writing_
         truncated: "incomplete",
     }
     for path, reason in refusals.items():
-        with pytest.raises(ToolError, match=reason):
+        with pytest.raises(FacematchError, match=reason):
             import_gallery(store, path, model, signer, progress=False)
-    with pytest.raises(ToolError, match=f"model {re.escape(repr(model))}.*runs 'other-model'"):
+    with pytest.raises(FacematchError, match=f"model {re.escape(repr(model))}.*runs 'other-model'"):
         import_gallery(store, signed, "other-model", signer, progress=False)
     assert store.gallery_size("staff") == 0
 
-    assert import_gallery(store, signed, model, signer, "copy", progress=False)["faces"] == 9
-    with pytest.raises(ToolError, match="already holds faces"):
+    assert import_gallery(store, signed, model, signer, "copy", progress=False).faces == 9
+    with pytest.raises(FacematchError, match="already holds faces"):
         import_gallery(store, signed, model, signer, "copy", progress=False)
     # without keys the signature is not checked: an unsigned export imports
-    assert import_gallery(store, unsigned, model, None, "plain", progress=False)["faces"] == 9
+    assert import_gallery(store, unsigned, model, None, "plain", progress=False).faces == 9
     store.close()

@@ -9,6 +9,13 @@ routes (``steps``), and the threshold goes through the same decision policy: ver
 1:1 decision (``for_request``), identify uses the 1:N threshold (``for_identify``). Gallery
 distances are cosine distances, so ``metric`` may only be ``cosine`` here.
 
+Every write and every decision names the acting API key (``_actor``, the one read of
+``g.key_id``, which the API-key check sets) for the gallery's audit trail, which
+``GET /galleries/<g>/audit`` pages through. ``GET /galleries/<g>/export`` streams a gallery in
+``gallery.transfer``'s format (signed with the first signing key when signing is on) and
+``POST /galleries/<g>/import`` takes one (checked whole first; its size bounded by
+``FACEMATCH_MAX_UPLOAD_MB``, as every body).
+
 Errors are the usual JSON errors; an unavailable database is 503 ``gallery_unavailable`` with
 ``Retry-After``. What each request did goes into its ``Outcome`` (``GalleryWork``: gallery
 size, candidates, best distance; the search time in its stage times) for the metrics record.
@@ -16,17 +23,18 @@ size, candidates, best distance; the search time in its stage times) for the met
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from datetime import UTC, datetime
 
-from flask import Blueprint, Flask, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, stream_with_context
 
 from facematch import bounded_json
 from facematch.api import answers, steps
 from facematch.api.codec import parse_embedding
 from facematch.api.errors import error_body, status_of
-from facematch.api.security import reference_claims
+from facematch.api.security import ReferenceSigner, key_id, reference_claims
 from facematch.config import Settings
 from facematch.decision.gallery_scoring import MAX_TOP_K, Identification, VerifyRule
 from facematch.decision.policy import Decision
@@ -38,8 +46,11 @@ from facematch.errors import (
     NoReferences,
     WrongModel,
 )
+from facematch.gallery.audit import AuditEvent
 from facematch.gallery.service import GalleryAccess
 from facematch.gallery.store import MAX_K, Face, FaceSource, Subject, check_id
+from facematch.gallery.transfer import ExportSigner
+from facematch.keys import split_keys
 from facematch.observability.record import GalleryWork
 
 bp = Blueprint("gallery", __name__)
@@ -56,12 +67,26 @@ def init_app(app: Flask, settings: Settings) -> GalleryAccess:
     on first use). Returns the ``GalleryAccess``; ``ConfigError`` for an unusable URL."""
     access = GalleryAccess.from_settings(settings)
     app.extensions["facematch_gallery"] = access
+    secrets = split_keys(settings.signing_keys)
+    app.extensions["facematch_gallery_export"] = export_signer(secrets) if secrets else None
     app.register_blueprint(bp)
     return access
 
 
 def _access() -> GalleryAccess:
     return current_app.extensions["facematch_gallery"]
+
+
+def export_signer(secrets: list[str]) -> ExportSigner:
+    """The export signer of signing keys (the first signs), checked as references' keys are
+    (lengths, distinct key ids): the routes' and the gallery tool's."""
+    ReferenceSigner(secrets)
+    return ExportSigner({key_id(s): s for s in dict.fromkeys(secrets)})
+
+
+def _actor() -> str:
+    """The acting API key's id, as the API-key check left it ("anonymous" when keys are off)."""
+    return g.get("key_id", "anonymous")
 
 
 @bp.before_request
@@ -114,7 +139,7 @@ def add_face(gallery: str, subject: str):
         )
     else:
         raise MissingField(f"{_ENROL_FIELDS} is required (multipart/form-data)")
-    added = _access().enrol(gallery, subject, vector, model, source)
+    added = _access().enrol(gallery, subject, vector, model, source, _actor())
     body = {
         "gallery": gallery,
         "subject": subject,
@@ -184,7 +209,8 @@ def put_subject(gallery: str, subject: str):
     unknown = sorted(set(body) - {"name", "metadata"})
     if unknown:
         raise InvalidParameter(f"unknown field(s): {', '.join(unknown)[:100]}")
-    stored = _access().put_subject(gallery, subject, body.get("name"), body.get("metadata"))
+    name, metadata = body.get("name"), body.get("metadata")
+    stored = _access().put_subject(gallery, subject, name, metadata, _actor())
     return {**_subject_json(gallery, stored), "faces": stored.faces}
 
 
@@ -195,7 +221,7 @@ def put_subject(gallery: str, subject: str):
 def delete_face(gallery: str, subject: str, face: str):
     """Delete one face of a subject."""
     _ids(gallery=gallery, subject=subject, face=face)
-    deleted = _access().delete_face(gallery, subject, face)
+    deleted = _access().delete_face(gallery, subject, face, _actor())
     return {
         "deleted": {"gallery": gallery, "subject": subject, "face": face, "faces": deleted.faces}
     }
@@ -205,7 +231,7 @@ def delete_face(gallery: str, subject: str, face: str):
 def delete_subject(gallery: str, subject: str):
     """Delete a subject and every embedding of it."""
     _ids(gallery=gallery, subject=subject)
-    deleted = _access().delete_subject(gallery, subject)
+    deleted = _access().delete_subject(gallery, subject, _actor())
     return {"deleted": {"gallery": gallery, "subject": subject, "faces": deleted.faces}}
 
 
@@ -213,8 +239,47 @@ def delete_subject(gallery: str, subject: str):
 def delete_gallery(gallery: str):
     """Delete a gallery, its subjects and their embeddings."""
     _ids(gallery=gallery)
-    deleted = _access().delete_gallery(gallery)
+    deleted = _access().delete_gallery(gallery, _actor())
     return {"deleted": {"gallery": gallery, "subjects": deleted.subjects, "faces": deleted.faces}}
+
+
+# --- the audit trail ---
+
+
+@bp.get("/galleries/<gallery>/audit")
+def audit(gallery: str):
+    """A page of the gallery's audit events in the order they were recorded (a deleted
+    gallery's too); ``next`` is the ``after`` of the next page, null at the end."""
+    _ids(gallery=gallery)
+    limit = _int_arg(request.args, "limit", DEFAULT_LIMIT, MAX_K)
+    page = _access().audit(gallery, limit, request.args.get("after") or None)
+    return {"events": [_event_json(event) for event in page.events], "next": page.next}
+
+
+# --- export and import ---
+
+
+@bp.get("/galleries/<gallery>/export")
+def export_gallery(gallery: str):
+    """The gallery as an export (JSON lines), streamed a subject at a time; 404 for an
+    unknown gallery. An export that stops midway has no last line: no import takes it."""
+    _ids(gallery=gallery)
+    signer = current_app.extensions["facematch_gallery_export"]
+    lines = _access().export(gallery, signer, _actor())
+    headers = {"Content-Disposition": f'attachment; filename="{gallery}.fmg"'}
+    return Response(stream_with_context(lines), mimetype="application/x-ndjson", headers=headers)
+
+
+@bp.post("/galleries/<gallery>/import")
+def import_gallery(gallery: str):
+    """Import an export (the body) into ``gallery``, which must hold no face: checked whole
+    (form, counts, signature when signing is on, the model) before anything is written."""
+    _ids(gallery=gallery)
+    body = request.get_data(cache=True)
+    model = steps.context().services.engine.model_name
+    signer = current_app.extensions["facematch_gallery_export"]
+    done = _access().import_export(gallery, lambda: io.BytesIO(body), model, signer, _actor())
+    return {"gallery": done.gallery, "subjects": done.subjects, "faces": done.faces}, 201
 
 
 # --- deciding ---
@@ -243,10 +308,10 @@ def verify(gallery: str, subject: str):
     ctx.outcome.compared = sample.faces[:1]
     vector = steps.embed(ctx, [sample.primary.crop])[0]
     searched = _access().verify(
-        gallery, subject, references, vector, model, decision.threshold, rule
+        gallery, subject, references, vector, model, decision.threshold, rule, _actor()
     )
     result = searched.result
-    ctx.outcome.times.search += searched.search_ms
+    ctx.outcome.times.search += searched.search_ms + searched.audit_ms  # the event's included
     work.candidates = result.references
     work.best_distance = result.distance
     _decided(ctx, [MatchResult(result.match, result.distance, result.threshold, decision.metric)])
@@ -292,8 +357,8 @@ def identify(gallery: str):
     vectors = steps.embed(ctx, [face.crop for face in compared])
     found: list[Identification] = []
     for vector in vectors:
-        searched = _access().identify(gallery, vector, model, decision.threshold, top_k)
-        ctx.outcome.times.search += searched.search_ms
+        searched = _access().identify(gallery, vector, model, decision.threshold, top_k, _actor())
+        ctx.outcome.times.search += searched.search_ms + searched.audit_ms  # the event's included
         found.append(searched.result)
     _note_identified(ctx, found, decision)
     common = {"threshold": decision.threshold, "metric": decision.metric, "model": model}
@@ -417,6 +482,18 @@ def _subject_json(gallery: str, subject: Subject) -> dict:
         "metadata": subject.metadata,
         "created": _time(subject.created),
         "updated": _time(subject.updated),
+    }
+
+
+def _event_json(event: AuditEvent) -> dict:
+    return {
+        "at": _time(event.at),
+        "key": event.key,
+        "action": event.action,
+        "gallery": event.gallery,
+        "subject": event.subject,
+        "face": event.face,
+        "outcome": event.outcome,
     }
 
 

@@ -205,6 +205,9 @@ ROLE_OF: dict[str, str] = {
     "gallery.delete_face": "admin",
     "gallery.delete_subject": "admin",
     "gallery.delete_gallery": "admin",
+    "gallery.audit": "admin",
+    "gallery.export_gallery": "admin",
+    "gallery.import_gallery": "admin",
 }
 #: Endpoints any configured key may call, whatever its roles (they hold no gallery data).
 ANY_ROLE = frozenset({"api.health", "api.openapi", "security.key"})

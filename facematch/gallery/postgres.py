@@ -23,13 +23,15 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import psycopg
 from psycopg import sql
 
 from facematch.errors import GalleryUnavailable
+from facematch.gallery.audit import AuditRetention
 from facematch.gallery.sql import Db, SqlGalleryStore, migrate_schema
 from facematch.gallery.store import (
     EMBEDDING_DIM,
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 5000
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: A gallery gets its HNSW index at this many faces; below it, exact search is fast enough.
 INDEX_FROM = 10_000
 #: ``hnsw.ef_search`` per query (candidates the index visits): recall against speed.
@@ -87,6 +89,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ADD COLUMN indexed boolean NOT NULL DEFAULT false",
         "UPDATE galleries SET token = floor(random() * 4e18)::bigint",
     ),
+    # 3: the audit trail (sql's docstring): ids only, never a vector
+    (
+        "CREATE TABLE audit (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+        "at double precision NOT NULL, key text NOT NULL, action text NOT NULL, "
+        'gallery text COLLATE "C" NOT NULL, subject text, face text, outcome text NOT NULL)',
+        "CREATE INDEX audit_by_gallery ON audit (gallery, id)",
+        "CREATE INDEX audit_by_time ON audit (at)",
+    ),
 )
 
 
@@ -122,8 +132,10 @@ class PostgresGalleryStore(SqlGalleryStore):
         build_memory: str = BUILD_MEMORY,
         hnsw_m: int = HNSW_M,
         hnsw_ef_construction: int = HNSW_EF_CONSTRUCTION,
+        retention: AuditRetention | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        super().__init__(limits or StoreLimits())
+        super().__init__(limits or StoreLimits(), retention, clock)
         if not 1 <= ef_search <= 1000 or not re.fullmatch(r"[1-9][0-9]*[kMG]B", build_memory):
             raise ValueError("ef_search must be 1 to 1000 and build_memory like '1GB'")
         self.url = url

@@ -10,7 +10,10 @@ faces) in the same transaction: a search cache compares them to know what change
 The tables (``schema_version`` holds the version; see each backend's migrations):
 ``galleries(id, model, faces, subjects, token, generation, deletions, created)``,
 ``subjects(gallery, id, name, metadata, faces, created, updated)``,
-``faces(id, gallery, subject, model, vector, box_*, probability, image_*, created)``.
+``faces(id, gallery, subject, model, vector, box_*, probability, image_*, created)``,
+``audit(id, at, key, action, gallery, subject, face, outcome)``: the audit trail (``audit``),
+one row per write, added in the write's transaction, and one per decision; no foreign keys,
+so a deleted gallery's events (its deletion included) stay until they expire.
 """
 
 from __future__ import annotations
@@ -20,12 +23,23 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from facematch.errors import GalleryFull, GalleryUnavailable, ModelMismatch, NotFound
+from facematch.gallery.audit import (
+    LOCAL_ACTOR,
+    AuditEvent,
+    AuditPage,
+    AuditRetention,
+    PruneSchedule,
+    check_action,
+    check_actor,
+    check_cursor,
+    encode_outcome,
+)
 from facematch.gallery.store import (
     Deleted,
     Face,
@@ -127,8 +141,15 @@ class SqlGalleryStore:
     #: appended to the statement that locks a gallery's row (PostgreSQL: " FOR UPDATE")
     lock_suffix = ""
 
-    def __init__(self, limits: StoreLimits):
+    def __init__(
+        self,
+        limits: StoreLimits,
+        retention: AuditRetention | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
         self.limits = limits
+        self.clock = clock  # the audit's times (injectable: retention tests move it)
+        self._pruning = PruneSchedule(retention or AuditRetention(), clock)
 
     # --- what a backend provides ---------------------------------------------------------
 
@@ -252,17 +273,33 @@ class SqlGalleryStore:
     # --- writes ----------------------------------------------------------------------------
 
     def add_face(
-        self, gallery: str, subject: str, vector: np.ndarray, model: str, source: FaceSource
+        self,
+        gallery: str,
+        subject: str,
+        vector: np.ndarray,
+        model: str,
+        source: FaceSource,
+        *,
+        actor: str = LOCAL_ACTOR,
     ) -> FaceAdded:
         check_id("gallery", gallery)
         check_id("subject", subject)
-        return self.add_faces(gallery, [(subject, vector, source)], model)[0]
+        return self.add_faces(gallery, [(subject, vector, source)], model, actor=actor)[0]
 
     def add_faces(
-        self, gallery: str, faces: Sequence[tuple[str, np.ndarray, FaceSource]], model: str
+        self,
+        gallery: str,
+        faces: Sequence[tuple[str, np.ndarray, FaceSource]],
+        model: str,
+        *,
+        actor: str = LOCAL_ACTOR,
+        action: str = "enrol",
     ) -> list[FaceAdded]:
         check_id("gallery", gallery)
         check_model(model)
+        check_actor(actor)
+        if action not in ("enrol", "import"):
+            raise ValueError("faces are added by an enrol or an import")
         checked = [
             (check_id("subject", subject), check_vector(vector), check_source(source))
             for subject, vector, source in faces
@@ -306,11 +343,19 @@ class SqlGalleryStore:
                 "generation = generation + 1 WHERE id = ?",
                 (len(checked), len(new), model, gallery),
             )
+            added = []
+            for (subject, _, _), new_id in zip(checked, ids, strict=True):
+                held[subject] = held.get(subject, 0) + 1
+                added.append(FaceAdded(face=str(new_id), faces=held[subject]))
+            if action == "enrol":  # one event per face enrolled
+                events = [
+                    (subject, face.face, {"faces": face.faces})
+                    for (subject, _, _), face in zip(checked, added, strict=True)
+                ]
+            else:  # an import's transaction: one event, its counts
+                events = [(None, None, {"subjects": len(new), "faces": len(checked)})]
+            self._audit(db, actor, action, gallery, events)
         self._after_add(gallery, count + len(checked))
-        added = []
-        for (subject, _, _), new_id in zip(checked, ids, strict=True):
-            held[subject] = held.get(subject, 0) + 1
-            added.append(FaceAdded(face=str(new_id), faces=held[subject]))
         return added
 
     @staticmethod
@@ -328,9 +373,21 @@ class SqlGalleryStore:
             held.update(rows)
         return held
 
-    def put_subject(self, gallery: str, subject: str, name: str | None, metadata: Any) -> Subject:
+    def put_subject(
+        self,
+        gallery: str,
+        subject: str,
+        name: str | None,
+        metadata: Any,
+        *,
+        actor: str = LOCAL_ACTOR,
+        action: str = "update",
+    ) -> Subject:
         check_id("gallery", gallery)
         check_id("subject", subject)
+        check_actor(actor)
+        if action not in ("update", "import"):
+            raise ValueError("a subject is written by an update or an import")
         name = check_name(name)
         text = encode_metadata(metadata)
         now = time.time()
@@ -350,11 +407,15 @@ class SqlGalleryStore:
                     (name, text, now, gallery, subject),
                 )
             row = self._need_subject(db, gallery, subject)
+            self._audit(db, actor, action, gallery, [(subject, None, {"created": bool(created)})])
         return _subject(row)
 
-    def delete_face(self, gallery: str, subject: str, face: str) -> Deleted:
+    def delete_face(
+        self, gallery: str, subject: str, face: str, *, actor: str = LOCAL_ACTOR
+    ) -> Deleted:
         check_id("gallery", gallery)
         check_id("subject", subject)
+        check_actor(actor)
         row_id = face_id(face)
         with self._transaction(write=True) as db:
             self._lock_gallery(db, gallery, create=False)
@@ -370,12 +431,14 @@ class SqlGalleryStore:
                 (time.time(), gallery, subject),
             )
             self._count_deleted(db, gallery, subjects=0, faces=1)
+            self._audit(db, actor, "delete_face", gallery, [(subject, face, {"faces": 1})])
         self._after_erasure()
         return Deleted(faces=1)
 
-    def delete_subject(self, gallery: str, subject: str) -> Deleted:
+    def delete_subject(self, gallery: str, subject: str, *, actor: str = LOCAL_ACTOR) -> Deleted:
         check_id("gallery", gallery)
         check_id("subject", subject)
+        check_actor(actor)
         with self._transaction(write=True) as db:
             self._lock_gallery(db, gallery, create=False)
             self._need_subject(db, gallery, subject)
@@ -384,17 +447,22 @@ class SqlGalleryStore:
             )
             db.run("DELETE FROM subjects WHERE gallery = ? AND id = ?", (gallery, subject))
             self._count_deleted(db, gallery, subjects=1, faces=faces)
+            outcome = {"subjects": 1, "faces": faces}
+            self._audit(db, actor, "delete_subject", gallery, [(subject, None, outcome)])
         self._after_erasure()
         return Deleted(subjects=1, faces=faces)
 
-    def delete_gallery(self, gallery: str) -> Deleted:
+    def delete_gallery(self, gallery: str, *, actor: str = LOCAL_ACTOR) -> Deleted:
         check_id("gallery", gallery)
+        check_actor(actor)
         with self._transaction(write=True) as db:
             self._lock_gallery(db, gallery, create=False)
             faces = db.run("DELETE FROM faces WHERE gallery = ?", (gallery,))
             subjects = db.run("DELETE FROM subjects WHERE gallery = ?", (gallery,))
             db.run("DELETE FROM galleries WHERE id = ?", (gallery,))
             self._after_gallery_deleted(db, gallery)
+            outcome = {"subjects": subjects, "faces": faces}
+            self._audit(db, actor, "delete_gallery", gallery, [(None, None, outcome)])
         self._after_erasure()
         return Deleted(galleries=1, subjects=subjects, faces=faces)
 
@@ -406,6 +474,60 @@ class SqlGalleryStore:
 
     def _after_erasure(self) -> None:
         """A backend's step after a delete committed, to get rid of the deleted bytes."""
+
+    # --- the audit trail -----------------------------------------------------------------------
+
+    def _audit(
+        self, db: Db, actor: str, action: str, gallery: str, events: list[tuple[Any, Any, Any]]
+    ) -> None:
+        """Add ``(subject, face, outcome)`` events to the trail in ``db``'s transaction (a
+        failure rolls the write back), and delete expired events when a prune is due."""
+        at = self.clock()
+        db.many(
+            "INSERT INTO audit (at, key, action, gallery, subject, face, outcome) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (at, actor, action, gallery, subject, face, encode_outcome(outcome))
+                for subject, face, outcome in events
+            ],
+        )
+        cutoff = self._pruning.due()
+        if cutoff is not None:
+            db.run("DELETE FROM audit WHERE at < ?", (cutoff,))
+
+    def record(
+        self,
+        gallery: str,
+        action: str,
+        outcome: Any,
+        *,
+        actor: str = LOCAL_ACTOR,
+        subject: str | None = None,
+        face: str | None = None,
+    ) -> None:
+        """Add one event that no write carries (a decision, an export) in its own transaction."""
+        check_id("gallery", gallery)
+        check_action(action)
+        check_actor(actor)
+        if subject is not None:
+            check_id("subject", subject)
+        if face is not None:
+            check_id("face", face)
+        with self._transaction(write=True) as db:
+            self._audit(db, actor, action, gallery, [(subject, face, outcome)])
+
+    def audit_events(self, gallery: str, limit: int = 100, after: str | None = None) -> AuditPage:
+        check_id("gallery", gallery)
+        check_limit(limit)
+        start = check_cursor(after)
+        with self._transaction(write=False) as db:
+            rows = db.all(
+                "SELECT id, at, key, action, gallery, subject, face, outcome FROM audit "
+                "WHERE gallery = ? AND id > ? ORDER BY id LIMIT ?",
+                (gallery, start, limit + 1),
+            )
+        events = tuple(_event(row) for row in rows[:limit])
+        return AuditPage(events=events, next=str(rows[limit - 1][0]) if len(rows) > limit else None)
 
     @staticmethod
     def _count_deleted(db: Db, gallery: str, subjects: int, faces: int) -> None:
@@ -504,6 +626,11 @@ def _face(row: tuple) -> Face:
         source=FaceSource(box=box, probability=probability, image_width=width, image_height=height),
         created=created,
     )
+
+
+def _event(row: tuple) -> AuditEvent:
+    _, at, key, action, gallery, subject, face, outcome = row
+    return AuditEvent(at, key, action, gallery, subject, face, json.loads(outcome))
 
 
 def _over_limit(what: str, adding: int, limit: int) -> GalleryFull:

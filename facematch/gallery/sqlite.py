@@ -21,13 +21,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from facematch.errors import GalleryUnavailable
+from facematch.gallery.audit import AuditRetention
 from facematch.gallery.search import FaceMatrix
 from facematch.gallery.sql import Db, SqlGalleryStore, migrate_schema
 from facematch.gallery.store import (
@@ -46,7 +47,7 @@ BUSY_TIMEOUT_MS = 5000
 LOAD_SLICE = 16_384  # faces read at a time into a search matrix
 #: What an unreachable, locked, unreadable or corrupt file raises.
 _UNAVAILABLE = (sqlite3.OperationalError, sqlite3.DatabaseError)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 #: Forward migrations: MIGRATIONS[v - 1] takes the schema from version v - 1 to v. They only
 #: create and add; a migration never drops data.
@@ -75,6 +76,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 3: a gallery's faces in id order, so a worker loads (and catches up on) a gallery's
     # matrix without sorting it (measured at 100,000 faces: 8.5 s with a sort, 1.4 s without)
     ("CREATE INDEX faces_by_gallery ON faces (gallery, id)",),
+    # 4: the audit trail (sql's docstring): ids only, never a vector
+    (
+        "CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, "
+        "key TEXT NOT NULL, action TEXT NOT NULL, gallery TEXT NOT NULL, subject TEXT, "
+        "face TEXT, outcome TEXT NOT NULL)",
+        "CREATE INDEX audit_by_gallery ON audit (gallery, id)",
+        "CREATE INDEX audit_by_time ON audit (at)",
+    ),
 )
 
 
@@ -121,8 +130,14 @@ class _Matrix:
 class SqliteGalleryStore(SqlGalleryStore):
     """``GalleryStore`` on an SQLite file (created with its directory on first use)."""
 
-    def __init__(self, path: str | os.PathLike, limits: StoreLimits | None = None):
-        super().__init__(limits or StoreLimits())
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        limits: StoreLimits | None = None,
+        retention: AuditRetention | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        super().__init__(limits or StoreLimits(), retention, clock)
         self.path = Path(path).expanduser()
         self._pid = -1
         self._reset()

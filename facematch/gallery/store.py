@@ -13,6 +13,10 @@ and every call made while the database is down or unreachable raises ``GalleryUn
 quickly.
 
 Every backend validates its arguments itself (it is the last line): ids, vectors, metadata.
+Every write, and every decision the service records, adds an event to the gallery's audit
+trail (``audit``): writes in their own transaction, naming the ``actor`` (the acting API key's
+id; ``audit.LOCAL_ACTOR`` when a caller names none).
+
 Errors are the ``errors`` module's ``FacematchError`` subclasses (no HTTP here: the API maps
 them to statuses), so routes pass them through.
 """
@@ -29,6 +33,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from facematch.errors import InvalidEmbedding, InvalidId, InvalidParameter
+from facematch.gallery.audit import LOCAL_ACTOR, AuditPage
 
 # = facematch.api.codec.EMBEDDING_DIM, not imported from there: the gallery never imports the API
 EMBEDDING_DIM = 512
@@ -134,22 +139,47 @@ class GalleryStore(Protocol):
     down: ``GalleryUnavailable``. Every write is one transaction: all of it or nothing."""
 
     def add_face(
-        self, gallery: str, subject: str, vector: np.ndarray, model: str, source: FaceSource
+        self,
+        gallery: str,
+        subject: str,
+        vector: np.ndarray,
+        model: str,
+        source: FaceSource,
+        *,
+        actor: str = LOCAL_ACTOR,
     ) -> FaceAdded:
-        """Store one embedding of ``subject``, creating the gallery and subject if new.
-        ``GalleryFull`` past a limit, ``ModelMismatch`` if the gallery holds another model's."""
+        """Store one embedding of ``subject``, creating the gallery and subject if new (an
+        ``enrol`` event). ``GalleryFull`` past a limit, ``ModelMismatch`` if the gallery holds
+        another model's."""
         ...
 
     def add_faces(
-        self, gallery: str, faces: Sequence[tuple[str, np.ndarray, FaceSource]], model: str
+        self,
+        gallery: str,
+        faces: Sequence[tuple[str, np.ndarray, FaceSource]],
+        model: str,
+        *,
+        actor: str = LOCAL_ACTOR,
+        action: str = "enrol",
     ) -> list[FaceAdded]:
         """Store several ``(subject, vector, source)`` embeddings in one transaction (all or
         none; many times faster than one ``add_face`` each: an import, a bulk enrolment); one
-        ``FaceAdded`` each, in order. Same checks and errors as ``add_face``."""
+        ``FaceAdded`` each, in order. Same checks and errors as ``add_face``. ``action``:
+        ``enrol`` (an event per face) or ``import`` (one event, the counts)."""
         ...
 
-    def put_subject(self, gallery: str, subject: str, name: str | None, metadata: Any) -> Subject:
-        """Create the subject (and gallery) or replace its name and metadata; the subject."""
+    def put_subject(
+        self,
+        gallery: str,
+        subject: str,
+        name: str | None,
+        metadata: Any,
+        *,
+        actor: str = LOCAL_ACTOR,
+        action: str = "update",
+    ) -> Subject:
+        """Create the subject (and gallery) or replace its name and metadata; the subject.
+        ``action``: ``update`` or ``import`` (the event it records)."""
         ...
 
     def get_subject(self, gallery: str, subject: str) -> SubjectDetail:
@@ -160,16 +190,38 @@ class GalleryStore(Protocol):
         """Up to ``limit`` subjects with ids greater than ``after``, in id order."""
         ...
 
-    def delete_face(self, gallery: str, subject: str, face: str) -> Deleted:
+    def delete_face(
+        self, gallery: str, subject: str, face: str, *, actor: str = LOCAL_ACTOR
+    ) -> Deleted:
         """Delete one face of a subject (the subject stays, with fewer faces)."""
         ...
 
-    def delete_subject(self, gallery: str, subject: str) -> Deleted:
-        """Delete a subject and every embedding of it, for good."""
+    def delete_subject(self, gallery: str, subject: str, *, actor: str = LOCAL_ACTOR) -> Deleted:
+        """Delete a subject and every embedding of it, for good (its events stay)."""
         ...
 
-    def delete_gallery(self, gallery: str) -> Deleted:
-        """Delete a gallery, its subjects and their embeddings, for good."""
+    def delete_gallery(self, gallery: str, *, actor: str = LOCAL_ACTOR) -> Deleted:
+        """Delete a gallery, its subjects and their embeddings, for good (its events stay)."""
+        ...
+
+    def record(
+        self,
+        gallery: str,
+        action: str,
+        outcome: Any,
+        *,
+        actor: str = LOCAL_ACTOR,
+        subject: str | None = None,
+        face: str | None = None,
+    ) -> None:
+        """Add one audit event that no write carries (a ``verify`` or ``identify`` decision,
+        an ``export``), in its own transaction; ``GalleryUnavailable`` if it cannot."""
+        ...
+
+    def audit_events(self, gallery: str, limit: int = 100, after: str | None = None) -> AuditPage:
+        """Up to ``limit`` of the gallery's events recorded after the cursor ``after``, in
+        the order they were recorded (a deleted gallery's too); ``InvalidParameter`` for a
+        cursor this store did not give."""
         ...
 
     def subject_vectors(self, gallery: str, subject: str, model: str) -> np.ndarray:
