@@ -685,9 +685,9 @@ class Postgres:
         """The pids of the postmaster and of every process under it (backends, workers)."""
         pids = [self.server.get_pid()]
         for pid in pids:
+            path = Path(f"/proc/{pid}/task/{pid}/children")
             with contextlib.suppress(FileNotFoundError):
-                with open(f"/proc/{pid}/task/{pid}/children") as children:
-                    pids += [int(child) for child in children.read().split()]
+                pids += [int(child) for child in path.read_text().split()]
         return pids
 
     @contextlib.contextmanager
