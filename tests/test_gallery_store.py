@@ -708,6 +708,48 @@ def test_postgres_down_or_unreachable_is_unavailable_quickly_and_recovers():
         server.stop()
 
 
+def test_postgres_frozen_each_thread_gives_up_at_its_deadline_at_once_then_reconnects():
+    """PostgreSQL only: the server SIGSTOPped while two threads hold connections. Both calls
+    meet the client's deadline side by side (not one after the other), and after SIGCONT the
+    same threads work again on new connections, with nothing committed lost."""
+    server = Postgres()
+    try:
+        store = open_gallery_store(server.url)
+        vectors = unit(2, seed=13)
+        step = threading.Barrier(3)  # the two threads and this one
+        failed: list[float] = []
+        found: list[str] = []
+
+        def thread(i: int) -> None:
+            store.add_face("site", f"s{i}", vectors[i], MODEL, SOURCE)  # its connection
+            step.wait()
+            step.wait()  # frozen now
+            started = time.monotonic()
+            with pytest.raises(GalleryUnavailable):
+                store.search("site", vectors[i], MODEL, 1)
+            failed.append(time.monotonic() - started)
+            step.wait()
+            step.wait()  # thawed now
+            found.append(store.search("site", vectors[i], MODEL, 1)[0].subject)
+
+        threads = [threading.Thread(target=thread, args=(i,)) for i in range(2)]
+        for each in threads:
+            each.start()
+        step.wait(timeout=30)
+        with server.frozen():
+            step.wait(timeout=30)
+            step.wait(timeout=30)
+        step.wait(timeout=30)
+        for each in threads:
+            each.join()
+        deadline = gallery_postgres.CALL_TIMEOUT_S
+        assert len(failed) == 2 and all(deadline - 0.1 < s < deadline + 0.5 for s in failed)
+        assert sorted(found) == ["s0", "s1"] and store.gallery_size("site") == 2
+        store.close()
+    finally:
+        server.stop()
+
+
 # --- PostgreSQL's HNSW index -----------------------------------------------------------------
 
 
