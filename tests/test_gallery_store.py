@@ -6,6 +6,7 @@ mechanism (SQLite's file bytes after an erasure, PostgreSQL's HNSW index) and sa
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import sqlite3
 import threading
@@ -706,6 +707,17 @@ def test_postgres_down_or_unreachable_is_unavailable_quickly_and_recovers():
         store.close()
     finally:
         server.stop()
+
+
+def test_postgres_connections_use_tcp_keepalives_unless_the_url_sets_its_own(postgres):
+    """PostgreSQL only: what libpq was given (a partition breaks a TCP connection in ~30 s)."""
+    own = postgres + ("&" if "?" in postgres else "?") + "keepalives_idle=42"
+    for url, idle in ((postgres, "10"), (own, "42")):
+        with gallery_postgres.PostgresGalleryStore(url)._open(math.inf) as connection:
+            given = {o.keyword.decode(): o.val and o.val.decode() for o in connection.pgconn.info}
+        assert given["keepalives"] == "1" and given["keepalives_idle"] == idle
+        assert (given["keepalives_interval"], given["keepalives_count"]) == ("5", "4")
+        assert given["tcp_user_timeout"] == "30000"
 
 
 def test_postgres_frozen_each_thread_gives_up_at_its_deadline_at_once_then_reconnects():
