@@ -9,6 +9,7 @@ hook kills anything a crashed test left behind). ``scripts/test-deps/`` installs
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import re
@@ -690,6 +691,31 @@ class Postgres:
         name = urllib.parse.urlsplit(url).path.lstrip("/")
         with psycopg.connect(self.url, autocommit=True) as connection:
             connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    def processes(self) -> list[int]:
+        """The pids of the postmaster and of every process under it (backends, workers)."""
+        pids = [self.server.get_pid()]
+        for pid in pids:
+            path = Path(f"/proc/{pid}/task/{pid}/children")
+            with contextlib.suppress(FileNotFoundError):
+                pids += [int(child) for child in path.read_text().split()]
+        return pids
+
+    @contextlib.contextmanager
+    def frozen(self):
+        """SIGSTOP the postmaster and every process under it while the block runs (a hung
+        server: the kernel still accepts its connections and acknowledges what is sent), and
+        SIGCONT them all when it ends, however it ends."""
+        os.kill(self.server.get_pid(), signal.SIGSTOP)  # first: it forks no one meanwhile
+        try:
+            for pid in self.processes()[1:]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+            yield
+        finally:
+            for pid in reversed(self.processes()):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the server (idempotent) and remove its data directory."""

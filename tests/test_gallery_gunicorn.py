@@ -9,18 +9,22 @@ session), so with several workers they land on any of them.
 
 from __future__ import annotations
 
+import re
 import socket
 import sqlite3
 import statistics
+import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 import pytest
 import requests
 from PIL import Image
 
-from tests.servers import Postgres, Subscriber
+from facematch.gallery.postgres import CALL_TIMEOUT_S
+from tests.servers import Postgres, Subscriber, wait_until
 from tests.support import DIFFERENT, KEY_A, SAME, SIGN_NEW, dumps, image_bytes
 
 AUTH = {"Authorization": f"Bearer {KEY_A}"}
@@ -483,6 +487,98 @@ def test_postgres_stopped_gallery_routes_503_and_the_one_to_one_routes_are_not_s
             "POST", server.url + "/embeddings", headers={}, files={"photo": photo(lfw, SAME[0])}
         )
         assert made.status_code == 200
+    finally:
+        database.stop()
+
+
+def connections_to(database: Postgres, pids: set[int]) -> dict[int, int]:
+    """How many connections each of ``pids`` holds to the database's server processes, read
+    from the kernel's table of unix sockets and their peers (``ss``)."""
+    owners: dict[str, set[int]] = {}
+    peers: dict[str, str] = {}
+    listing = subprocess.run(["ss", "-xpn"], capture_output=True, text=True, check=True).stdout
+    for line in listing.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) >= 8:
+            peers[fields[5]] = fields[7]
+            owners[fields[5]] = {int(pid) for pid in re.findall(r"pid=(\d+)", line)}
+    backends = set(database.processes()[1:])
+    counts = dict.fromkeys(pids, 0)
+    for inode, holders in owners.items():
+        if holders & backends:
+            for pid in owners.get(peers[inode], set()) & pids:
+                counts[pid] += 1
+    return counts
+
+
+def timed(request) -> tuple[requests.Response, float]:
+    started = time.monotonic()
+    response = request()
+    return response, time.monotonic() - started
+
+
+def test_postgres_frozen_every_gallery_route_503_within_the_deadline_on_every_worker_then_recovers(
+    gunicorn, lfw
+):
+    """Every PostgreSQL process SIGSTOPped (a hung server: its kernel keeps the connections open
+    and never answers) while both workers hold open connections on both their threads."""
+    database = Postgres()
+    try:
+        url = database.database()
+        server = gunicorn(FACEMATCH_GALLERY_URL=url, FACEMATCH_WORKERS="2")
+        workers = server.wait_for_workers(2)
+        base = f"{server.url}/galleries/site/subjects"
+        for subject, name in (("aaron", AARON[0]), ("aaron", AARON[1]), ("colin", COLIN[0])):
+            assert enrol(server, lfw, "site", subject, name).status_code == 201
+        face = call("GET", f"{base}/aaron").json()["faces"][0]["face"]
+        with ThreadPoolExecutor(8) as pool:  # until every thread of both workers holds one
+            for _ in range(30):
+                held = connections_to(database, workers)
+                if min(held.values()) >= 2:
+                    break
+                list(pool.map(lambda _: call("GET", base), range(8)))
+        assert min(held.values()) >= 2, held
+        baseline = one_to_one_seconds(server, lfw)
+        routes = {
+            "enrol": lambda: enrol(server, lfw, "site", "aaron", AARON[2]),
+            "put subject": lambda: call("PUT", f"{base}/laura", json={"name": "Laura"}),
+            "get subject": lambda: call("GET", f"{base}/aaron"),
+            "list subjects": lambda: call("GET", base),
+            "verify": lambda: verify(server, lfw, "site", "aaron", AARON[3]),
+            "identify": lambda: identify(server, lfw, "site", AARON[3]),
+            "delete face": lambda: call("DELETE", f"{base}/aaron/faces/{face}"),
+            "delete subject": lambda: call("DELETE", f"{base}/colin"),
+            "delete gallery": lambda: call("DELETE", f"{server.url}/galleries/site"),
+        }
+        bound = CALL_TIMEOUT_S + 2  # the deadline, plus the request's own work on a busy CPU
+        waited = []  # seconds each gallery route took to answer 503
+        with database.frozen(), ThreadPoolExecutor(2) as pool:
+            one_to_one = pool.submit(lambda: [one_to_one_seconds(server, lfw) for _ in range(4)])
+            for _ in range(2):  # each route twice, one at a time: a worker keeps a free thread
+                for name, route in routes.items():
+                    response, seconds = timed(route)
+                    waited.append(seconds)
+                    assert seconds < bound, (name, seconds)
+                    assert_error(response, 503, "gallery_unavailable")
+                    assert 1 <= int(response.headers["Retry-After"]) <= 5
+            assert max(one_to_one.result()) < 2 * baseline + 0.5
+            dropped = connections_to(database, workers)
+            assert all(dropped[pid] < held[pid] for pid in workers), (held, dropped)
+        thawed = time.monotonic()
+        wait_until(lambda: call("GET", f"{base}/aaron").status_code == 200, 5 + bound)
+        first = time.monotonic() - thawed
+        time.sleep(max(0.0, thawed + 5 - time.monotonic()))  # every worker's hold-off is over
+        answers = [timed(route) for route in list(routes.values())[:6] * 2]
+        failures = [(r.status_code, r.text[:200], s) for r, s in answers if r.status_code >= 300]
+        assert failures == [], failures
+        assert rows_of(url, "site", "aaron") == {"faces": 4, "subjects": 1}
+        assert rows_of(url, "site", "colin") == {"faces": 1, "subjects": 1}
+        print(
+            f"503 in at most {max(waited):.2f} s (sorted: {sorted(round(w, 2) for w in waited)}); "
+            f"1:1 {baseline:.2f} s, stopped {max(one_to_one.result()):.2f} s; first 2xx "
+            f"{first:.2f} s after SIGCONT; from 5 s on every route 2xx, at most "
+            f"{max(seconds for _, seconds in answers):.2f} s per route"
+        )
     finally:
         database.stop()
 

@@ -6,6 +6,7 @@ mechanism (SQLite's file bytes after an erasure, PostgreSQL's HNSW index) and sa
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import sqlite3
 import threading
@@ -704,6 +705,59 @@ def test_postgres_down_or_unreachable_is_unavailable_quickly_and_recovers():
         assert server.server.get_uri() == server.url
         assert store.search("site", vector, MODEL, 1)[0].subject == "zoe"
         assert store.health() is True
+        store.close()
+    finally:
+        server.stop()
+
+
+def test_postgres_connections_use_tcp_keepalives_unless_the_url_sets_its_own(postgres):
+    """PostgreSQL only: what libpq was given (a partition breaks a TCP connection in ~30 s)."""
+    own = postgres + ("&" if "?" in postgres else "?") + "keepalives_idle=42"
+    for url, idle in ((postgres, "10"), (own, "42")):
+        with gallery_postgres.PostgresGalleryStore(url)._open(math.inf) as connection:
+            given = {o.keyword.decode(): o.val and o.val.decode() for o in connection.pgconn.info}
+        assert given["keepalives"] == "1" and given["keepalives_idle"] == idle
+        assert (given["keepalives_interval"], given["keepalives_count"]) == ("5", "4")
+        assert given["tcp_user_timeout"] == "30000"
+
+
+def test_postgres_frozen_each_thread_gives_up_at_its_deadline_at_once_then_reconnects():
+    """PostgreSQL only: the server SIGSTOPped while two threads hold connections. Both calls
+    meet the client's deadline side by side (not one after the other), and after SIGCONT the
+    same threads work again on new connections, with nothing committed lost."""
+    server = Postgres()
+    try:
+        store = open_gallery_store(server.url)
+        vectors = unit(2, seed=13)
+        step = threading.Barrier(3)  # the two threads and this one
+        failed: list[float] = []
+        found: list[str] = []
+
+        def thread(i: int) -> None:
+            store.add_face("site", f"s{i}", vectors[i], MODEL, SOURCE)  # its connection
+            step.wait()
+            step.wait()  # frozen now
+            started = time.monotonic()
+            with pytest.raises(GalleryUnavailable):
+                store.search("site", vectors[i], MODEL, 1)
+            failed.append(time.monotonic() - started)
+            step.wait()
+            step.wait()  # thawed now
+            found.append(store.search("site", vectors[i], MODEL, 1)[0].subject)
+
+        threads = [threading.Thread(target=thread, args=(i,)) for i in range(2)]
+        for each in threads:
+            each.start()
+        step.wait(timeout=30)
+        with server.frozen():
+            step.wait(timeout=30)
+            step.wait(timeout=30)
+        step.wait(timeout=30)
+        for each in threads:
+            each.join()
+        deadline = gallery_postgres.CALL_TIMEOUT_S
+        assert len(failed) == 2 and all(deadline - 0.1 < s < deadline + 0.5 for s in failed)
+        assert sorted(found) == ["s0", "s1"] and store.gallery_size("site") == 2
         store.close()
     finally:
         server.stop()

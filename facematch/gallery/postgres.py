@@ -2,8 +2,14 @@
 
 Each process opens its own connections, one per thread, after it is forked; a broken connection
 is dropped and the next call reconnects. Connecting times out after ``CONNECT_TIMEOUT_S`` and
-every statement after ``STATEMENT_TIMEOUT_MS``, so a database that is down or unreachable makes
-each call raise ``GalleryUnavailable`` quickly instead of hanging.
+every statement after ``STATEMENT_TIMEOUT_MS`` (the server cancels it). A server that stops
+answering altogether (stopped, frozen, cut off) enforces nothing, and its kernel keeps the
+connection open, so every call also has a deadline of its own on the client: connecting,
+migrating and its transaction together wait at most ``CALL_TIMEOUT_S`` on the database
+(``deadline.DeadlineConnection``); past it the connection is closed and the call raises
+``GalleryUnavailable``, and the thread's next call opens a new connection. A background index
+build has ``BUILD_TIMEOUT_S``. TCP keepalives and ``tcp_user_timeout`` (``KEEPALIVES``) end a
+TCP connection whose peer is cut off by the network, which matters for the long index build.
 
 Embeddings are ``vector(512)`` columns. Search runs in the database, so every node sees every
 committed write at once. A gallery below ``INDEX_FROM`` faces is searched exactly (a scan of
@@ -29,9 +35,11 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from facematch.errors import GalleryUnavailable
 from facematch.gallery.audit import AuditRetention
+from facematch.gallery.deadline import DeadlineConnection
 from facematch.gallery.sql import Db, SqlGalleryStore, migrate_schema
 from facematch.gallery.store import (
     EMBEDDING_DIM,
@@ -47,6 +55,23 @@ log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 2
 STATEMENT_TIMEOUT_MS = 5000
+#: The longest one call waits on the database, connecting and migrating included: a little over
+#: the statement timeout, so a slow statement ends with the server's cancel (the connection
+#: stays), and only a server that does not answer at all meets the deadline.
+CALL_TIMEOUT_S = 6.0
+#: The deadline of a background index build (1,000,000 faces took 65 min on a loaded 2-core
+#: machine: docs/gallery.md, "Speed and size"); a build past it fails and is tried again later.
+BUILD_TIMEOUT_S = 4 * 3600
+#: libpq's TCP settings (ignored on unix sockets; the URL's own values win): a connection whose
+#: peer stops acknowledging, as in a network partition, breaks after about 30 s even while idle
+#: or waiting on a long statement.
+KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 4,
+    "tcp_user_timeout": 30_000,
+}
 SCHEMA_VERSION = 3
 #: A gallery gets its HNSW index at this many faces; below it, exact search is fast enough.
 INDEX_FROM = 10_000
@@ -156,23 +181,31 @@ class PostgresGalleryStore(SqlGalleryStore):
         self._migrated = False
         self._building: set[str] = set()
 
-    def _open(self) -> psycopg.Connection:
-        return psycopg.connect(
+    def _open(self, deadline: float) -> DeadlineConnection:
+        """A new connection whose waits end at ``deadline`` (connecting: ``CONNECT_TIMEOUT_S``)."""
+        given = conninfo_to_dict(self.url)
+        connection = DeadlineConnection.connect(
             self.url,
             autocommit=True,
             connect_timeout=CONNECT_TIMEOUT_S,
             options=f"-c statement_timeout={STATEMENT_TIMEOUT_MS} "
             f"-c lock_timeout={STATEMENT_TIMEOUT_MS}",
             application_name="facematch-gallery",
+            **{key: value for key, value in KEEPALIVES.items() if key not in given},
         )
+        connection.deadline = deadline
+        return connection
 
-    def _connect(self) -> psycopg.Connection:
+    def _connect(self, deadline: float) -> DeadlineConnection:
+        """This thread's connection, opened (and the schema migrated) if it has none, with its
+        waits ending at ``deadline``."""
         if os.getpid() != self._pid:
             self._reset()  # inherited connections are dropped unused, never closed here
         connection = getattr(self._local, "connection", None)
         if connection is not None and not connection.closed:
+            connection.deadline = deadline
             return connection
-        return self._adopt(self._open(), migrate)
+        return self._adopt(self._open(deadline), migrate)
 
     def _drop_connection(self) -> None:
         connection = getattr(self._local, "connection", None)
@@ -186,7 +219,7 @@ class PostgresGalleryStore(SqlGalleryStore):
     @contextlib.contextmanager
     def _transaction(self, write: bool) -> Iterator[Db]:
         try:
-            connection = self._connect()
+            connection = self._connect(time.monotonic() + CALL_TIMEOUT_S)
             with connection.transaction(), connection.cursor() as cursor:
                 yield Db(cursor, "%s")
         except (psycopg.OperationalError, psycopg.InterfaceError) as error:
@@ -234,7 +267,7 @@ class PostgresGalleryStore(SqlGalleryStore):
         name = index_name(gallery)
         lock = int(hashlib.sha256(name.encode()).hexdigest()[:15], 16)
         try:
-            with self._open() as connection:
+            with self._open(time.monotonic() + BUILD_TIMEOUT_S) as connection:
                 (locked,) = connection.execute(
                     "SELECT pg_try_advisory_lock(%s)", (lock,)
                 ).fetchone()
