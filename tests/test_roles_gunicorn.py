@@ -62,6 +62,9 @@ class Fixture:
         self.reference = answer.content
         for gallery in (IN, OUT):
             self.enrol(gallery, "s1")
+        export = call("GET", f"{self.url}/galleries/{IN}/export", ALL)
+        assert export.status_code == 200, export.text
+        self.export = export.content
         self.serial = 0
 
     def photo(self, photo: bytes | None = None) -> tuple[str, bytes]:
@@ -99,6 +102,10 @@ class Fixture:
             if gallery != MISSING:
                 self.enrol(gallery, subject)
             return {"s": subject}, {}
+
+        def import_target(gallery):
+            target = self.fresh(f"{gallery}-import") if gallery == IN else gallery
+            return {"target": target}, {"data": self.export}
 
         def new_gallery(gallery):
             target = f"{gallery}-drop" if gallery == IN else gallery
@@ -156,6 +163,9 @@ class Fixture:
             ),
             Route("gallery.delete_subject", "DELETE", "/galleries/{g}/subjects/{s}", new_subject),
             Route("gallery.delete_gallery", "DELETE", "/galleries/{target}", new_gallery),
+            Route("gallery.audit", "GET", "/galleries/{g}/audit", none),
+            Route("gallery.export_gallery", "GET", "/galleries/{g}/export", none),
+            Route("gallery.import_gallery", "POST", "/galleries/{target}/import", import_target),
         ]
 
 
@@ -179,7 +189,8 @@ def run_matrix(fixture: Fixture) -> list[Cell]:
                 ids, arguments = route.prepare(gallery)
                 path = route.path.format(g=gallery, **ids)
                 answer = call(route.method, fixture.url + path, key, **arguments)
-                body = answer.json() if "json" in answer.headers.get("Content-Type", "") else {}
+                json_answer = answer.headers.get("Content-Type", "").startswith("application/json")
+                body = answer.json() if json_answer else {}
                 cells.append(Cell(role, route.endpoint, gallery, answer.status_code, body))
     return cells
 
@@ -321,3 +332,35 @@ def test_a_malformed_keys_file_on_hup_keeps_the_keys_in_force(gunicorn, keys_tom
     assert call("GET", f"{server.url}/key", OLD).json()["id"] == "old"
     log = server.log()
     assert "keys not reloaded" in log and "'roles'" in log and digest not in log
+
+
+def audit_events(url: str, gallery: str) -> list[dict]:
+    events, after = [], None
+    while True:
+        params = {"limit": 100, **({"after": after} if after else {})}
+        page = call("GET", f"{url}/galleries/{gallery}/audit", ALL, params=params)
+        assert page.status_code == 200, page.text
+        events += page.json()["events"]
+        after = page.json()["next"]
+        if after is None:
+            return events
+
+
+def test_the_audit_names_the_key_of_every_allowed_write_and_decision_and_no_refused_one(matrix):
+    fixture, _ = matrix
+    done = {(event["action"], event["key"]) for event in audit_events(fixture.url, IN)}
+    expected = {
+        ("enrol", "enrol-key"),
+        ("update", "enrol-key"),
+        ("verify", "verify-key"),
+        ("identify", "verify-key"),
+        ("delete_face", "admin-key"),
+        ("delete_subject", "admin-key"),
+        ("export", "admin-key"),
+    }
+    assert expected <= done
+    role_keys = {f"{role}-key" for role in ROLE_KEYS}
+    refused = {(action, key) for action, key in done if key in role_keys} - expected
+    assert refused == set()
+    outside = {event["key"] for event in audit_events(fixture.url, OUT)}
+    assert outside and not outside & role_keys  # only the set-up key touched site-b
