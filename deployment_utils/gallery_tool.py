@@ -40,6 +40,7 @@ from typing import BinaryIO
 import numpy as np
 from tqdm import tqdm
 
+from facematch.api.security import export_signer
 from facematch.config import Settings
 from facematch.errors import FacematchError
 from facematch.gallery.opening import store_from_settings
@@ -51,7 +52,6 @@ from facematch.gallery.transfer import (
     export_lines,
     import_export,
 )
-from facematch.keys import split_keys
 
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 ACTOR = "gallery_tool"  # the key id this tool's writes and exports are audited as
@@ -134,13 +134,6 @@ def enrol_folder(
 
 
 # --- export and import (the format is facematch.gallery.transfer's) ----------------------------
-
-
-def signer_from_settings(settings: Settings) -> ExportSigner | None:
-    from facematch.api.gallery_routes import export_signer
-
-    secrets = split_keys(settings.signing_keys)
-    return export_signer(secrets) if secrets else None
 
 
 def export_gallery(
@@ -226,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1 if done.skipped else 0
-        signer = signer_from_settings(settings)
+        signer = export_signer(settings)
         if args.command == "export":
             with args.out.open("wb") as out:
                 done = export_gallery(store, args.gallery, out, signer, progress)

@@ -20,7 +20,8 @@ from deployment_utils.gallery_tool import (
     import_gallery,
     main,
 )
-from facematch.api.gallery_routes import export_signer
+from facematch.api.security import export_signer
+from facematch.config import Settings
 from facematch.engine.decoding import decode_image
 from facematch.errors import FacematchError
 from facematch.gallery.opening import open_gallery_store
@@ -165,12 +166,25 @@ def test_import_refuses_altered_unsigned_foreign_or_other_model_exports_writing_
     sqlite_gallery, engine, tmp_path
 ):
     signed, unsigned, foreign = (tmp_path / n for n in ("signed", "unsigned", "foreign"))
+    by_a, by_b = (export_signer(Settings(signing_keys=key)) for key in (KEY_A, KEY_B))
     with signed.open("wb") as out:
-        export_gallery(sqlite_gallery, "staff", out, export_signer([KEY_A]), progress=False)
+        export_gallery(
+            sqlite_gallery,
+            "staff",
+            out,
+            export_signer(Settings(signing_keys=KEY_A)),
+            progress=False,
+        )
     with unsigned.open("wb") as out:
         export_gallery(sqlite_gallery, "staff", out, None, progress=False)
     with foreign.open("wb") as out:
-        export_gallery(sqlite_gallery, "staff", out, export_signer([KEY_B]), progress=False)
+        export_gallery(
+            sqlite_gallery,
+            "staff",
+            out,
+            export_signer(Settings(signing_keys=KEY_B)),
+            progress=False,
+        )
     lines = signed.read_bytes().splitlines(keepends=True)
     record = json.loads(lines[2])
     vector = np.frombuffer(base64.b64decode(record["faces"][0]["vector"]), "<f4")
@@ -181,7 +195,7 @@ def test_import_refuses_altered_unsigned_foreign_or_other_model_exports_writing_
     truncated.write_bytes(b"".join(lines[:-2] + lines[-1:]))
 
     store = open_gallery_store(f"sqlite:///{tmp_path / 'target.db'}")
-    signer = export_signer([KEY_A])
+    signer = export_signer(Settings(signing_keys=KEY_A))
     model = engine.model_name
     refusals = {
         altered: "altered",

@@ -34,7 +34,7 @@ from facematch import bounded_json
 from facematch.api import answers, steps
 from facematch.api.codec import parse_embedding
 from facematch.api.errors import error_body, status_of
-from facematch.api.security import ReferenceSigner, key_id, reference_claims
+from facematch.api.security import export_signer, reference_claims
 from facematch.config import Settings
 from facematch.decision.gallery_scoring import MAX_TOP_K, Identification, VerifyRule
 from facematch.decision.policy import Decision
@@ -49,8 +49,6 @@ from facematch.errors import (
 from facematch.gallery.audit import AuditEvent
 from facematch.gallery.service import GalleryAccess
 from facematch.gallery.store import MAX_K, Face, FaceSource, Subject, check_id
-from facematch.gallery.transfer import ExportSigner
-from facematch.keys import split_keys
 from facematch.observability.record import GalleryWork
 
 bp = Blueprint("gallery", __name__)
@@ -67,21 +65,13 @@ def init_app(app: Flask, settings: Settings) -> GalleryAccess:
     on first use). Returns the ``GalleryAccess``; ``ConfigError`` for an unusable URL."""
     access = GalleryAccess.from_settings(settings)
     app.extensions["facematch_gallery"] = access
-    secrets = split_keys(settings.signing_keys)
-    app.extensions["facematch_gallery_export"] = export_signer(secrets) if secrets else None
+    app.extensions["facematch_gallery_export"] = export_signer(settings)
     app.register_blueprint(bp)
     return access
 
 
 def _access() -> GalleryAccess:
     return current_app.extensions["facematch_gallery"]
-
-
-def export_signer(secrets: list[str]) -> ExportSigner:
-    """The export signer of signing keys (the first signs), checked as references' keys are
-    (lengths, distinct key ids): the routes' and the gallery tool's."""
-    ReferenceSigner(secrets)
-    return ExportSigner({key_id(s): s for s in dict.fromkeys(secrets)})
 
 
 def _actor() -> str:

@@ -51,6 +51,7 @@ from facematch.errors import (
     UnsignedReference,
     WrongModel,
 )
+from facematch.gallery.transfer import ExportSigner
 from facematch.keys import Grant, KeyRing, check_lengths, split_keys
 
 SIGNATURE_VERSION = "v1"
@@ -169,6 +170,17 @@ _BAD_SIGNATURE = (
 def _printable(text: str, limit: int = 64) -> str:
     cleaned = "".join(c if c.isprintable() else "?" for c in text)
     return cleaned[:limit] + ("..." if len(cleaned) > limit else "")
+
+
+def export_signer(settings: Settings) -> ExportSigner | None:
+    """The signer of gallery exports (``FACEMATCH_SIGNING_KEYS``: the first signs, any
+    verifies), its keys checked as references' keys are; None when signing is off. The export
+    routes' and the gallery tool's."""
+    secrets = list(dict.fromkeys(split_keys(settings.signing_keys)))
+    if not secrets:
+        return None
+    ReferenceSigner(secrets)  # lengths, distinct key ids
+    return ExportSigner({key_id(secret): secret for secret in secrets})
 
 
 def reference_claims(data: bytes) -> tuple[str | None, str | None]:
