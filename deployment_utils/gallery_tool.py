@@ -23,6 +23,14 @@ it again.
 Every write and the export are in the gallery's audit trail as the key ``gallery_tool``: each
 enrolled face an ``enrol`` event, each import transaction an ``import`` event (its counts, in
 that transaction), an export one ``export`` event (its counts) before the file's last line.
+
+With ``--server URL`` the three commands go through a running service's API instead of the
+database, with the key in ``--key-file`` (a file, so the key is not in the process list): the
+key's roles and galleries apply (``enrol`` to enrol, ``admin`` to export and import; a refusal
+stops the command with the API's message) and the audit trail names that key.
+
+    python -m deployment_utils.gallery_tool --server https://fm.example --key-file clerk.key \
+        enrol PHOTOS --gallery site-a
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+import requests
 from tqdm import tqdm
 
 from facematch.api.security import export_signer
@@ -173,6 +182,85 @@ def import_gallery(
         return import_export(store, lines, model, signer, gallery, batch, ACTOR, bar.update)
 
 
+# --- over the API (--server) --------------------------------------------------------------------
+
+
+class RemoteError(Exception):
+    """The service refused a request: its status and its error message."""
+
+
+class GalleryClient:
+    """The gallery tool's commands through a running service's API, with one API key."""
+
+    def __init__(self, url: str, key: str | None):
+        self.url = url.rstrip("/")
+        self.session = requests.Session()
+        if key:
+            self.session.headers["X-API-Key"] = key
+
+    def _call(self, method: str, path: str, **kwargs) -> requests.Response:
+        answer = self.session.request(method, self.url + path, timeout=120, **kwargs)
+        if answer.status_code >= 400:
+            raise RemoteError(f"{answer.status_code}: {_message(answer)}")
+        return answer
+
+    def enrol_folder(self, gallery: str, folder: Path, progress: bool = True) -> Enrolled:
+        """``enrol_folder`` through ``POST /galleries/<g>/subjects/<s>/faces``: a photo the
+        service refuses for itself (no face, not an image) is skipped; any other refusal (the
+        key, the gallery, the service) stops the command."""
+        check_id("gallery", gallery)
+        started = time.perf_counter()
+        photos, skipped = find_photos(folder)
+        done = Enrolled(skipped=skipped)
+        for subject, photo in tqdm(photos, desc="enrolling", unit="photo", disable=not progress):
+            name = photo.relative_to(folder).as_posix()
+            path = f"/galleries/{gallery}/subjects/{subject}/faces"
+            try:
+                self._call("POST", path, files={"photo": (photo.name, photo.read_bytes())})
+            except RemoteError as error:
+                if not str(error).startswith(_PHOTO_REFUSALS):
+                    raise
+                done.skipped[name] = str(error)
+                continue
+            done.faces[subject] = done.faces.get(subject, 0) + 1
+        done.seconds = time.perf_counter() - started
+        return done
+
+    def export_gallery(self, gallery: str, out: BinaryIO) -> Transferred:
+        """``GET /galleries/<g>/export`` into ``out``; the counts of its last line."""
+        check_id("gallery", gallery)
+        tail = b""  # the last bytes, which hold the last line
+        with self._call("GET", f"/galleries/{gallery}/export", stream=True) as answer:
+            for chunk in answer.iter_content(64 * 1024):
+                out.write(chunk)
+                tail = (tail + chunk)[-4096:]
+        last = tail.rstrip(b"\n").rpartition(b"\n")[2]
+        end = json.loads(last).get("end") if last.startswith(b'{"end"') else None
+        if end is None:
+            raise RemoteError("the export stopped before its last line; run it again")
+        return Transferred(gallery, end["subjects"], end["faces"])
+
+    def import_gallery(self, path: Path, gallery: str | None) -> Transferred:
+        """``POST /galleries/<g>/import`` with the file (default gallery: the exported one)."""
+        if gallery is None:
+            with path.open("rb") as stream:
+                gallery = str(json.loads(stream.readline() or b"{}").get("gallery"))
+        check_id("gallery", gallery)
+        done = self._call("POST", f"/galleries/{gallery}/import", data=path.read_bytes()).json()
+        return Transferred(done["gallery"], done["subjects"], done["faces"])
+
+
+#: The refusals of one photo (415, 413, 422): skipped, not fatal.
+_PHOTO_REFUSALS = ("413:", "415:", "422:")
+
+
+def _message(answer: requests.Response) -> str:
+    try:
+        return answer.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        return answer.reason or "no message"
+
+
 # --- the command --------------------------------------------------------------------------------
 
 
@@ -180,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", default="", help="the gallery database (FACEMATCH_GALLERY_URL)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--server", default="", help="a running service's URL: use its API")
+    parser.add_argument("--key-file", type=Path, help="with --server: a file holding the API key")
     commands = parser.add_subparsers(dest="command", required=True)
     enrol = commands.add_parser("enrol", help="enrol PHOTOS/<subject>/<photo> into a gallery")
     enrol.add_argument("photos", type=Path)
@@ -194,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
+    if args.server:
+        return _remote(args, parser)
     settings = Settings.from_env()
     if args.url:
         settings = settings.replace(gallery_url=args.url)
@@ -247,6 +339,43 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         store.close()
+
+
+def _remote(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """The command through the service's API (``--server``)."""
+    key = args.key_file.read_text(encoding="utf-8").strip() if args.key_file else None
+    client = GalleryClient(args.server, key)
+    progress = not args.quiet
+    try:
+        if args.command == "enrol":
+            if not args.photos.is_dir():
+                parser.error(f"{args.photos} is not a folder")
+            done = client.enrol_folder(args.gallery, args.photos, progress)
+            for name, reason in done.skipped.items():
+                print(f"skipped {name}: {reason}", file=sys.stderr)
+            print(
+                f"enrolled {sum(done.faces.values())} face(s) of {len(done.faces)} subject(s) "
+                f"into gallery {args.gallery!r} at {args.server} in {done.seconds:.1f} s; "
+                f"skipped {len(done.skipped)}",
+                file=sys.stderr,
+            )
+            return 1 if done.skipped else 0
+        if args.command == "export":
+            with args.out.open("wb") as out:
+                done = client.export_gallery(args.gallery, out)
+            verb = "exported"
+        else:
+            done = client.import_gallery(args.file, args.gallery)
+            verb = "imported"
+        print(
+            f"{verb} {done.faces} face(s) of {done.subjects} subject(s) of gallery "
+            f"{done.gallery!r} at {args.server}",
+            file=sys.stderr,
+        )
+        return 0
+    except (RemoteError, FacematchError, requests.RequestException) as error:
+        print(f"error: {getattr(error, 'message', None) or error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from deployment_utils.gallery_tool import (
@@ -25,7 +26,7 @@ from facematch.config import Settings
 from facematch.engine.decoding import decode_image
 from facematch.errors import FacematchError
 from facematch.gallery.opening import open_gallery_store
-from tests.support import KEY_A, KEY_B, image_bytes
+from tests.support import KEY_A, KEY_B, image_bytes, keys_file_text
 
 REPO = Path(__file__).resolve().parents[1]
 #: person -> the photos enrolled; the next photo of each is the probe
@@ -216,3 +217,57 @@ def test_import_refuses_altered_unsigned_foreign_or_other_model_exports_writing_
     # without keys the signature is not checked: an unsigned export imports
     assert import_gallery(store, unsigned, model, None, "plain", progress=False).faces == 9
     store.close()
+
+
+# --- over the API, with scoped keys (--server) -------------------------------------------------
+
+CLERK, ADMIN = "tool-clerk-0123456789ab", "tool-admin-0123456789ab"
+
+
+@pytest.fixture(scope="module")
+def scoped_server(module_gunicorn, tmp_path_factory):
+    """A service whose keys are an enrol key and an admin key, both on galleries ``site-*``;
+    the key files the tool reads."""
+    folder = tmp_path_factory.mktemp("scoped")
+    (folder / "keys.toml").write_text(
+        keys_file_text(
+            {CLERK: ("clerk", ["enrol"], ["site-*"]), ADMIN: ("admin", ["admin"], ["site-*"])}
+        )
+    )
+    for name, key in (("clerk.key", CLERK), ("admin.key", ADMIN)):
+        (folder / name).write_text(key + "\n")
+    server = module_gunicorn(
+        FACEMATCH_GALLERY_URL=f"sqlite:///{folder / 'g.db'}",
+        FACEMATCH_KEYS_FILE=str(folder / "keys.toml"),
+    )
+    return server, folder
+
+
+def tool(server, key_file: Path, *args: str) -> int:
+    return main(["--server", server.url, "--key-file", str(key_file), "--quiet", *args])
+
+
+def test_over_the_api_the_tool_enrols_exports_and_imports_within_its_keys_roles(
+    scoped_server, photo_tree, tmp_path, capsys
+):
+    server, keys = scoped_server
+    assert tool(server, keys / "clerk.key", "enrol", str(photo_tree), "--gallery", "site-a") == 1
+    report = capsys.readouterr().err
+    assert "enrolled 9 face(s) of 4 subject(s)" in report and "skipped 4" in report
+    assert "Hugo_Chavez/blank.png: 422:" in report  # no face: skipped, not fatal
+
+    # out of the key's galleries, or beyond its role: stopped with the API's message
+    assert tool(server, keys / "clerk.key", "enrol", str(photo_tree), "--gallery", "hq") == 2
+    assert "error: 403: this key ('clerk') may not use this gallery" in capsys.readouterr().err
+    export = tmp_path / "site-a.fmg"
+    assert tool(server, keys / "clerk.key", "export", "--gallery", "site-a", str(export)) == 2
+    assert "lacks the 'admin' role" in capsys.readouterr().err
+
+    assert tool(server, keys / "admin.key", "export", "--gallery", "site-a", str(export)) == 0
+    assert "exported 9 face(s) of 4 subject(s)" in capsys.readouterr().err
+    assert tool(server, keys / "admin.key", "import", str(export), "--gallery", "site-b") == 0
+    assert "imported 9 face(s) of 4 subject(s) of gallery 'site-b'" in capsys.readouterr().err
+    events = requests.get(
+        f"{server.url}/galleries/site-b/audit", headers={"X-API-Key": ADMIN}, timeout=30
+    ).json()["events"]
+    assert {event["key"] for event in events} == {"admin"}
