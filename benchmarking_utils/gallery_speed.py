@@ -537,7 +537,7 @@ def measure_postgres(run: Run, base_url: str, dataset: Dataset, exact) -> dict:
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as connection:
-            for table in ("faces", "subjects", "galleries"):
+            for table in ("faces", "subjects", "galleries", "audit"):
                 connection.execute(f"DROP TABLE IF EXISTS {table} CASCADE")
             connection.execute("DROP TABLE IF EXISTS schema_version")
         builds.unlink(missing_ok=True)
