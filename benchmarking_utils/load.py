@@ -3,7 +3,8 @@
 Either point it at a running server (``--url``, and ``--pid`` of the Gunicorn master to read its
 workers' memory), or let it start one Gunicorn per ``--scenario`` on a free local port:
 ``NAME:key=value,...`` where ``app=service`` (default, ``wsgi:app``) or ``app=baseline``
-(``benchmarking_utils.baseline``, the original pipeline) and the other keys are settings
+(``benchmarking_utils.baseline``, the original pipeline), ``repo=DIR`` serves another checkout
+(e.g. an export of the commit before a change: ``git archive``), and the other keys are settings
 (``workers``, ``threads``, ``preload``, ``torch_threads``, ``embed_backend``, ...). All scenario
 servers start first; then each round runs every scenario in turn for ``--seconds`` with
 ``--clients`` threads posting ``/photo_match`` pairs back to back, so slow drifts of a shared
@@ -59,6 +60,7 @@ def start(scenario: str, log_dir: Path) -> Server:
     name, _, spec = scenario.partition(":")
     values = dict(item.partition("=")[::2] for item in filter(None, spec.split(",")))
     app = APPS[values.pop("app", "service")]
+    repo = Path(values.pop("repo", REPO)).resolve()
     known = {f.name for f in dataclasses.fields(Settings)}
     unknown = set(values) - known
     if unknown:
@@ -66,9 +68,14 @@ def start(scenario: str, log_dir: Path) -> Server:
     env = {PREFIX + k.upper(): v for k, v in values.items()}
     env[f"{PREFIX}LOG_LEVEL"] = "warning"
     gunicorn = LocalGunicorn(
-        log_dir / f"gunicorn-{name}.log", env, app=app, extra_args=["--access-logfile", "/dev/null"]
+        log_dir / f"gunicorn-{name}.log",
+        env,
+        app=app,
+        extra_args=["--access-logfile", "/dev/null"],
+        repo=repo,
     )
-    server = Server(name, gunicorn.url, gunicorn.pid, gunicorn, {"app": app, **values})
+    settings = {"app": app, **values} | ({"repo": str(repo)} if repo != REPO else {})
+    server = Server(name, gunicorn.url, gunicorn.pid, gunicorn, settings)
     try:
         gunicorn.wait_until_up(seconds=300)
     except GunicornFailed as error:
