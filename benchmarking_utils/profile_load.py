@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import shutil
 import subprocess
 import sys
@@ -120,16 +119,6 @@ def stage_table(counts: Counter, cpu_ms_per_request: float) -> list[dict]:
     ]
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU seconds the processes have used so far."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
-    return total / tick
-
-
 def record(
     pid: int, seconds: float, fmt: str, out: Path, rate: int, native: bool
 ) -> subprocess.Popen:
@@ -194,10 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             for p, r in zip(workers[1:], raws)
         ]
         time.sleep(1)  # py-spy attaches
-        processes = [server.pid, *workers]
-        cpu_before = cpu_seconds(processes)
         load = run_load(server, photos, args.clients, args.seconds, 0, {})
-        cpu = cpu_seconds(processes) - cpu_before
+        cpu = load["server_cpu_s"]
         for spy in spies:
             _, errors = spy.communicate(timeout=120)
             if spy.returncode:
