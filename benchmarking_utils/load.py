@@ -3,12 +3,15 @@
 Either point it at a running server (``--url``, and ``--pid`` of the Gunicorn master to read its
 workers' memory), or let it start one Gunicorn per ``--scenario`` on a free local port:
 ``NAME:key=value,...`` where ``app=service`` (default, ``wsgi:app``) or ``app=baseline``
-(``benchmarking_utils.baseline``, the original pipeline) and the other keys are settings
+(``benchmarking_utils.baseline``, the original pipeline), ``repo=DIR`` serves another checkout
+(e.g. an export of the commit before a change: ``git archive``), and the other keys are settings
 (``workers``, ``threads``, ``preload``, ``torch_threads``, ``embed_backend``, ...). All scenario
 servers start first; then each round runs every scenario in turn for ``--seconds`` with
 ``--clients`` threads posting ``/photo_match`` pairs back to back, so slow drifts of a shared
-machine hit all scenarios alike. Memory: RSS, PSS and private (USS) bytes of the master and each
-worker, the highest seen while the load ran. Ratios are against the first scenario.
+machine hit all scenarios alike. The server's CPU a request (user + system of the master and its
+workers, from ``/proc``, over the requests sent) depends less on other jobs than throughput does.
+Memory: RSS, PSS and private (USS) bytes of the master and each worker, the highest seen while
+the load ran. Ratios are against the first scenario.
 
     python -m benchmarking_utils.load --clients 4 --seconds 60 --rounds 2 \\
         --scenario baseline:app=baseline,workers=1,threads=1 \\
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import os
 import sys
 import threading
 import time
@@ -59,6 +63,7 @@ def start(scenario: str, log_dir: Path) -> Server:
     name, _, spec = scenario.partition(":")
     values = dict(item.partition("=")[::2] for item in filter(None, spec.split(",")))
     app = APPS[values.pop("app", "service")]
+    repo = Path(values.pop("repo", REPO)).resolve()
     known = {f.name for f in dataclasses.fields(Settings)}
     unknown = set(values) - known
     if unknown:
@@ -66,9 +71,14 @@ def start(scenario: str, log_dir: Path) -> Server:
     env = {PREFIX + k.upper(): v for k, v in values.items()}
     env[f"{PREFIX}LOG_LEVEL"] = "warning"
     gunicorn = LocalGunicorn(
-        log_dir / f"gunicorn-{name}.log", env, app=app, extra_args=["--access-logfile", "/dev/null"]
+        log_dir / f"gunicorn-{name}.log",
+        env,
+        app=app,
+        extra_args=["--access-logfile", "/dev/null"],
+        repo=repo,
     )
-    server = Server(name, gunicorn.url, gunicorn.pid, gunicorn, {"app": app, **values})
+    settings = {"app": app, **values} | ({"repo": str(repo)} if repo != REPO else {})
+    server = Server(name, gunicorn.url, gunicorn.pid, gunicorn, settings)
     try:
         gunicorn.wait_until_up(seconds=300)
     except GunicornFailed as error:
@@ -97,13 +107,31 @@ def memory(pid: int) -> dict:
             "private_mib": round(private / 1024, 1),
         }
 
-    children = []
+    return {"master": one(pid), "workers": [m for m in map(one, children(pid)) if m]}
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process and its child processes have used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in [pid, *children(pid)]:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
+def children(pid: int) -> list[int]:
+    """The process ids of a process's children."""
+    found = []
     try:
         for task in Path(f"/proc/{pid}/task").iterdir():
-            children += [int(c) for c in (task / "children").read_text().split()]
+            found += [int(c) for c in (task / "children").read_text().split()]
     except OSError:
         pass
-    return {"master": one(pid), "workers": [m for m in map(one, sorted(set(children))) if m]}
+    return sorted(set(found))
 
 
 def run_load(
@@ -157,10 +185,12 @@ def run_load(
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     threads.append(threading.Thread(target=sample_memory))
+    cpu_before = cpu_seconds(server.pid) if server.pid else 0.0
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    cpu = cpu_seconds(server.pid) - cpu_before if server.pid else 0.0
     elapsed = max((r[0] for r in records), default=seconds)
     ok = [r[1] for r in records if r[2] == 200]
     latencies = np.array(ok) if ok else np.zeros(1)
@@ -169,6 +199,7 @@ def run_load(
         "errors": sum(r[2] != 200 for r in records),
         "seconds": round(elapsed, 1),
         "throughput_rps": round(len(ok) / elapsed, 3),
+        "server_cpu_s": round(cpu, 2),
         "latency_ms": {
             f"p{q}": round(float(np.percentile(latencies, q)), 1) for q in (50, 90, 95, 99)
         }
@@ -190,6 +221,12 @@ def merge(rounds: list[dict]) -> dict:
         "errors": sum(r["errors"] for r in rounds),
         "throughput_rps": round(ok / seconds, 3),
         "throughput_per_round": [r["throughput_rps"] for r in rounds],
+        "server_cpu_ms_per_request": round(
+            1000
+            * sum(r.get("server_cpu_s", 0) for r in rounds)
+            / max(1, sum(r["requests"] for r in rounds)),
+            1,
+        ),
         "latency_ms": {f"p{q}": round(float(np.percentile(lat, q)), 1) for q in (50, 90, 95, 99)}
         | {"max": round(float(lat.max()), 1)},
         "memory_peak": {
@@ -304,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict) -> str:
     rows = [
-        "| scenario | req/s | ratio | p50 ms | p95 ms | p99 ms | errors | worker RSS MiB | "
-        "worker PSS MiB | worker private MiB |",
-        "| --- " * 10 + "|",
+        "| scenario | req/s | ratio | server CPU ms a request | p50 ms | p95 ms | p99 ms | "
+        "errors | worker RSS MiB | worker PSS MiB | worker private MiB |",
+        "| --- " * 11 + "|",
     ]
     for name, entry in results.items():
         s = entry["summary"]
@@ -317,9 +354,9 @@ def table(results: dict) -> str:
 
         rows.append(
             f"| {name} | {s['throughput_rps']:.2f} | {s['throughput_ratio_vs_first']:.2f}x"
-            f" | {s['latency_ms']['p50']:.0f} | {s['latency_ms']['p95']:.0f} | "
-            f"{s['latency_ms']['p99']:.0f} | {s['errors']} | {fmt('rss_mib')} | "
-            f"{fmt('pss_mib')} | {fmt('private_mib')} |"
+            f" | {s['server_cpu_ms_per_request']:.1f} | {s['latency_ms']['p50']:.0f}"
+            f" | {s['latency_ms']['p95']:.0f} | {s['latency_ms']['p99']:.0f} | {s['errors']}"
+            f" | {fmt('rss_mib')} | {fmt('pss_mib')} | {fmt('private_mib')} |"
         )
     return "\n".join(rows)
 

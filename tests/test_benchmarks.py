@@ -92,6 +92,7 @@ def test_load_drives_a_real_gunicorn_and_reports_throughput_and_worker_memory(
     assert scenario["requests"] > 0 and scenario["errors"] == 0
     assert scenario["throughput_rps"] > 0
     assert 0 < scenario["latency_ms"]["p50"] <= scenario["latency_ms"]["max"]
+    assert 0 < scenario["server_cpu_ms_per_request"] < 60_000
     (worker,) = scenario["memory_peak"]["workers"]
     assert worker["rss_mib"] > worker["private_mib"] > 0
     assert (tmp_path / "load.png").stat().st_size > 0

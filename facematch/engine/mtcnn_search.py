@@ -204,38 +204,54 @@ def search(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MTCNN on ``image`` for faces of at least ``min_face_size`` pixels: boxes (n, 4),
     probabilities (n,) and landmarks (n, 5, 2), float64, in ``image``'s pixels."""
-    empty = no_faces()
     found = Search(image, pillow)
+    boxes = pnet_stage(found, pnet, min_face_size, thresholds[0], factor)
+    if len(boxes):
+        boxes = rnet_stage(found, rnet, boxes, thresholds[1])
+    if not len(boxes):
+        return no_faces()
+    return onet_stage(found, onet, boxes, thresholds[2])
+
+
+def pnet_stage(
+    found: Search, pnet, min_face_size: int, threshold: float, factor: float
+) -> np.ndarray:
+    """P-Net over the image pyramid: the candidate boxes (n, 5: corners regressed and squared,
+    score) that survive each level's and the joint non-maximum suppression."""
     levels = []
     for scale in pyramid(found.width, found.height, min_face_size, factor):
         reg, prob = pnet.run(found.level(scale))
-        boxes = candidates(reg[0], prob[0, 1], scale, thresholds[0])
+        boxes = candidates(reg[0], prob[0, 1], scale, threshold)
         levels.append(boxes[nms(boxes[:, :4], boxes[:, 4], 0.5)])
     boxes = np.concatenate(levels) if levels else np.zeros((0, 9), F32)
     boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-    if not len(boxes):
-        return empty
     size = np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]] * 2, axis=1)
     boxes = np.concatenate([boxes[:, :4] + boxes[:, 5:9] * size, boxes[:, 4:5]], axis=1)
-    boxes = square(boxes)
+    return square(boxes)
 
+
+def rnet_stage(found: Search, rnet, boxes: np.ndarray, threshold: float) -> np.ndarray:
+    """R-Net on P-Net's boxes' 24x24 crops: the boxes (n, 5) it keeps, regressed and squared."""
     batch, keep = found.crops(boxes, 24)
     if not len(keep):
-        return empty
+        return np.zeros((0, 5), F32)
     reg, prob = rnet.run(batch)
-    boxes, passed = boxes[keep], prob[:, 1] > thresholds[1]
+    boxes, passed = boxes[keep], prob[:, 1] > threshold
     boxes = np.concatenate([boxes[passed, :4], prob[passed, 1:2]], axis=1)
     reg = reg[passed]
     pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
-    boxes = square(regress(boxes[pick], reg[pick]))
-    if not len(boxes):
-        return empty
+    return square(regress(boxes[pick], reg[pick]))
 
+
+def onet_stage(
+    found: Search, onet, boxes: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """O-Net on R-Net's boxes' 48x48 crops: the search's result (see ``search``)."""
     batch, keep = found.crops(boxes, 48)
     if not len(keep):
-        return empty
+        return no_faces()
     reg, points, prob = onet.run(batch)
-    boxes, passed = boxes[keep], prob[:, 1] > thresholds[2]
+    boxes, passed = boxes[keep], prob[:, 1] > threshold
     boxes = np.concatenate([boxes[passed, :4], prob[passed, 1:2]], axis=1)
     reg, points = reg[passed], points[passed]
     w = boxes[:, 2:3] - boxes[:, 0:1] + 1
@@ -246,6 +262,6 @@ def search(
     boxes = regress(boxes, reg)
     pick = nms_min(boxes[:, :4], boxes[:, 4], 0.7)
     if not len(pick):
-        return empty
+        return no_faces()
     boxes, points = boxes[pick].astype(np.float64), points[pick].astype(np.float64)
     return boxes[:, :4], boxes[:, 4], points
