@@ -189,4 +189,16 @@ def test_server_gives_back_the_memory_of_requests_at_the_limits_within_5_s(
     time.sleep(max(0.0, 5 - (time.monotonic() - answered)))
     total = total_pss_mib(default_server)
     print(f"total PSS 5 s after the last answer: {total:.0f} MiB")
+    assert "heap trimmed" in default_server.log()
     assert total < TOTAL_PSS_MIB, total
+
+
+def test_lfw_requests_never_trim_the_heap(default_server, face_bytes):
+    """Small requests pay nothing: LFW pairs, then an idle worker, log no trim."""
+    pair = {"reference": ("r.jpg", face_bytes(SAME[0])), "sample": ("s.jpg", face_bytes(SAME[1]))}
+    trims = default_server.log().count("heap trimmed")
+    for _ in range(10):
+        response = requests.post(default_server.url + "/photo_match", files=pair, timeout=60)
+        assert response.status_code == 200
+    time.sleep(2)
+    assert default_server.log().count("heap trimmed") == trims
