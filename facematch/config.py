@@ -44,7 +44,7 @@ class Settings:
     control_socket: str = ""
     # MiB a worker may grow above its floor before it gives its free heap back once idle
     # (api/heap_trim.py); 0: never
-    heap_trim_mb: int = 64
+    heap_trim_mb: int = 96
 
     # Model and engine
     model: str = "casia-webface"

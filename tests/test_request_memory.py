@@ -171,12 +171,18 @@ def total_pss_mib(server) -> float:
 
 
 def test_server_gives_back_the_memory_of_requests_at_the_limits_within_5_s(
-    default_server, largest_photo
+    default_server, largest_photo, face_bytes
 ):
-    """Four clients at once: 40 MP 16-bit PNGs (refused, 422) and pairs of 40 MP JPEGs (200)."""
+    """Four clients at once: 40 MP 16-bit PNGs (refused, 422), pairs of 40 MP JPEGs (200) and
+    refused .pt references (400: they must not load PyTorch, which would stay)."""
     refused = ("/embeddings", {"photo": ("p.png", crafted_files.grey16_png(WIDTH, HEIGHT))}, 422)
     two_photos = {"reference": ("r.jpg", largest_photo), "sample": ("s.jpg", largest_photo)}
+    bad_pt = {
+        "reference": ("r.pt", crafted_files.pt_with_deflated_storage(2**23)),
+        "sample": ("s.jpg", face_bytes(SAME[1])),
+    }
     battery = [refused] * 4 + [("/photo_match", two_photos, 200), refused] * 2
+    battery += [("/cached_match", bad_pt, 400)] * 2
 
     def send(request) -> int:
         path, files, _ = request
@@ -201,4 +207,5 @@ def test_lfw_requests_never_trim_the_heap(default_server, face_bytes):
         response = requests.post(default_server.url + "/photo_match", files=pair, timeout=60)
         assert response.status_code == 200
     time.sleep(2)
-    assert default_server.log().count("heap trimmed") == trims
+    trimmed = [line for line in default_server.log().splitlines() if "heap trimmed" in line]
+    assert len(trimmed) == trims, trimmed[trims:]

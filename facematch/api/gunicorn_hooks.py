@@ -29,9 +29,9 @@ cannot say ``close`` itself: Gunicorn drops hop-by-hop headers from its response
 
 ``pre_request`` and ``post_request`` also count the worker's running requests for its
 ``heap_trim.HeapTrimmer``: a worker that is idle for a second after requests grew its heap more
-than ``FACEMATCH_HEAP_TRIM_MB`` gives the free heap back to the system (``malloc_trim``). Without
-it, a default server held 530-890 MiB of PSS 5 s after a battery of 40 MP photos, 180 MiB with it
-(docs/security.md).
+than ``FACEMATCH_HEAP_TRIM_MB`` gives the free heap back to the system (``malloc_trim``).
+Without it, a default server held 530-890 MiB of PSS 5 s after a battery of 40 MP photos; with
+it 160-210 MiB (docs/security.md).
 
 ``pre_fork`` makes the master's memory shareable before each fork: it freezes the Python objects
 the app made (``gc.freeze``: a worker's collector then never writes to their pages, which would
