@@ -43,6 +43,7 @@ from facematch.api.gunicorn_hooks import (  # noqa: E402,F401 (see the module)
     child_exit,
     on_exit,
     on_reload,
+    post_request,
     post_worker_init,
     pre_fork,
     pre_request,

@@ -42,6 +42,9 @@ class Settings:
     worker_connections: int = 100
     # Gunicorn's control socket (gunicornc): off unless a path is given, one per instance
     control_socket: str = ""
+    # MiB a worker may grow above its floor before it gives its free heap back once idle
+    # (api/heap_trim.py); 0: never
+    heap_trim_mb: int = 96
 
     # Model and engine
     model: str = "casia-webface"

@@ -2,11 +2,15 @@
 on a real Gunicorn worker: its peak RSS (VmHWM, reset through /proc/<pid>/clear_refs before each
 request) grows by at most ``BUDGET_BYTES_PER_PIXEL x FACEMATCH_MAX_PIXELS`` for each image the
 request decodes plus ``ENGINE_MIB`` of detection and embedding, whatever the upload (at most the
-10 MB cap): bombs of every kind found, and the largest legitimate photos at the pixel limit."""
+10 MB cap): bombs of every kind found, and the largest legitimate photos at the pixel limit.
+And the memory comes back (issue 24): a server at the defaults, after a battery of such requests,
+holds less than ``TOTAL_PSS_MIB`` in all (master and workers) 5 s after its last answer."""
 
 from __future__ import annotations
 
 import io
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -21,6 +25,8 @@ MAX_PIXELS = Settings().max_pixels
 #: Detection and embedding of a request at the detector's 640 px side, on top of the decoded
 #: images (measured: 150 MiB on a fresh worker for a 40 MP photo, including what it keeps).
 ENGINE_MIB = 200
+#: Total PSS of a default server (master and two workers) 5 s after its last answer.
+TOTAL_PSS_MIB = 400
 #: 40 MP at 4:3, a phone's largest photo.
 WIDTH, HEIGHT = 7300, 5470
 
@@ -147,3 +153,59 @@ def test_worker_does_not_keep_growing_after_bombs(server, largest_photo):
     print("RSS after each (MiB):", [round(v) for v in after])
     assert max(after) - after[0] <= ENGINE_MIB / 2, after
     assert server.workers() == {pid}
+
+
+@pytest.fixture(scope="module")
+def default_server(module_gunicorn):
+    """A server at the serving defaults: two workers of two threads."""
+    return module_gunicorn(FACEMATCH_WORKERS="2", FACEMATCH_THREADS="2")
+
+
+def total_pss_mib(server) -> float:
+    """The PSS of the master and its workers, summed (``/proc/<pid>/smaps_rollup``)."""
+    total = 0
+    for pid in (server.pid, *server.workers()):
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            total += next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+    return total / 1024
+
+
+def test_server_gives_back_the_memory_of_requests_at_the_limits_within_5_s(
+    default_server, largest_photo, face_bytes
+):
+    """Four clients at once: 40 MP 16-bit PNGs (refused, 422), pairs of 40 MP JPEGs (200) and
+    refused .pt references (400: they must not load PyTorch, which would stay)."""
+    refused = ("/embeddings", {"photo": ("p.png", crafted_files.grey16_png(WIDTH, HEIGHT))}, 422)
+    two_photos = {"reference": ("r.jpg", largest_photo), "sample": ("s.jpg", largest_photo)}
+    bad_pt = {
+        "reference": ("r.pt", crafted_files.pt_with_deflated_storage(2**23)),
+        "sample": ("s.jpg", face_bytes(SAME[1])),
+    }
+    battery = [refused] * 4 + [("/photo_match", two_photos, 200), refused] * 2
+    battery += [("/cached_match", bad_pt, 400)] * 2
+
+    def send(request) -> int:
+        path, files, _ = request
+        return requests.post(default_server.url + path, files=files, timeout=300).status_code
+
+    with ThreadPoolExecutor(4) as clients:
+        statuses = list(clients.map(send, battery))
+    answered = time.monotonic()
+    assert statuses == [status for _, _, status in battery]
+    time.sleep(max(0.0, 5 - (time.monotonic() - answered)))
+    total = total_pss_mib(default_server)
+    print(f"total PSS 5 s after the last answer: {total:.0f} MiB")
+    assert "heap trimmed" in default_server.log()
+    assert total < TOTAL_PSS_MIB, total
+
+
+def test_lfw_requests_never_trim_the_heap(default_server, face_bytes):
+    """Small requests pay nothing: LFW pairs, then an idle worker, log no trim."""
+    pair = {"reference": ("r.jpg", face_bytes(SAME[0])), "sample": ("s.jpg", face_bytes(SAME[1]))}
+    trims = default_server.log().count("heap trimmed")
+    for _ in range(10):
+        response = requests.post(default_server.url + "/photo_match", files=pair, timeout=60)
+        assert response.status_code == 200
+    time.sleep(2)
+    trimmed = [line for line in default_server.log().splitlines() if "heap trimmed" in line]
+    assert len(trimmed) == trims, trimmed[trims:]

@@ -167,10 +167,12 @@ def _load_npy(data: bytes) -> np.ndarray:
 
 def _load_pt(data: bytes, device: torch.device | str) -> np.ndarray:
     """Check the archive and its pickle's globals, load with ``weights_only=True``, then check
-    the tensor's kind and shape before it is converted (a strided view may claim any shape)."""
+    the tensor's kind and shape before it is converted (a strided view may claim any shape).
+    PyTorch is imported only for an archive that passed the checks: it stays in the worker
+    (hundreds of MiB), so a refused upload must not load it."""
+    _check_pt_archive(data)
     import torch
 
-    _check_pt_archive(data)
     try:
         value = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     except Exception:  # torch raises many types for hostile or broken archives
