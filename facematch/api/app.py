@@ -260,7 +260,7 @@ def cached_match():
     ctx = steps.context()
     decision = steps.decision(ctx)
     reference_bytes = steps.bytes_field(ctx, "reference", allow_text=True)
-    reference_vector = parse_embedding(reference_bytes, ctx.services.engine.device)
+    reference_vector = parse_embedding(reference_bytes)
     steps.verify_reference(ctx, reference_bytes, reference_vector)
     sample = steps.detect(ctx, "sample", steps.image_field(ctx, "sample"))
     compared = steps.sample_faces(ctx, sample, decision)

@@ -2,12 +2,13 @@
 
 ``parse_embedding`` accepts what ``/embeddings`` produces, unchanged: a JSON array of floats, the
 JSON object ``/embeddings`` returns (its ``embedding`` key), a ``.npy`` file (``allow_pickle``
-off) or a tensor saved with ``torch.save`` (loaded with ``weights_only=True``). The format is
-recognised from the content, not the file name. The structure is checked before anything is
-allocated or loaded: the size of the upload, the JSON's depth and number literals
-(``bounded_json``), the ``.npy`` header
-(shape and dtype), the ``.pt`` archive (its entries' names, count, sizes and compression, and
-the globals its pickle names, read without unpickling). Every failure is ``InvalidEmbedding``.
+off) or one float tensor saved with ``torch.save``. The format is recognised from the content,
+not the file name. The structure is checked before anything is allocated or loaded: the size of
+the upload, the JSON's depth and number literals (``bounded_json``), the ``.npy`` header (shape
+and dtype), the ``.pt`` archive (its entries' names, count, sizes and compression, and what its
+pickle states, read opcode by opcode without unpickling: a float storage, the tensor's offset,
+size and stride). A ``.pt`` is read and written with NumPy and ``zipfile``, never PyTorch: an
+import would stay in the worker (hundreds of MiB). Every failure is ``InvalidEmbedding``.
 """
 
 from __future__ import annotations
@@ -17,15 +18,12 @@ import json
 import pickletools
 import re
 import zipfile
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from facematch import bounded_json
 from facematch.errors import InvalidEmbedding, InvalidParameter
-
-if TYPE_CHECKING:  # PyTorch is imported only to read or write a .pt embedding
-    import torch
 
 EMBEDDING_DIM = 512
 FORMATS = ("json", "npy", "pt")
@@ -41,25 +39,71 @@ _PT_ENTRY = re.compile(
     r"|\.data/serialization_id|\.data/version|data/0)"
 )
 _PT_ENTRY_BYTES = 8 * 1024  # a float64 storage of 512 values is 4 KiB
-_PT_GLOBALS = frozenset(
-    {
-        "torch._utils _rebuild_tensor_v2",
-        "collections OrderedDict",
-        "torch FloatStorage",
-        "torch DoubleStorage",
-        "torch HalfStorage",
-        "torch BFloat16Storage",
-    }
+# The float storages a tensor may be rebuilt from, as NumPy type codes (bfloat16: its raw bits).
+_PT_STORAGES = {
+    "torch FloatStorage": "f4",
+    "torch HalfStorage": "f2",
+    "torch DoubleStorage": "f8",
+    "torch BFloat16Storage": "u2",
+}
+# Where the storage was saved: CPU or CUDA (its bytes are read on the CPU either way).
+_PT_LOCATION = re.compile(r"cpu|cuda(:\d+)?")
+_PT_REBUILD = "torch._utils _rebuild_tensor_v2"
+# The opcodes a torch.save'd tensor's pickle uses (any protocol); any other one is refused.
+_PT_OPCODES = frozenset(
+    [
+        "PROTO",
+        "FRAME",
+        "GLOBAL",
+        "STACK_GLOBAL",
+        "MARK",
+        "BINUNICODE",
+        "SHORT_BINUNICODE",
+        "BININT",
+        "BININT1",
+        "BININT2",
+        "LONG1",
+        "EMPTY_TUPLE",
+        "TUPLE",
+        "TUPLE1",
+        "TUPLE2",
+        "TUPLE3",
+        "NEWFALSE",
+        "NEWTRUE",
+        "BINPERSID",
+        "REDUCE",
+        "BINPUT",
+        "LONG_BINPUT",
+        "MEMOIZE",
+        "BINGET",
+        "LONG_BINGET",
+        "STOP",
+    ]
 )
-# Strings its pickle may hold: the persistent id's "storage", key "0" and location (where it was
-# saved: CPU or CUDA; map_location moves it), and the parts of the globals above.
-_PT_STRINGS = re.compile(
-    r"storage|0|cpu|cuda(:\d+)?|"
-    + "|".join(re.escape(part) for name in _PT_GLOBALS for part in name.split())
+# What encode_embedding writes: torch.save's entries for a (512,) float32 tensor, its pickle
+# byte for byte (torch 2.x), each entry's data aligned to 64 bytes as torch aligns it (for mmap).
+_PT_PICKLE = (
+    b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\nq\x00((X\x07\x00\x00\x00storageq\x01ctorch\n"
+    b"FloatStorage\nq\x02X\x01\x00\x00\x000q\x03X\x03\x00\x00\x00cpuq\x04M\x00\x02tq\x05QK\x00"
+    b"M\x00\x02\x85q\x06K\x01\x85q\x07\x89ccollections\nOrderedDict\nq\x08)Rq\ttq\nRq\x0b."
 )
+_PT_ALIGNMENT = 64
+_TUPLE_SIZE = {"EMPTY_TUPLE": 0, "TUPLE1": 1, "TUPLE2": 2, "TUPLE3": 3}
 
 
-def parse_embedding(data: bytes, device: torch.device | str = "cpu") -> np.ndarray:
+class _Global(str):
+    """A global the pickle names ("module name"), never imported."""
+
+
+class _Call(tuple):
+    """What REDUCE would call: (callable, arguments), never called."""
+
+
+class _Storage(tuple):
+    """A persistent id: ("storage", storage type, key, location, element count)."""
+
+
+def parse_embedding(data: bytes) -> np.ndarray:
     """Return the float32 vector of shape (512,) held in ``data``; ``InvalidEmbedding`` if not."""
     if not data or not data.strip():
         raise InvalidEmbedding("the reference embedding is empty")
@@ -71,7 +115,7 @@ def parse_embedding(data: bytes, device: torch.device | str = "cpu") -> np.ndarr
     if data.startswith(_NPY_MAGIC):
         values = _load_npy(data)
     elif data.startswith(_ZIP_MAGIC):
-        values = _load_pt(data, device)
+        values = _load_pt(data)
     else:
         values = _load_json(data)
     return validate_embedding(values)
@@ -112,12 +156,35 @@ def encode_embedding(embedding: np.ndarray, fmt: str, extra: dict | None = None)
     if fmt == "npy":
         np.save(buffer, vector, allow_pickle=False)
     elif fmt == "pt":
-        import torch
-
-        torch.save(torch.from_numpy(vector.copy()), buffer)
+        _write_pt(buffer, vector)
     else:
         raise ValueError(f"unknown embedding format {fmt!r}")
     return buffer.getvalue()
+
+
+def _write_pt(buffer: io.BytesIO, vector: np.ndarray) -> None:
+    """Write what ``torch.save`` writes for ``vector`` as a (512,) float32 tensor, without
+    PyTorch: its entries, the pickle from ``_PT_PICKLE`` and each entry's data 64-byte aligned
+    (a padding extra field in the local header, as torch writes)."""
+    entries = {
+        "data.pkl": _PT_PICKLE,
+        ".format_version": b"1",
+        ".storage_alignment": str(_PT_ALIGNMENT).encode(),
+        "byteorder": b"little",
+        "data/0": vector.astype("<f4").tobytes(),
+        "version": b"3\n",
+    }
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, content in entries.items():
+            info = zipfile.ZipInfo(f"archive/{name}")
+            start = buffer.tell() + 30 + len(info.filename) + 4  # local header, padding's header
+            info.extra = _padding(-start % _PT_ALIGNMENT)
+            archive.writestr(info, content)
+
+
+def _padding(size: int) -> bytes:
+    """A zip extra field (id "FB", as torch writes) of ``size`` bytes after its 4-byte header."""
+    return b"FB" + size.to_bytes(2, "little") + b"Z" * size
 
 
 def _load_json(data: bytes) -> Any:
@@ -165,37 +232,23 @@ def _load_npy(data: bytes) -> np.ndarray:
         ) from None
 
 
-def _load_pt(data: bytes, device: torch.device | str) -> np.ndarray:
-    """Check the archive and its pickle's globals, load with ``weights_only=True``, then check
-    the tensor's kind and shape before it is converted (a strided view may claim any shape).
-    PyTorch is imported only for an archive that passed the checks: it stays in the worker
-    (hundreds of MiB), so a refused upload must not load it."""
-    _check_pt_archive(data)
-    import torch
-
-    try:
-        value = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
-    except Exception:  # torch raises many types for hostile or broken archives
-        raise InvalidEmbedding(
-            "the .pt reference could not be loaded as a plain tensor (pickled objects are refused)"
-        ) from None
-    if not isinstance(value, torch.Tensor):
-        raise InvalidEmbedding("the .pt reference must hold a single tensor")
-    if value.layout != torch.strided or value.is_quantized or value.is_meta:
-        raise InvalidEmbedding("the .pt reference must hold a dense tensor with its values")
-    if not value.is_floating_point():
-        raise InvalidEmbedding(f"the .pt reference holds {value.dtype}; expected floats")
-    if tuple(value.shape) not in _SHAPES:
-        raise InvalidEmbedding(
-            f"the reference embedding has shape {list(value.shape)}; expected [{EMBEDDING_DIM}]"
-        )
-    return value.detach().to("cpu", torch.float32).numpy()
+def _load_pt(data: bytes) -> np.ndarray:
+    """The float32 values of the one float tensor the archive holds, read with NumPy from its
+    storage entry after ``_check_pt_archive``: nothing is unpickled and PyTorch is not imported
+    (it would stay in the worker, hundreds of MiB)."""
+    dtype, offset, size, raw = _check_pt_archive(data)
+    values = np.frombuffer(raw, dtype, count=EMBEDDING_DIM, offset=offset * dtype.itemsize)
+    if dtype.kind == "u":  # bfloat16: the high half of a float32
+        values = (values.astype(np.uint32) << 16).view(np.float32)
+    return values.astype(np.float32).reshape(size)
 
 
-def _check_pt_archive(data: bytes) -> None:
+def _check_pt_archive(data: bytes) -> tuple[np.dtype, int, tuple, bytes]:
     """Refuse an archive that ``torch.save`` of one float tensor would not write: other entry
-    names, more than one storage, a compressed or oversized entry, or a pickle naming any global
-    other than a tensor's and a float storage's, or a storage on a device other than CPU/CUDA."""
+    names, more than one storage, a compressed or oversized entry, a pickle other than
+    ``_rebuild_tensor_v2`` of one float storage saved on CPU/CUDA, or a tensor that is not a
+    contiguous (512,) or (1, 512) inside its storage. Returns the storage's dtype (in the
+    archive's byte order), the tensor's offset and size, and the storage's bytes."""
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         entries = archive.infolist()
@@ -207,22 +260,121 @@ def _check_pt_archive(data: bytes) -> None:
                 raise ValueError(info.filename)
             if info.compress_type != zipfile.ZIP_STORED or info.file_size > _PT_ENTRY_BYTES:
                 raise ValueError(info.filename)
-        pickle = archive.read(f"{names.pop()}/data.pkl")
-        strings, found = [], set()
-        for opcode, argument, _ in pickletools.genops(pickle):
-            if opcode.name == "GLOBAL":
-                found.add(argument)
-            elif opcode.name == "STACK_GLOBAL":
-                found.add(" ".join(strings[-2:]))
-            elif isinstance(argument, str):
-                strings.append(argument)
-    except (ValueError, KeyError, zipfile.BadZipFile, EOFError, RuntimeError):
+        top = names.pop()
+        order = {b"little": "<", b"big": ">"}[
+            archive.read(f"{top}/byteorder")
+            if f"{top}/byteorder" in archive.namelist()
+            else b"little"
+        ]
+        tensor = _read_pt_pickle(archive.read(f"{top}/data.pkl"))
+        raw = archive.read(f"{top}/data/0")
+    except (ValueError, KeyError, IndexError, zipfile.BadZipFile, EOFError, RuntimeError):
         raise InvalidEmbedding(
             "the .pt reference is not an archive torch.save writes for one float tensor "
             "(uncompressed, one storage)"
         ) from None
-    if not found <= _PT_GLOBALS or not all(_PT_STRINGS.fullmatch(s) for s in strings):
+    if tensor is None:
         raise InvalidEmbedding(
             "the .pt reference must hold one dense float tensor "
             "(sparse, quantized, meta and other objects are refused)"
         )
+    dtype_code, numel, offset, size, stride = tensor
+    if size not in _SHAPES:
+        raise InvalidEmbedding(
+            f"the reference embedding has shape {list(size)}; expected [{EMBEDDING_DIM}]"
+        )
+    dtype = np.dtype(order + dtype_code)
+    contiguous = (EMBEDDING_DIM, 1)[-len(size) :]  # a size-1 dimension's stride is any
+    if (
+        len(stride) != len(size)
+        or any(n != 1 and step != want for n, step, want in zip(size, stride, contiguous))
+        or not 0 <= offset <= numel - EMBEDDING_DIM
+        or len(raw) != numel * dtype.itemsize
+    ):
+        raise InvalidEmbedding("the .pt reference must hold a contiguous tensor in its storage")
+    return dtype, offset, size, raw
+
+
+def _read_pt_pickle(pickle: bytes) -> tuple[str, int, int, tuple, tuple] | None:
+    """Walk the pickle's opcodes (``pickletools.genops``, never executed) on a stack of plain
+    values, then match what ``torch.save`` of one float tensor states: ``_rebuild_tensor_v2(
+    storage, offset, size, stride, requires_grad, OrderedDict())`` over one float storage.
+    Returns (storage type code, element count, offset, size, stride), or None for anything
+    else; a malformed pickle raises ``ValueError``."""
+    stack: list[Any] = []
+    marks: list[int] = []
+    memo: dict[int, Any] = {}
+    for opcode, argument, _ in pickletools.genops(pickle):
+        name = opcode.name
+        if name not in _PT_OPCODES:
+            return None
+        if name == "GLOBAL":
+            stack.append(_Global(argument))
+        elif name == "STACK_GLOBAL":
+            module, qualname = stack.pop(-2), stack.pop()
+            if not (isinstance(module, str) and isinstance(qualname, str)):
+                raise ValueError("STACK_GLOBAL")
+            stack.append(_Global(f"{module} {qualname}"))
+        elif name == "MARK":
+            marks.append(len(stack))
+        elif name in ("TUPLE", "EMPTY_TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"):
+            start = marks.pop() if name == "TUPLE" else len(stack) - _TUPLE_SIZE[name]
+            if not 0 <= start <= len(stack):
+                raise ValueError("stack underflow")
+            items = tuple(stack[start:])
+            del stack[start:]
+            stack.append(items)
+        elif name in ("NEWFALSE", "NEWTRUE"):
+            stack.append(name == "NEWTRUE")
+        elif name == "BINPERSID":
+            persistent_id = stack.pop()
+            if not isinstance(persistent_id, tuple):
+                raise ValueError("persistent id")
+            stack.append(_Storage(persistent_id))
+        elif name == "REDUCE":
+            arguments = stack.pop()
+            stack.append(_Call((stack.pop(), arguments)))
+        elif name in ("BINPUT", "LONG_BINPUT", "MEMOIZE"):
+            memo[argument if name != "MEMOIZE" else len(memo)] = stack[-1]
+        elif name in ("BINGET", "LONG_BINGET"):
+            stack.append(memo[argument])
+        elif name not in ("PROTO", "FRAME", "STOP"):  # a string or an integer
+            stack.append(argument)
+    if len(stack) != 1 or marks:
+        raise ValueError("not one value")
+    return _match_tensor(stack[0])
+
+
+def _match_tensor(value: Any) -> tuple[str, int, int, tuple, tuple] | None:
+    """(storage type code, element count, offset, size, stride) if ``value`` is what the pickle
+    of one float tensor builds, else None."""
+    if not (_is_call(value, _PT_REBUILD) and isinstance(value[1], tuple) and len(value[1]) == 6):
+        return None
+    storage, offset, size, stride, requires_grad, hooks = value[1]
+    if not (
+        isinstance(storage, _Storage)
+        and len(storage) == 5
+        and _is_call(hooks, "collections OrderedDict")
+        and hooks[1] == ()
+        and isinstance(requires_grad, bool)
+        and isinstance(size, tuple)
+        and isinstance(stride, tuple)
+    ):
+        return None
+    kind, storage_type, key, location, numel = storage
+    if not (
+        kind == "storage"
+        and isinstance(storage_type, _Global)
+        and storage_type in _PT_STORAGES
+        and key == "0"
+        and isinstance(location, str)
+        and _PT_LOCATION.fullmatch(location)
+        and all(type(n) is int for n in (numel, offset, *size, *stride))
+    ):
+        return None
+    return _PT_STORAGES[storage_type], numel, offset, size, stride
+
+
+def _is_call(value: Any, name: str) -> bool:
+    """Whether ``value`` is a REDUCE of the global ``name`` (not a string that reads the same)."""
+    return isinstance(value, _Call) and isinstance(value[0], _Global) and value[0] == name

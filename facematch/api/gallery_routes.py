@@ -113,7 +113,7 @@ def add_face(gallery: str, subject: str):
         raise InvalidParameter(f"send {_ENROL_FIELDS}, not both")
     if has_embedding:
         data = steps.bytes_field(ctx, "embedding", allow_text=True)
-        vector = parse_embedding(data, ctx.services.engine.device)
+        vector = parse_embedding(data)
         steps.verify_reference(ctx, data, vector)
         _check_claimed_model(ctx, data, model)
         source = FaceSource()
