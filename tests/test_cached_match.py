@@ -68,7 +68,7 @@ def test_pt_reference_of_shape_1x512_is_accepted(client, face_bytes):
     assert cached_match(client, reference, face_bytes(SAME[1])).json["match"] is True
 
 
-def test_pt_reference_saved_from_a_cuda_tensor_loads_on_the_serving_device(client, face_bytes):
+def test_pt_reference_saved_from_a_cuda_tensor_is_read_on_the_cpu(client, face_bytes):
     vector = embedding_of(client, face_bytes(SAME[0]), "json").json["embedding"]
     reference = _relocate_storage(torch_bytes(torch.tensor(vector)), "cuda:0")
     response = cached_match(client, reference, face_bytes(SAME[1]))
