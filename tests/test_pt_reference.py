@@ -4,8 +4,10 @@ is read to the same values, hostile or odd tensors are refused, and serving neve
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pytest
@@ -30,6 +32,36 @@ def test_pt_written_without_torch_loads_in_torch_to_the_same_tensor(tmp_path, mm
     tensor = torch.load(path, weights_only=True, mmap=mmap)
     assert tensor.dtype == torch.float32 and tensor.shape == (512,)
     assert np.array_equal(tensor.numpy(), VECTOR)
+
+
+def test_pt_written_without_torch_holds_torch_saves_pickle_and_entries():
+    ours = zipfile.ZipFile(io.BytesIO(encode_embedding(VECTOR, "pt")))
+    torchs = zipfile.ZipFile(io.BytesIO(torch_bytes(torch.from_numpy(VECTOR))))
+    assert ours.read("archive/data.pkl") == torchs.read("archive/data.pkl")
+    assert set(ours.namelist()) == set(torchs.namelist()) - {"archive/.data/serialization_id"}
+
+
+def _rewritten(saved: bytes, byteorder: bytes | None) -> bytes:
+    """``saved`` with its byteorder entry set to ``byteorder`` (None: left out) and its storage
+    written in that order."""
+    source = zipfile.ZipFile(io.BytesIO(saved))
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("data/0") and byteorder == b"big":
+                data = np.frombuffer(data, "<f4").astype(">f4").tobytes()
+            if not item.filename.endswith("byteorder"):
+                target.writestr(item, data)
+            elif byteorder is not None:
+                target.writestr(item, byteorder)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("byteorder", [b"big", None])
+def test_pt_storage_is_read_in_the_archives_byte_order_little_when_unstated(byteorder):
+    saved = _rewritten(torch_bytes(torch.from_numpy(VECTOR)), byteorder)
+    assert np.array_equal(parse_embedding(saved), VECTOR)
 
 
 def test_pt_written_without_torch_is_read_back_unchanged():
@@ -64,6 +96,7 @@ REFUSED = {
     "complex tensor": lambda: torch_bytes(torch.ones(512, dtype=torch.complex64)),
     "second storage": lambda: torch_bytes([torch.ones(512), torch.ones(512)]),
     "tensor in a dict": lambda: torch_bytes({"embedding": torch.ones(512)}),
+    "unknown byte order": lambda: _rewritten(torch_bytes(torch.ones(512)), b"middle"),
     **crafted_files.CRAFTED_REFERENCES,
 }
 
