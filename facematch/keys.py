@@ -179,11 +179,16 @@ def _check_unique(entries: list[tuple[bytes, Grant]], variable: str) -> None:
         seen_digests[key_digest] = grant.id
 
 
+def simple_entries(keys: Iterable[str]) -> list[tuple[bytes, Grant]]:
+    """``(digest, grant)`` of plain keys, each with every role on every gallery (length-checked)."""
+    keys = list(dict.fromkeys(keys))
+    check_lengths(keys, "FACEMATCH_API_KEYS")
+    return [(digest(key), Grant(simple_key_id(key), frozenset(ROLES))) for key in keys]
+
+
 def entries_from_settings(settings: Settings) -> list[tuple[bytes, Grant]]:
     """Every configured key as ``(digest, grant)``: the simple mode's, then the keys file's."""
-    keys = list(dict.fromkeys(simple_keys(settings)))
-    check_lengths(keys, "FACEMATCH_API_KEYS")
-    entries = [(digest(key), Grant(simple_key_id(key), frozenset(ROLES))) for key in keys]
+    entries = simple_entries(simple_keys(settings))
     if settings.keys_file:
         entries += parse_keys_file(_read(settings.keys_file, "FACEMATCH_KEYS_FILE"))
     _check_unique(entries, "FACEMATCH_API_KEYS and FACEMATCH_KEYS_FILE")
@@ -193,16 +198,16 @@ def entries_from_settings(settings: Settings) -> list[tuple[bytes, Grant]]:
 class KeyRing:
     """The configured keys and what each may do; no keys: every request is ``ANONYMOUS``."""
 
-    def __init__(self, entries: Iterable[tuple[bytes, Grant]] = (), settings: Settings = None):
+    def __init__(
+        self, entries: Iterable[tuple[bytes, Grant]] = (), settings: Settings | None = None
+    ):
         self._entries = tuple(entries)
         self._settings = settings
 
     @classmethod
     def of_keys(cls, keys: Iterable[str]) -> KeyRing:
         """A ring of plain keys with every role (the simple mode; ``/metrics``' token)."""
-        keys = list(dict.fromkeys(keys))
-        check_lengths(keys, "FACEMATCH_API_KEYS")
-        return cls((digest(key), Grant(simple_key_id(key), frozenset(ROLES))) for key in keys)
+        return cls(simple_entries(keys))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:

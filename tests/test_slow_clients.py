@@ -219,6 +219,17 @@ class Trickle:
 TRICKLERS = 40
 
 
+def proxy_with_deadline(nginx, server, grace_s: int, min_rate: int):
+    """The shipped nginx in front of ``server`` with this test's own request deadline."""
+    return nginx(
+        upstream_port=server.port,
+        variables={
+            "facematch_request_grace_s": str(grace_s),
+            "facematch_body_min_rate": str(min_rate),
+        },
+    )
+
+
 def deadline_s(grace_s: int, min_rate: int, length: int) -> float:
     """The shipped config's whole-request deadline: the grace plus the announced length at the
     minimum rate, from the request's first byte."""
@@ -277,13 +288,7 @@ def test_behind_nginx_bodies_trickling_one_byte_a_second_hold_no_slot_of_their_a
     the same address meanwhile are answered, not refused with 429. Before the body was read
     ahead of limit_conn, every one of them was a 429 for as long as the senders trickled."""
     grace_s, min_rate, length = 6, 1000, 2000  # an 8 s deadline: the requests fit inside it
-    proxy = nginx(
-        upstream_port=server.port,
-        variables={
-            "facematch_request_grace_s": str(grace_s),
-            "facematch_body_min_rate": str(min_rate),
-        },
-    )
+    proxy = proxy_with_deadline(nginx, server, grace_s, min_rate)
     with Trickle(proxy.port, TRICKLERS, length) as trickle:
         time.sleep(1.5)  # every sender has sent its headers and a byte of its body
         pings = [answered(proxy.url + "/ping", PING_BOUND_S) for _ in range(5)]
@@ -300,13 +305,7 @@ def test_behind_nginx_a_trickling_body_is_cut_off_with_a_json_408_at_the_request
 ):
     grace_s, min_rate, length = 2, 1000, 1000
     bound = deadline_s(grace_s, min_rate, length)  # 3 s
-    proxy = nginx(
-        upstream_port=server.port,
-        variables={
-            "facematch_request_grace_s": str(grace_s),
-            "facematch_body_min_rate": str(min_rate),
-        },
-    )
+    proxy = proxy_with_deadline(nginx, server, grace_s, min_rate)
     with Trickle(proxy.port, TRICKLERS, length) as trickle:
         wait_until(lambda: trickle.open == 0, bound + 10, what="nginx to close every sender")
     cut_off = sorted(trickle.ended.values())
@@ -335,13 +334,7 @@ def test_behind_nginx_a_slow_upload_above_the_minimum_rate_is_answered_past_the_
     body, content_type = upload.body, upload.headers["Content-Type"]
     grace_s, seconds = 1, 3.0
     min_rate = int(len(body) / seconds / 1.5)  # the upload goes 1.5 times faster than this
-    proxy = nginx(
-        upstream_port=server.port,
-        variables={
-            "facematch_request_grace_s": str(grace_s),
-            "facematch_body_min_rate": str(min_rate),
-        },
-    )
+    proxy = proxy_with_deadline(nginx, server, grace_s, min_rate)
     head = (
         f"POST /photo_match HTTP/1.1\r\nHost: facematch\r\nContent-Type: {content_type}\r\n"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
