@@ -19,6 +19,7 @@ from facematch.api.app import create_app
 from facematch.config import Settings
 from facematch.engine.engine import FaceEngine
 from tests.support import keys_file_text
+from tests.watch_video import Cast, VideoManifest, standard_cast, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -124,3 +125,17 @@ def face_bytes(lfw):
         return (lfw / "images" / name).read_bytes()
 
     return read
+
+
+@pytest.fixture(scope="session")
+def watch_cast(lfw) -> Cast:
+    """The people of the watcher's standard test video: enrolled ones with their photos to
+    enroll, and unknown ones."""
+    return standard_cast(lfw / "images")
+
+
+@pytest.fixture(scope="session")
+def watch_video(watch_cast, tmp_path_factory) -> VideoManifest:
+    """The standard test video (640x480, 10 frames/s, MJPEG in AVI) and its manifest."""
+    path = tmp_path_factory.mktemp("watch-video") / "door.avi"
+    return write_video(path, list(watch_cast.segments))
