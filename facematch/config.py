@@ -137,7 +137,7 @@ class Settings:
     watch_reopen_max_s: float = 30.0  # the longest wait between reopen attempts (doubling)
     watch_open_timeout_s: float = 10.0  # how long opening or reading a source may stall
     watch_iou: float = 0.3  # least box overlap (IoU) that continues a track
-    watch_max_misses: int = 5  # sampled frames a track may go unseen before it ends
+    watch_max_misses: int = 3  # sampled frames a track may go unseen before it ends
     watch_keep_frames: int = 5  # a track's best frames kept, embedded and fused
     watch_min_frames: int = 2  # sightings a track needs to be decided (fewer: ignored)
     watch_decide_after: int = 15  # sightings after which an open track is decided; 0: at its end

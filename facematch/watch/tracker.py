@@ -20,7 +20,7 @@ class TrackerOptions:
     track may go unseen before it ends."""
 
     iou: float = 0.3
-    max_misses: int = 5
+    max_misses: int = 3
 
     def __post_init__(self) -> None:
         if not 0.0 < self.iou <= 1.0:
