@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -29,7 +30,8 @@ from facematch.watch.metrics import DecisionFigures, WatchMetrics
 from facematch.watch.options import WatchOptions
 from facematch.watch.selection import BestFrames, Sighting, score
 from facematch.watch.tracker import IouTracker, TrackerOptions, iou
-from tests.servers import Subscriber
+from tests.servers import Subscriber, wait_until
+from tests.watch_video import Segment, write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GALLERY = "door-test"
@@ -309,3 +311,86 @@ def test_the_video_gives_one_event_per_person_in_order_unknowns_as_null(
     assert watch_messages[-1]["watch"]["decisions"] == len(people)
     assert watch_messages[-1]["watch"]["frames"] > 0
     assert discovery.messages[0]["state_topic"] == f"facematch/watch/{CAMERA}"
+
+
+def prometheus_value(port: int, name: str) -> float:
+    """The value of the sample ``name`` in the watcher's Prometheus text (0 before it is up)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return 0.0
+    for line in text.decode().splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_sigterm_on_a_live_source_decides_the_open_track_publishes_it_and_exits(
+    broker, enrolled_gallery, watch_cast, tmp_path
+):
+    """A live source (the file looped as a camera would stream) never ends: on SIGTERM the
+    watcher decides the track still open, publishes its event and exits cleanly."""
+    url, access = enrolled_gallery
+    shown = watch_cast.segments[0]  # an enrolled person's photo that was not enrolled
+    person = shown.person
+    assert person in watch_cast.enrolled
+    video = write_video(tmp_path / "live.avi", [Segment(shown.photo, 30)], gap_s=0.1)
+    port = free_port()
+    events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
+    env = watch_env(
+        broker,
+        url,
+        FACEMATCH_WATCH_LIVE="true",
+        FACEMATCH_WATCH_DECIDE_AFTER="0",  # only at the track's end: here, at SIGTERM
+        FACEMATCH_WATCH_MAX_MISSES="50",  # the looped file's reopen gaps do not end the track
+        FACEMATCH_WATCH_METRICS_PORT=str(port),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facematch.watch", "--source", str(video.path)]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: prometheus_value(port, "facematch_watch_faces_total") >= 3,
+            120,
+            what="the watcher's first faces",
+        )
+        assert events.messages == []  # nothing decided while the track is open
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output[-3000:]
+        found = events.wait_for(1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        events.close()
+    assert [e["subject"] for e in found] == [person]
+    assert "stopped:" in output
+    audit = [a for a in access.audit(GALLERY).events if a.action == "identify"]
+    assert [(a.key, a.subject) for a in audit] == [(f"camera:{CAMERA}", person)]
+
+
+def test_a_broker_that_is_away_does_not_hold_the_watcher_up(enrolled_gallery, watch_video):
+    """With the broker down for the whole run the events wait in the bounded queue, the file is
+    still watched to its end, every decision is in the audit trail and the watcher exits."""
+    url, access = enrolled_gallery
+    env = watch_env(type("Away", (), {"port": free_port()})(), url)
+    done = subprocess.run(
+        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    audit = [a for a in access.audit(GALLERY).events if a.action == "identify"]
+    assert len(audit) == len(watch_video.appearances)
+    assert "unreachable" in done.stderr
