@@ -394,3 +394,13 @@ def test_a_broker_that_is_away_does_not_hold_the_watcher_up(enrolled_gallery, wa
     audit = [a for a in access.audit(GALLERY).events if a.action == "identify"]
     assert len(audit) == len(watch_video.appearances)
     assert "unreachable" in done.stderr
+
+
+def test_the_watch_speed_benchmark_measures_a_watcher_that_decides_right(run_benchmark, tmp_path):
+    result = run_benchmark("watch_speed", tmp_path / "speed.json", "--sizes", "720p")
+    figures = result["sizes"]["720p"]
+    expected = [p if p in figures["enrolled"] else None for p in figures["shown"]]
+    assert figures["decided"] == expected
+    assert figures["frames_per_s"] > 0 and figures["frames_watched"] == 80
+    assert figures["decision_latency_ms"]["n"] == 3
+    assert figures["peak_pss_mib"] > 0 and figures["video"]["width"] == 1280
