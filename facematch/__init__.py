@@ -16,7 +16,10 @@ floors below it, never from a higher one (tests/test_import_direction.py checks 
 5. ``observability``: what each request did, for operators (the metrics record, MQTT, the
    InfluxDB bridge, Prometheus);
 6. ``api``: the Flask app, its routes, request steps and answers, security, the web page and
-   Gunicorn's hooks.
+   Gunicorn's hooks;
+7. ``watch``: the camera watcher, a process of its own (``python -m facematch.watch``): video
+   sources, face tracks, their decisions against a gallery, events over MQTT. It needs no
+   Flask: it uses the floors below the API.
 
 The repository's root keeps the front doors (``server.py``, ``wsgi.py``, ``photo_inferencing.py``,
 ``score_service.py``, ``gunicorn.conf.py``); ``deployment_utils`` and ``benchmarking_utils``

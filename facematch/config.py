@@ -130,6 +130,24 @@ class Settings:
     keys_file: str = ""  # TOML: keys with roles and gallery scopes (facematch/keys.py)
     signing_keys: str = ""
 
+    # The camera watcher (python -m facematch.watch; docs/watch.md)
+    watch_sample_fps: float = 5.0  # frames a second taken from the source; more are dropped
+    watch_live: str = "auto"  # auto (guessed from the URL), true (a camera), false (a file)
+    watch_reopen_initial_s: float = 0.5  # first wait before a dropped source is reopened
+    watch_reopen_max_s: float = 30.0  # the longest wait between reopen attempts (doubling)
+    watch_open_timeout_s: float = 10.0  # how long opening or reading a source may stall
+    watch_iou: float = 0.3  # least box overlap (IoU) that continues a track
+    watch_max_misses: int = 3  # sampled frames a track may go unseen before it ends
+    watch_keep_frames: int = 5  # a track's best frames kept, embedded and fused
+    watch_min_frames: int = 2  # sightings a track needs to be decided (fewer: ignored)
+    watch_decide_after: int = 15  # sightings after which an open track is decided; 0: at its end
+    watch_topic: str = "facematch/watch"  # events go to <topic>/<camera>
+    watch_ha_discovery: bool = False  # Home Assistant MQTT discovery: a sensor per camera
+    watch_ha_prefix: str = "homeassistant"  # Home Assistant's discovery prefix
+    watch_snapshots: bool = False  # publish each decided face's crop (JPEG) to <topic>/snapshot
+    watch_metrics_port: int = 0  # Prometheus text on this port (0: off)
+    watch_metrics_host: str = "127.0.0.1"  # the address the Prometheus port listens on
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Build settings from ``FACEMATCH_*`` variables, then apply keyword overrides."""

@@ -145,7 +145,9 @@ def test_no_deployment_tool_imports_the_benchmark_tools(path):
 
 
 def test_the_floor_graph_is_read():
-    assert documented_floors() == ["base", "engine", "decision", "gallery", "observability", "api"]
+    assert documented_floors() == [
+        *("base", "engine", "decision", "gallery", "observability", "api", "watch")
+    ]
     graph = floor_graph()
     assert (
         "facematch.api.app" in graph["api"]["observability"]

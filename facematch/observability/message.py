@@ -2,7 +2,8 @@
 
 Version 1 grew by optional members only, so every message an older publisher sends still
 validates: gallery requests add ``gallery`` (``size``, ``candidates``, ``best_distance``) and
-``latency_ms.search``; the 1:1 routes' messages are unchanged. A change that an older bridge's
+``latency_ms.search``; the camera watcher's decisions (endpoint ``/watch/<camera>``) add
+``watch`` (its counters); the 1:1 routes' messages are unchanged. A change that an older bridge's
 schema would refuse for the 1:1 routes, or that removes or retypes a member, is a new version.
 
 ``build_message`` turns the server's ``RequestRecord`` into the JSON-ready dict that the
@@ -44,6 +45,8 @@ STAGES = ("decode", "detection", "embedding", "scoring", "total")
 OPTIONAL_STAGES = ("search",)
 #: Members of the optional ``gallery`` object, each written as field ``gallery_<name>``.
 GALLERY_FIELDS = ("size", "candidates", "best_distance")
+#: Members of the optional ``watch`` object (counters), each written as field ``watch_<name>``.
+WATCH_FIELDS = ("frames", "dropped", "faces", "tracks", "decisions")
 #: Photo roles; each present role gives fields ``faces_<role>``, ``probability_<role>``,
 #: ``image_width_<role>`` and ``image_height_<role>``.
 ROLES = ("reference", "sample", "photo")
@@ -121,6 +124,8 @@ def build_message(
             "candidates": record.gallery.candidates,
             "best_distance": _number(record.gallery.best_distance),
         }
+    if record.watch is not None:
+        message["watch"] = {name: int(getattr(record.watch, name)) for name in WATCH_FIELDS}
     return message
 
 
@@ -180,6 +185,8 @@ def to_point(message: dict[str, Any]) -> PointData:
     for name, value in (message.get("gallery") or {}).items():
         if value is not None:
             fields[f"gallery_{name}"] = value
+    for name, value in (message.get("watch") or {}).items():
+        fields[f"watch_{name}"] = int(value)
     if message["match"] is not None:
         fields["matched"] = int(message["match"])
     for name in ("distance", "threshold"):
@@ -201,6 +208,7 @@ def field_names() -> set[str]:
     names = {"pid", "error", "matched", "distance", "threshold"}
     names |= {f"latency_{stage}_ms" for stage in (*STAGES, *OPTIONAL_STAGES)}
     names |= {f"gallery_{name}" for name in GALLERY_FIELDS}
+    names |= {f"watch_{name}" for name in WATCH_FIELDS}
     for role in ROLES:
         names |= {
             f"faces_{role}",

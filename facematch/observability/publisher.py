@@ -14,6 +14,10 @@
 - Nothing (thread, socket, client) is created until the first ``publish`` in a process, and a
   process whose pid differs from the one that started it starts afresh: safe with Gunicorn's
   ``preload_app`` and fork.
+
+What is queued need not be a request record: ``outgoing`` turns a queued item into its topic,
+payload and retain flag (the default: the metrics message of a ``RequestRecord``); the camera
+watcher sends its events through an ``MqttPublisher`` of its own this way.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import paho.mqtt.client as mqtt
 
@@ -41,6 +46,14 @@ WINDOW = 20
 RECONNECT_MIN_S = 0.5
 RECONNECT_MAX_S = 10
 KEEPALIVE_S = 30
+
+
+class Outgoing(NamedTuple):
+    """One MQTT message: its topic, payload and whether the broker keeps it for newcomers."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
 
 
 class Publisher(Protocol):
@@ -110,12 +123,22 @@ def connect_failure_reason() -> str:
 class MqttPublisher:
     """The real publisher; see the module docstring for its guarantees."""
 
-    def __init__(self, settings: Settings):
+    def __init__(
+        self,
+        settings: Settings,
+        outgoing: Callable[[Any], Outgoing] | None = None,
+        client_id: str | None = None,
+    ):
+        """A publisher to the broker ``settings`` name; ``outgoing`` makes each queued item's
+        message (default: the metrics message on ``FACEMATCH_MQTT_TOPIC``), ``client_id`` is
+        the client id's stem (default ``client_id_for``'s; the pid is appended)."""
         if settings.mqtt_qos not in (0, 1, 2):
             raise ValueError("FACEMATCH_MQTT_QOS must be 0, 1 or 2")
         if settings.mqtt_queue_size < 1:
             raise ValueError("FACEMATCH_MQTT_QUEUE_SIZE must be at least 1")
         self._settings = settings
+        self._outgoing = outgoing or self._metrics_message
+        self._client_id = client_id
         self._host = socket.gethostname()
         self._pid: int | None = None
         self._lock = threading.Lock()
@@ -215,7 +238,9 @@ class MqttPublisher:
             if self._pid is not None:
                 self._reset_state()  # a forked child: the parent's threads are not here
             self._pid = pid
-            client = make_client(self._settings, client_id_for(self._settings, pid))
+            stem = self._client_id
+            name = f"{stem}-{pid}" if stem else client_id_for(self._settings, pid)
+            client = make_client(self._settings, name)
             client.on_connect = self._on_connect
             client.on_disconnect = self._on_disconnect
             client.on_connect_fail = self._on_connect_fail
@@ -257,8 +282,12 @@ class MqttPublisher:
 
     # --- the sender thread and paho's callbacks ---
 
+    def _metrics_message(self, record: RequestRecord) -> Outgoing:
+        message = build_message(record, self._settings.node, os.getpid(), self._host)
+        return Outgoing(self._settings.mqtt_topic, encode(message))
+
     def _send_loop(self) -> None:
-        topic, qos = self._settings.mqtt_topic, self._settings.mqtt_qos
+        qos = self._settings.mqtt_qos
         while True:
             with self._wake:
                 while not self._closing and not (
@@ -271,9 +300,7 @@ class MqttPublisher:
                 self._in_hand = 1
                 client = self._client
             try:
-                payload = encode(
-                    build_message(record, self._settings.node, os.getpid(), self._host)
-                )
+                message = self._outgoing(record)
             except Exception as exc:
                 with self._wake:
                     self._in_hand = 0
@@ -281,7 +308,9 @@ class MqttPublisher:
                     self._last_error = f"message: {exc}"[:200]
                 continue
             try:
-                info = client.publish(topic, payload, qos=qos)
+                info = client.publish(
+                    message.topic, message.payload, qos=qos, retain=message.retain
+                )
             except Exception as exc:
                 with self._wake:
                     self._in_hand = 0

@@ -60,6 +60,19 @@ class GalleryWork:
 
 
 @dataclass
+class WatchWork:
+    """The camera watcher's counters at a decision (since the watcher started): sampled frames
+    it looked at, frames the source dropped to keep up, faces detected, tracks started and
+    decisions made."""
+
+    frames: int
+    dropped: int
+    faces: int
+    tracks: int
+    decisions: int
+
+
+@dataclass
 class RequestRecord:
     """Everything the metrics message says about one request."""
 
@@ -75,3 +88,4 @@ class RequestRecord:
     faces: list[FaceSummary] = field(default_factory=list)
     latency: Latency = field(default_factory=Latency)
     gallery: GalleryWork | None = None  # gallery routes only
+    watch: WatchWork | None = None  # the camera watcher's decisions only
