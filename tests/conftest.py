@@ -24,7 +24,7 @@ from tests.watch_video import Cast, VideoManifest, standard_cast, write_video
 REPO = Path(__file__).resolve().parents[1]
 
 # The real mosquitto and victoria-metrics servers, as fixtures for the monitoring tests.
-pytest_plugins = ["tests.servers"]
+pytest_plugins = ["tests.servers", "tests.video_servers"]
 
 
 @pytest.fixture(scope="session")

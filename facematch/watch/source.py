@@ -154,6 +154,12 @@ def redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
 
 
+def _reason(exc: Exception, url: str) -> str:
+    """What went wrong, without the URL FFmpeg's errors repeat (it may carry a password)."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return str(reason).replace(url, redact(url))
+
+
 def sample_slot(time_s: float, start_s: float, sample_fps: float) -> int:
     """Which 1/sample_fps slot a frame at ``time_s`` falls in; the first frame of a slot is
     the sampled one."""
@@ -216,7 +222,8 @@ class FrameSource:
         try:
             container = self._open()
         except av.FFmpegError as exc:
-            raise SourceError(f"cannot open {redact(self.options.url)}: {exc}") from exc
+            url = self.options.url
+            raise SourceError(f"cannot open {redact(url)}: {_reason(exc, url)}") from exc
         with container:
             stream = self._video_stream(container)
             rate = float(stream.average_rate or stream.guessed_rate or 0) or None
@@ -241,7 +248,8 @@ class FrameSource:
                     last_slot = slot
                     yield Frame(decoded.to_ndarray(format="rgb24"), index, time_s)
             except av.FFmpegError as exc:
-                raise SourceError(f"cannot decode {redact(self.options.url)}: {exc}") from exc
+                url = self.options.url
+                raise SourceError(f"cannot decode {redact(url)}: {_reason(exc, url)}") from exc
 
     # --- live sources -----------------------------------------------------------------------
 
@@ -258,13 +266,22 @@ class FrameSource:
         try:
             while not stop.is_set():
                 frame = mailbox.take(timeout=0.05)
-                if frame is not None and not stop.is_set():
-                    yield frame
+                if frame is None:
+                    continue
+                if stop.is_set():
+                    self._count_dropped(1)
+                    break
+                yield frame
         finally:
+            # Every sampled frame is handed on or counted as dropped, those left at the end too.
             reader_stop.set()
-            mailbox.close()
+            self._count_dropped(mailbox.close())
             # The reader leaves within FFmpeg's read timeout at worst; never wait that long here.
             reader.join(timeout=0.5)
+
+    def _count_dropped(self, n: int) -> None:
+        with self._lock:
+            self._dropped += n
 
     def _read_live(self, mailbox: _Mailbox, stop: threading.Event) -> None:
         """Open, decode and sample until ``stop``; reopen with doubling backoff after a failed
@@ -297,13 +314,12 @@ class FrameSource:
                             last_slot = slot
                             frame = Frame(decoded.to_ndarray(format="rgb24"), index, now)
                             if mailbox.put(frame):
-                                with self._lock:
-                                    self._dropped += 1
+                                self._count_dropped(1)
                         if stop.is_set():
                             return
                 log.warning("source %s ended; reopening", redact(o.url))
             except (av.FFmpegError, SourceError, OSError) as exc:
-                log.warning("source %s failed: %s", redact(o.url), exc)
+                log.warning("source %s failed: %s", redact(o.url), _reason(exc, o.url))
             if got_frame:
                 delay = o.reopen_initial_s
             if stop.wait(delay):
@@ -320,8 +336,11 @@ class _Mailbox:
         self._closed = False
 
     def put(self, frame: Frame) -> bool:
-        """Leave ``frame`` for the consumer; True when it replaced one never taken."""
+        """Leave ``frame`` for the consumer; True when a frame was lost: one never taken was
+        replaced, or the consumer has gone."""
         with self._cond:
+            if self._closed:
+                return True
             replaced = self._frame is not None
             self._frame = frame
             self._cond.notify()
@@ -330,12 +349,14 @@ class _Mailbox:
     def take(self, timeout: float) -> Frame | None:
         """The newest frame, waiting up to ``timeout``; None when there was none."""
         with self._cond:
-            if self._frame is None and not self._closed:
+            if self._frame is None:
                 self._cond.wait(timeout)
             frame, self._frame = self._frame, None
             return frame
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Refuse further frames; how many were left untaken (0 or 1)."""
         with self._cond:
             self._closed = True
-            self._cond.notify_all()
+            left, self._frame = self._frame is not None, None
+            return int(left)
