@@ -404,3 +404,40 @@ def test_the_watch_speed_benchmark_measures_a_watcher_that_decides_right(run_ben
     assert figures["frames_per_s"] > 0 and figures["frames_watched"] == 80
     assert figures["decision_latency_ms"]["n"] == 3
     assert figures["peak_pss_mib"] > 0 and figures["video"]["width"] == 1280
+
+
+def test_a_live_rtsp_camera_gives_one_event_per_person_in_order_until_sigterm(
+    broker, enrolled_gallery, watch_video, watch_cast, rtsp_server
+):
+    """The video played by a real RTSP server at its own pace: the events of the people in
+    order, each while they are still in view (``decide_after``), then a clean exit on SIGTERM."""
+    url, access = enrolled_gallery
+    camera = rtsp_server(watch_video.path)
+    events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
+    people = [a.person for a in watch_video.appearances]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facematch.watch", "--source", camera.url]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env=watch_env(broker, url),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        found = events.wait_for(len(people), timeout=120)[: len(people)]
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        events.close()
+    assert [e["subject"] for e in found] == [
+        p if p in watch_cast.enrolled else None for p in people
+    ]
+    for e in found:  # at 15 sightings, or fewer if the watcher fell behind and frames dropped
+        sampled = e["frames"]["sampled"]
+        assert 2 <= sampled <= 15
+        assert e["latency_ms"] >= (sampled - 1) * 180  # live: sightings at most 5 a second
