@@ -139,3 +139,22 @@ def watch_video(watch_cast, tmp_path_factory) -> VideoManifest:
     """The standard test video (640x480, 10 frames/s, MJPEG in AVI) and its manifest."""
     path = tmp_path_factory.mktemp("watch-video") / "door.avi"
     return write_video(path, list(watch_cast.segments))
+
+
+@pytest.fixture
+def watch_gallery(tmp_path, engine, watch_cast):
+    """A SQLite gallery ``door-test`` with the standard video's enrolled people (photos other
+    than the one on screen): its URL and its ``GalleryAccess``."""
+    from PIL import Image
+
+    from facematch.gallery.service import GalleryAccess
+    from facematch.gallery.store import FaceSource
+
+    url = f"sqlite:///{tmp_path / 'gallery.db'}"
+    access = GalleryAccess.from_settings(Settings(gallery_url=url))
+    for person, photos in watch_cast.enrolled.items():
+        for photo in photos:
+            face = engine.detect(Image.open(photo).convert("RGB")).primary
+            vector = engine.embed([face.crop]).vectors[0]
+            access.enrol("door-test", person, vector, engine.model_name, FaceSource(), "local")
+    return url, access

@@ -42,9 +42,12 @@ class _VideoServer(_Process):
             raise RuntimeError(f"{exc}\n{INSTALL_HINT}") from None
         return self
 
-    def restart(self):
-        """Stop the server (its clients' streams break) and start it again on the same port."""
+    def restart(self, video: Path | None = None):
+        """Stop the server (its clients' streams break) and start it again on the same port,
+        serving ``video`` from now on when given (a camera that rebooted: the scene goes on)."""
         self.stop()
+        if video is not None:
+            self.video = Path(video)
         return self.start()
 
 

@@ -1,0 +1,108 @@
+"""The camera watcher on live streams, end to end: ``python -m facematch.watch`` reading the
+generated LFW video from GStreamer's RTSP server (restarted mid-stream, as a camera reboots) and
+from an HTTP MJPEG camera, with a real mosquitto and a SQLite gallery; it publishes the right
+events and runs until SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.servers import Subscriber
+from tests.watch_video import Segment, write_video
+
+REPO = Path(__file__).resolve().parents[1]
+GALLERY = "door-test"  # the watch_gallery fixture's
+CAMERA = "door"
+
+
+def start_watcher(broker, gallery_url: str, source: str, log: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
+    env |= {
+        "PYTHONPATH": str(REPO),
+        "FACEMATCH_MQTT_HOST": "127.0.0.1",
+        "FACEMATCH_MQTT_PORT": str(broker.port),
+        "FACEMATCH_GALLERY_URL": gallery_url,
+        "FACEMATCH_NODE": "watch-stream-test",
+        "FACEMATCH_WATCH_REOPEN_INITIAL_S": "0.2",
+        "FACEMATCH_WATCH_REOPEN_MAX_S": "1",
+    }
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "facematch.watch", "--source", source]
+            + ["--gallery", GALLERY, "--camera", CAMERA],
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def stop_watcher(watcher: subprocess.Popen, log: Path) -> str:
+    """SIGTERM, as a service manager stops it: it must exit cleanly. Its log."""
+    if watcher.poll() is None:
+        watcher.send_signal(signal.SIGTERM)
+    try:
+        code = watcher.wait(30)
+    except subprocess.TimeoutExpired:
+        watcher.kill()
+        watcher.wait()
+        raise
+    text = log.read_text(errors="replace")
+    assert code == 0, text[-3000:]
+    return text
+
+
+@pytest.fixture
+def events(broker):
+    subscriber = Subscriber(broker, topic=f"facematch/watch/{CAMERA}", client_id="events")
+    yield subscriber
+    subscriber.close()
+
+
+def test_the_watcher_goes_on_after_the_rtsp_camera_restarts(
+    broker, events, watch_gallery, watch_cast, rtsp_server, tmp_path
+):
+    url, _ = watch_gallery
+    first, *rest = watch_cast.segments
+    # Before the reboot the camera shows the first person, after it the others; long empty
+    # scenes after each, so that no stream ends (and replays) while the test runs.
+    before = write_video(tmp_path / "before.avi", [first, Segment(None, 30)])
+    after = write_video(tmp_path / "after.avi", [*rest, Segment(None, 30)])
+    server = rtsp_server(before.path)
+    log = tmp_path / "watch.log"
+    watcher = start_watcher(broker, url, server.url, log)
+    try:
+        assert [e["subject"] for e in events.wait_for(1, timeout=90)] == [first.person]
+        server.restart(video=after.path)
+        found = events.wait_for(3, timeout=90)
+    finally:
+        text = stop_watcher(watcher, log)
+    expected = [p if p in watch_cast.enrolled else None for p in (s.person for s in rest)]
+    assert [e["subject"] for e in found] == [first.person, *expected], (found, text[-3000:])
+    assert len(events.messages) == 3
+    assert "reopening" in text or "failed" in text, text[-3000:]
+
+
+def test_the_watcher_identifies_people_on_an_mjpeg_camera(
+    broker, events, watch_gallery, watch_cast, watch_video, mjpeg_server, tmp_path
+):
+    url, _ = watch_gallery
+    server = mjpeg_server(watch_video.path)
+    log = tmp_path / "watch.log"
+    watcher = start_watcher(broker, url, server.url, log)
+    try:
+        events.wait_for(3, timeout=90)
+    finally:
+        stop_watcher(watcher, log)
+    people = [s.person for s in watch_cast.segments]
+    expected = [p if p in watch_cast.enrolled else None for p in people]
+    # The camera loops the video: the events are its people in order, round and round.
+    subjects = [e["subject"] for e in events.messages]
+    assert subjects == [expected[i % len(expected)] for i in range(len(subjects))]
+    assert len(subjects) >= 3
