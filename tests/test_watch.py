@@ -441,3 +441,31 @@ def test_a_live_rtsp_camera_gives_one_event_per_person_in_order_until_sigterm(
         sampled = e["frames"]["sampled"]
         assert 2 <= sampled <= 15
         assert e["latency_ms"] >= (sampled - 1) * 180  # live: sightings at most 5 a second
+
+
+def test_an_unknown_gallery_is_refused_before_watching(broker, tmp_path, watch_video):
+    done = subprocess.run(
+        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
+        + ["--gallery", "nobody-here", "--camera", CAMERA],
+        env=watch_env(broker, f"sqlite:///{tmp_path / 'empty.db'}"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "no gallery 'nobody-here'" in done.stderr
+
+
+def test_a_bad_watch_setting_exits_with_a_message_naming_it(broker, tmp_path, watch_video):
+    done = subprocess.run(
+        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env=watch_env(broker, f"sqlite:///{tmp_path / 'g.db'}", FACEMATCH_WATCH_LIVE="maybe"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "FACEMATCH_WATCH_LIVE must be auto, true or false" in done.stderr

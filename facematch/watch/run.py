@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from facematch.config import ConfigError, Settings
 from facematch.engine.engine import FaceEngine
+from facematch.errors import GalleryUnavailable, NotFound
 from facematch.observability.publisher import Publisher, create_publisher
 from facematch.watch.decide import Decider
 from facematch.watch.events import EventSink
@@ -82,7 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Watch until the source ends or a signal stops it; 0 on a clean end, 2 for bad settings."""
+    """Watch until the source ends or a signal stops it; 0 on a clean end, 2 for bad settings
+    or an unknown gallery."""
     args = parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -95,9 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         engine = FaceEngine.from_settings(settings)
         engine.kernel_check()
         decider = Decider.from_settings(settings, engine, options.gallery, options.camera)
+        decider.access.subjects(options.gallery, 1)  # NotFound for a gallery nobody enrolled in
     except (ConfigError, ValueError) as error:
         print(f"facematch.watch: {error}", file=sys.stderr)
         return 2
+    except NotFound:
+        print(
+            f"facematch.watch: no gallery {options.gallery!r}: enrol people first", file=sys.stderr
+        )
+        return 2
+    except GalleryUnavailable:
+        log.warning("the gallery database is unavailable: tracks go undecided until it is back")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
