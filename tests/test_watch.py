@@ -25,7 +25,13 @@ from facematch.decision.quality import FaceQuality
 from facematch.gallery.service import GalleryAccess
 from facematch.gallery.store import FaceSource
 from facematch.observability.message import build_message, to_point, validate
-from facematch.watch.events import WatchEvent, discovery_message, event_message, snapshot_jpeg
+from facematch.watch.events import (
+    EventSink,
+    WatchEvent,
+    discovery_message,
+    event_message,
+    snapshot_jpeg,
+)
 from facematch.watch.metrics import DecisionFigures, WatchMetrics
 from facematch.watch.options import WatchOptions
 from facematch.watch.selection import BestFrames, Sighting, score
@@ -469,3 +475,20 @@ def test_a_bad_watch_setting_exits_with_a_message_naming_it(broker, tmp_path, wa
     )
     assert done.returncode == 2
     assert "FACEMATCH_WATCH_LIVE must be auto, true or false" in done.stderr
+
+
+def test_snapshots_turned_on_send_the_decided_face_as_a_jpeg_beside_its_event(broker):
+    settings = Settings(mqtt_host="127.0.0.1", mqtt_port=broker.port, node="snap-test")
+    options = WatchOptions(CAMERA, GALLERY, snapshots=True)
+    received = Subscriber(broker, topic="facematch/watch/#", client_id="snapshots")
+    sink = EventSink(settings, options)
+    sink.start()
+    try:
+        sink.publish(event(), (np.full((3, 160, 160), 40, np.float32) - 127.5) / 128)
+        wait_until(lambda: len(received.raw) >= 2, 10, what="the event and its snapshot")
+    finally:
+        sink.close()
+        received.close()
+    assert received.messages == [event().to_json()]
+    jpeg = next(raw for raw in received.raw if raw.startswith(b"\xff\xd8"))
+    assert Image.open(io.BytesIO(jpeg)).size == (160, 160)
