@@ -492,3 +492,14 @@ def test_snapshots_turned_on_send_the_decided_face_as_a_jpeg_beside_its_event(br
     assert received.messages == [event().to_json()]
     jpeg = next(raw for raw in received.raw if raw.startswith(b"\xff\xd8"))
     assert Image.open(io.BytesIO(jpeg)).size == (160, 160)
+
+
+def test_frames_dropped_while_the_watcher_was_busy_count_as_misses():
+    """A track ends after the same number of sampled frames however many the watcher saw."""
+    tracker = IouTracker(TrackerOptions(iou=0.3, max_misses=3))
+    tracker.update([(100, 100, 200, 200)], 0)
+    assert tracker.update([], 5, elapsed=2).ended == ()
+    ended = tracker.update([], 9, elapsed=2).ended  # 4 sampled frames without it, 2 watched
+    assert [t.id for t in ended] == [1]
+    step = tracker.update([(100, 100, 200, 200)], 13, elapsed=2)
+    assert [t.id for t in step.assigned] == [2]  # the next face in its place is a new track

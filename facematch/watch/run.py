@@ -53,20 +53,23 @@ def watch(
 ) -> int:
     """Run ``watcher`` over ``frames`` (``image``, ``index``) until they end or ``stop`` is set,
     then decide the open tracks; every decision is published. Returns the decisions made."""
-    made = 0
+    made, seen_dropped = 0, 0
 
     def emit(decisions: list[Decided]) -> None:
         nonlocal made
-        watcher.metrics.set_dropped(dropped())
         for decided in decisions:
             publisher.publish(watcher.metrics.decided(decided.figures))
             sink.publish(decided.event, decided.crop)
             made += 1
 
     for frame in frames:
-        emit(watcher.see(frame.image, frame.index))
+        now_dropped = dropped()
+        watcher.metrics.set_dropped(now_dropped)
+        emit(watcher.see(frame.image, frame.index, now_dropped - seen_dropped))
+        seen_dropped = now_dropped
         if stop.is_set():
             break
+    watcher.metrics.set_dropped(dropped())
     emit(watcher.finish())
     return made
 
