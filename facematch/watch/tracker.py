@@ -4,9 +4,7 @@ Each frame's boxes are matched to the open tracks by overlap (intersection over 
 largest overlaps first; a box that overlaps no open track by at least ``iou`` starts a new
 track. A track that goes ``max_misses`` sampled frames without a box ends and is handed back,
 so the watcher can decide it. Sampled frames the source dropped while the watcher was busy count
-as frames without it, so a track ends after the same time however far behind the watcher is;
-but never on one watched frame alone (``MIN_UNSEEN``): a face the detector misses once, right
-after the watcher was busy, keeps its track.
+as frames without it, so a track ends after the same time however far behind the watcher is.
 Enough for people walking past a fixed camera at a few frames a second; faces that cross each
 other may swap tracks (then both are decided on their frames).
 """
@@ -16,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
-MIN_UNSEEN = 2  # watched frames in a row without a track before it may end (if max_misses > 0)
 
 
 @dataclass(frozen=True)
@@ -45,8 +42,7 @@ class Track:
     last_frame: int
     box: Box
     sightings: int = 1
-    misses: int = 0  # sampled frames since it was last seen, dropped ones included
-    unseen: int = 0  # of those, frames the watcher looked at
+    misses: int = 0
 
 
 def iou(a: Box, b: Box) -> float:
@@ -77,10 +73,6 @@ class IouTracker:
         self.open: dict[int, Track] = {}
         self.started = 0
 
-    @property
-    def min_unseen(self) -> int:
-        return min(MIN_UNSEEN, self.options.max_misses + 1)
-
     def update(self, boxes: list[Box], frame: int, elapsed: int = 1) -> Step:
         """Match ``boxes`` (one sampled frame's faces, frame index ``frame``) to the open
         tracks; start tracks for the unmatched boxes; end the tracks missed too long.
@@ -102,7 +94,7 @@ class IouTracker:
             if i in owner or track_id in taken:
                 continue
             track = self.open[track_id]
-            track.box, track.last_frame, track.misses, track.unseen = boxes[i], frame, 0, 0
+            track.box, track.last_frame, track.misses = boxes[i], frame, 0
             track.sightings += 1
             owner[i] = track
             taken.add(track_id)
@@ -115,8 +107,7 @@ class IouTracker:
         for track in list(self.open.values()):
             if track.id not in taken:
                 track.misses += elapsed
-                track.unseen += 1
-                if track.misses > self.options.max_misses and track.unseen >= self.min_unseen:
+                if track.misses > self.options.max_misses:
                     ended.append(self.open.pop(track.id))
         return Step(tuple(owner[i] for i in range(len(boxes))), tuple(ended))
 
