@@ -13,8 +13,11 @@ import pytest
 import requests
 from PIL import Image
 
+from facematch.api.app import create_app
 from facematch.decision.fusion import fuse
 from facematch.decision.scores import cosine_distance, default_threshold
+from facematch.observability import message
+from facematch.observability.request_metrics import record_from
 from tests.support import image_bytes
 
 MAX_SAMPLES = 3
@@ -243,3 +246,32 @@ def test_all_sample_faces_is_refused_for_a_burst(server, face_bytes, embedding):
     photos = [face_bytes(AARON[1]), face_bytes(AARON[2])]
     response = cached_match(server, embedding(AARON[0]), photos, sample_faces="all")
     assert_error(response, 400, "invalid_parameter")
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def test_a_bursts_metrics_message_is_valid_and_records_its_first_sample(
+    settings, engine, face_bytes
+):
+    app = create_app(settings, engine=engine)
+    seen = {}
+
+    @app.after_request
+    def keep(response):
+        from flask import g, request
+
+        seen["record"] = record_from(g.outcome, request.url_rule.rule, "m", response.status_code)
+        return response
+
+    client = app.test_client()
+    reference = client.post("/embeddings", data={"photo": (io.BytesIO(face_bytes(AARON[0])), "p")})
+    photos = [(io.BytesIO(face_bytes(name)), f"{i}.jpg") for i, name in enumerate(AARON[1:4])]
+    body = client.post(
+        "/cached_match", data={"reference": reference.get_data(as_text=True), "sample": photos}
+    ).get_json()
+    assert body["samples"] == {"sent": 3, "used": 3}
+    built = message.build_message(seen["record"], "node")
+    message.validate(built)
+    assert [face["role"] for face in built["faces"]] == ["sample"]
+    assert built["match"] is True and built["distance"] == body["distance"]
