@@ -20,10 +20,14 @@ subjects by their median distance over the samples.
 Figures at the service's default cosine threshold (FRR and FAR; FRR also of the bursts that pass
 the consistency check, the fusion's own effect) and at a fixed FAR of 1e-3 (its threshold set
 on each fusion's impostor distances), each with a 95% interval from a bootstrap
-over people (``--rounds`` resamples of the persons, with all their trials). Also: how often a
+over people (``--rounds`` resamples of the persons, with all their trials), and the paired
+differences (each burst against the single photo, each fusion against ``mean``) on the same
+trials and resamples. Also: how often a
 burst mixing the claimed person's image with a stranger's is refused as inconsistent.
 
     python -m benchmarking_utils.burst_accuracy --out docs/results/burst_accuracy.json
+
+``--people N`` takes only the first N people of each kind (a quick check; the tests use it).
 """
 
 from __future__ import annotations
@@ -41,7 +45,15 @@ from tqdm import tqdm
 
 from benchmarking_utils.common import machine, write_json
 from deployment_utils.configs import parse_config
-from deployment_utils.lfw import CACHE, GET_LFW, embed_lfw, lfw_dir, lfw_images, settings_key
+from deployment_utils.lfw import (
+    CACHE,
+    GET_LFW,
+    embed_lfw,
+    lfw_dir,
+    lfw_images,
+    person_of,
+    settings_key,
+)
 from facematch.config import Settings
 from facematch.decision import quality, scores
 from facematch.decision.fusion import fuse, spread
@@ -175,14 +187,46 @@ def verify_trials(vectors, people, qualities, impostors: int, seed: int) -> dict
     return out
 
 
+def paired(hits: dict, owner: np.ndarray, rounds: int, seed: int) -> dict:
+    """Size -> fusion -> figure -> the paired differences (same trials, same resampled people)
+    of each burst fusion's errors minus the single photo's (``minus_single``) and minus
+    ``mean``'s (``minus_mean``), with their intervals: negative is fewer errors."""
+    out: dict = {}
+    for n in SIZES[1:]:
+        out[str(n)] = {
+            f: {
+                figure: {
+                    "minus_single": rate_with_interval(
+                        wrong.astype(float) - hits[1]["mean"][figure], owner, rounds, seed
+                    ),
+                    **(
+                        {}
+                        if f == "mean"
+                        else {
+                            "minus_mean": rate_with_interval(
+                                wrong.astype(float) - hits[n]["mean"][figure], owner, rounds, seed
+                            )
+                        }
+                    ),
+                }
+                for figure, wrong in hits[n][f].items()
+            }
+            for f in FUSIONS
+        }
+    return out
+
+
 def verify_figures(found: dict, rounds: int, seed: int) -> dict:
     result: dict = {}
+    hits: dict = {}
     for n, data in found.items():
         owner = data["owner"]
         per_fusion = {}
+        hits[n] = {}
         for f in FUSIONS:
             genuine, impostor = data["trials"][f]["genuine"], data["trials"][f]["impostor"]
             at_far = far_threshold(impostor, TARGET_FAR)
+            hits[n][f] = {"frr_default": genuine > THRESHOLD, "frr_at_far_1e-3": genuine > at_far}
             per_fusion[f] = {
                 "frr_default": rate_with_interval(
                     genuine > THRESHOLD, owner["genuine"], rounds, seed
@@ -212,6 +256,7 @@ def verify_figures(found: dict, rounds: int, seed: int) -> dict:
                 else None
             ),
         }
+    result["paired_differences"] = paired(hits, found[1]["owner"]["genuine"], rounds, seed)
     return result
 
 
@@ -223,8 +268,10 @@ def identify_figures(vectors, people, unknown, qualities, rounds: int, seed: int
     names = sorted(people)
     gallery = vectors[[people[p][0] for p in names]]
     result: dict = {}
+    hits: dict = {}
     for n in SIZES:
         per_fusion = {}
+        hits[n] = {}
         known: dict = {f: {"nearest": [], "correct": []} for f in FUSIONS}
         known_owner = []
         alarms: dict = {f: [] for f in FUSIONS}
@@ -254,6 +301,7 @@ def identify_figures(vectors, people, unknown, qualities, rounds: int, seed: int
             correct = np.array(known[f]["correct"])
             unknown_nearest = np.array(alarms[f])
             at_alarm = far_threshold(unknown_nearest, ALARM_RATE)
+            hits[n][f] = {"missed_at_alarm_1pct": ~(correct & (nearest <= at_alarm))}
             per_fusion[f] = {
                 "rank1": rate_with_interval(correct, np.array(known_owner), rounds, seed),
                 "threshold_alarm_1pct": round(at_alarm, 4),
@@ -266,6 +314,7 @@ def identify_figures(vectors, people, unknown, qualities, rounds: int, seed: int
             "known_probes": len(known_owner),
             "unknown_probes": len(alarm_owner),
         }
+    result["paired_differences"] = paired(hits, np.array(known_owner), rounds, seed)
     return result
 
 
@@ -279,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--impostors", type=int, default=10, help="impostor bursts per reference")
     parser.add_argument("--rounds", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=25)
+    parser.add_argument("--people", type=int, help="only the first N people of each kind")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args(argv)
     if not (args.lfw / "images").is_dir():
@@ -286,20 +336,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     settings = parse_config(args.config).settings
     start = time.perf_counter()
-    emb = embed_lfw(settings, args.lfw, lfw_images(args.lfw))
+    commit = _commit()
+    names = chosen_images(lfw_images(args.lfw), args.people)
+    label = "all" if args.people is None else f"burst-{args.people}"
+    emb = embed_lfw(settings, args.lfw, names, label)
     vectors = emb.vectors.astype(np.float64)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     all_people = emb.people()
     people = {p: r for p, r in all_people.items() if len(r) >= MIN_IMAGES}
     unknown = {p: r for p, r in all_people.items() if len(r) == 3}
-    used = sorted({emb.names[i] for rows in (*people.values(), *unknown.values()) for i in rows})
-    scored = frontal_scores(settings, args.lfw, used)
+    scored = frontal_scores(settings, args.lfw, list(emb.names))
     qualities = np.array([scored.get(name, float("-inf")) for name in emb.names])
     found = verify_trials(vectors, people, qualities, args.impostors, args.seed)
     result = {
         "command": "python -m benchmarking_utils.burst_accuracy " + " ".join(argv or sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "commit": _commit(),
+        "commit": commit,
         "machine": machine(),
         "config": args.config,
         "threshold": THRESHOLD,
@@ -315,6 +367,19 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(result, indent=2))
     write_json(args.out, result)
     return 0
+
+
+def chosen_images(names: list[str], people: int | None) -> list[str]:
+    """The images of the people with at least ``MIN_IMAGES`` images and of those with exactly
+    3 (the unknown probes), or only the first ``people`` of each (in name order)."""
+    by_person: dict[str, list[str]] = {}
+    for name in names:
+        by_person.setdefault(person_of(name), []).append(name)
+    known = sorted(p for p, images in by_person.items() if len(images) >= MIN_IMAGES)
+    unknown = sorted(p for p, images in by_person.items() if len(images) == 3)
+    if people is not None:
+        known, unknown = known[:people], unknown[:people]
+    return sorted(name for p in (*known, *unknown) for name in by_person[p])
 
 
 def _commit() -> str:
