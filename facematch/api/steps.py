@@ -258,10 +258,10 @@ def samples(ctx: RequestContext, decided: Decision) -> Samples:
     for role, photo in zip(roles, data):
         check_photo(photo, settings.max_pixels, role)
     used: list[DetectedFace] = []
-    refused: list[Exception] = []
+    refused: list[NoFace | LowQuality] = []
     for role, photo in zip(roles, data):
         face = _burst_face(ctx, role, photo)
-        if isinstance(face, Exception):
+        if isinstance(face, (NoFace, LowQuality)):
             refused.append(face)
         else:
             used.append(face)
@@ -277,7 +277,7 @@ def samples(ctx: RequestContext, decided: Decision) -> Samples:
     return Samples(fuse(vectors)[np.newaxis, :], len(uploads), len(used))
 
 
-def _burst_face(ctx: RequestContext, role: str, data: bytes) -> DetectedFace | Exception:
+def _burst_face(ctx: RequestContext, role: str, data: bytes) -> DetectedFace | NoFace | LowQuality:
     """The primary face of one burst photo, or the error that keeps it out (noted in the
     outcome either way); the decoded photo is dropped once its faces are cut and measured."""
     start = time.perf_counter()
