@@ -106,3 +106,30 @@ def test_the_watcher_identifies_people_on_an_mjpeg_camera(
     subjects = [e["subject"] for e in events.messages]
     assert subjects == [expected[i % len(expected)] for i in range(len(subjects))]
     assert len(subjects) >= 3
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("door.avi", None, "no such file: {path}"),
+        ("notes.avi", "not a video\n", "cannot open {path}: Invalid data found"),
+    ],
+)
+def test_a_video_file_that_cannot_be_read_stops_the_watcher_with_a_clear_error(
+    tmp_path, name, content, message
+):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content)
+    done = subprocess.run(
+        [sys.executable, "-m", "facematch.watch", "--source", str(path)]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert message.format(path=path) in done.stderr
+    assert "Traceback" not in done.stderr
