@@ -74,6 +74,8 @@ class Settings:
     max_threshold: float | None = None  # loosest threshold a request may ask; None: threshold
     max_sample_faces: int = 10  # sample faces embedded and compared at most (best-ranked)
     allow_all_faces: bool = False  # whether a request may ask for sample_faces=all
+    # sample photos of one person a burst may send (fused: decision/fusion.py; docs/api.md)
+    max_samples: int = 5
 
     # Calibration and quality (decision/calibration.py, decision/quality.py)
     target_far: float | None = None  # a false-accept rate that sets the threshold (LFW table)

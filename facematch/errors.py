@@ -158,3 +158,16 @@ class LowQuality(FacematchError):
 
     def details(self) -> dict:
         return {"reasons": self.reasons}
+
+
+class TooManySamples(FacematchError):
+    """A burst with more ``sample`` photos than ``FACEMATCH_MAX_SAMPLES`` (the message gives it)."""
+
+    code = "too_many_samples"
+
+
+class InconsistentSamples(FacematchError):
+    """A burst whose samples are not of one person: two of them farther apart than the verify
+    threshold. Refused, never fused: a burst must not combine strangers into a match."""
+
+    code = "inconsistent_samples"

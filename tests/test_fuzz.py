@@ -4,7 +4,8 @@ made of it) with a fixed seed and a fixed count: byte flips, truncation, inserti
 runs, boundary values written over the first bytes, and header fields changed with the file
 kept consistent (PNG chunk CRCs recomputed, the .pt archive rewritten, the .npy header re-padded).
 Every case goes through the app in-process; every tenth also through a real Gunicorn. No answer
-may be a 5xx, and each 4xx must be one the API documents for that slot."""
+may be a 5xx, and each 4xx must be one the API documents for that slot. Bursts (issue 25): each
+mutated photo is also sent as the second sample of a /cached_match burst."""
 
 from __future__ import annotations
 
@@ -31,6 +32,14 @@ BOUNDARY_VALUES = (0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0x8000000
 PHOTO_ANSWERS = {200: None, 413: "image_too_large", 415: "unsupported_image", 422: "no_face"}
 #: status -> error code for a reference; 422: the reference was accepted, the sample is blank.
 REFERENCE_ANSWERS = {400: "invalid_embedding", 422: "no_face"}
+#: a burst of a good photo and a mutated one: the good one is always used, so never no_face;
+#: a mutation that moves the face off its person is refused as not one person.
+BURST_ANSWERS = {
+    200: None,
+    413: "image_too_large",
+    415: "unsupported_image",
+    422: "inconsistent_samples",
+}
 BLANK_SAMPLE = image_bytes(Image.new("RGB", (32, 32), (200, 180, 160)), "PNG")
 
 
@@ -229,6 +238,34 @@ def test_mutated_references_never_get_a_5xx(client, references, gunicorn_url, fm
     assert len(statuses) == CASES
     assert [w for w in wrong if w] == []
     assert set(statuses) == {400, 422}  # some mutations are refused, some still parse
+
+
+@pytest.mark.parametrize("fmt", sorted(IMAGE_HEADERS))
+def test_mutated_burst_samples_never_get_a_5xx(client, photos, references, gunicorn_url, fmt):
+    wrong, used = [], []
+    salt = 20 + sorted(IMAGE_HEADERS).index(fmt)
+    for index, (label, data) in enumerate(cases(photos[fmt], IMAGE_HEADERS[fmt], salt)):
+        burst = [("sample", ("s1", photos["jpeg"])), ("sample", ("s2", data))]
+        form = {
+            "reference": (io.BytesIO(references["json"]), "r"),
+            "sample": [(io.BytesIO(content), name) for _, (name, content) in burst],
+        }
+        response = client.post("/cached_match", data=form)
+        wrong.append(_check(label, response.status_code, response.json, BURST_ANSWERS))
+        if response.status_code == 200:
+            used.append(response.json["samples"]["used"])
+            if response.json["samples"]["sent"] != 2:
+                wrong.append(f"{label}: samples {response.json['samples']}")
+        if index % THROUGH_GUNICORN == 0:
+            files = [("reference", ("r", references["json"])), *burst]
+            over_http = requests.post(gunicorn_url + "/cached_match", files=files, timeout=60)
+            wrong.append(
+                _check(
+                    f"{label} (gunicorn)", over_http.status_code, over_http.json(), BURST_ANSWERS
+                )
+            )
+    assert [w for w in wrong if w] == []
+    assert set(used) <= {1, 2} and 2 in used  # mutations kept and dropped from the burst
 
 
 def test_the_fuzzer_is_deterministic(photos):

@@ -115,7 +115,9 @@ def photo_fields() -> dict[str, set[str]]:
             for name, field in properties.get("properties", {}).items():
                 words = re.findall(r"[A-Za-z0-9]+", field.get("description", ""))
                 named = {word.upper() for word in words} & PILLOW_FORMATS
-                if field.get("format") == "binary" and named:
+                binary = field.get("format") == "binary"  # or a burst's array of files
+                binary = binary or field.get("items", {}).get("format") == "binary"
+                if binary and named:
                     fields[f"{method.upper()} {path} {name}"] = named
     return fields
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -24,12 +25,19 @@ from facematch.decision.quality import FaceQuality
 from facematch.gallery.service import GalleryAccess
 from facematch.gallery.store import FaceSource
 from facematch.observability.message import build_message, to_point, validate
-from facematch.watch.events import WatchEvent, discovery_message, event_message, snapshot_jpeg
+from facematch.watch.events import (
+    EventSink,
+    WatchEvent,
+    discovery_message,
+    event_message,
+    snapshot_jpeg,
+)
 from facematch.watch.metrics import DecisionFigures, WatchMetrics
 from facematch.watch.options import WatchOptions
 from facematch.watch.selection import BestFrames, Sighting, score
 from facematch.watch.tracker import IouTracker, TrackerOptions, iou
-from tests.servers import Subscriber
+from tests.servers import Subscriber, wait_until
+from tests.watch_video import Segment, write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GALLERY = "door-test"
@@ -309,3 +317,189 @@ def test_the_video_gives_one_event_per_person_in_order_unknowns_as_null(
     assert watch_messages[-1]["watch"]["decisions"] == len(people)
     assert watch_messages[-1]["watch"]["frames"] > 0
     assert discovery.messages[0]["state_topic"] == f"facematch/watch/{CAMERA}"
+
+
+def prometheus_value(port: int, name: str) -> float:
+    """The value of the sample ``name`` in the watcher's Prometheus text (0 before it is up)."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
+    except OSError:
+        return 0.0
+    for line in text.decode().splitlines():
+        if line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_sigterm_on_a_live_source_decides_the_open_track_publishes_it_and_exits(
+    broker, enrolled_gallery, watch_cast, tmp_path
+):
+    """A live source (the file looped as a camera would stream) never ends: on SIGTERM the
+    watcher decides the track still open, publishes its event and exits cleanly."""
+    url, access = enrolled_gallery
+    shown = watch_cast.segments[0]  # an enrolled person's photo that was not enrolled
+    person = shown.person
+    assert person in watch_cast.enrolled
+    video = write_video(tmp_path / "live.avi", [Segment(shown.photo, 30)], gap_s=0.1)
+    port = free_port()
+    events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
+    env = watch_env(
+        broker,
+        url,
+        FACEMATCH_WATCH_LIVE="true",
+        FACEMATCH_WATCH_DECIDE_AFTER="0",  # only at the track's end: here, at SIGTERM
+        FACEMATCH_WATCH_MAX_MISSES="50",  # the looped file's reopen gaps do not end the track
+        FACEMATCH_WATCH_METRICS_PORT=str(port),
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facematch.watch", "--source", str(video.path)]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: prometheus_value(port, "facematch_watch_faces_total") >= 3,
+            120,
+            what="the watcher's first faces",
+        )
+        assert events.messages == []  # nothing decided while the track is open
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output[-3000:]
+        found = events.wait_for(1)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        events.close()
+    assert [e["subject"] for e in found] == [person]
+    assert "stopped:" in output
+    audit = [a for a in access.audit(GALLERY).events if a.action == "identify"]
+    assert [(a.key, a.subject) for a in audit] == [(f"camera:{CAMERA}", person)]
+
+
+def test_a_broker_that_is_away_does_not_hold_the_watcher_up(enrolled_gallery, watch_video):
+    """With the broker down for the whole run the events wait in the bounded queue, the file is
+    still watched to its end, every decision is in the audit trail and the watcher exits."""
+    url, access = enrolled_gallery
+    env = watch_env(type("Away", (), {"port": free_port()})(), url)
+    done = subprocess.run(
+        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    audit = [a for a in access.audit(GALLERY).events if a.action == "identify"]
+    assert len(audit) == len(watch_video.appearances)
+    assert "unreachable" in done.stderr
+
+
+def test_the_watch_speed_benchmark_measures_a_watcher_that_decides_right(run_benchmark, tmp_path):
+    result = run_benchmark("watch_speed", tmp_path / "speed.json", "--sizes", "720p")
+    figures = result["sizes"]["720p"]
+    expected = [p if p in figures["enrolled"] else None for p in figures["shown"]]
+    assert figures["decided"] == expected
+    assert figures["frames_per_s"] > 0 and figures["frames_watched"] == 80
+    assert figures["decision_latency_ms"]["n"] == 3
+    assert figures["peak_pss_mib"] > 0 and figures["video"]["width"] == 1280
+
+
+def test_a_live_rtsp_camera_gives_one_event_per_person_in_order_until_sigterm(
+    broker, enrolled_gallery, watch_video, watch_cast, rtsp_server
+):
+    """The video played by a real RTSP server at its own pace: the events of the people in
+    order, each while they are still in view (``decide_after``), then a clean exit on SIGTERM."""
+    url, access = enrolled_gallery
+    camera = rtsp_server(watch_video.path)
+    events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
+    people = [a.person for a in watch_video.appearances]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "facematch.watch", "--source", camera.url]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env=watch_env(broker, url),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        found = events.wait_for(len(people), timeout=120)[: len(people)]
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=60)
+        assert process.returncode == 0, output[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        events.close()
+    assert [e["subject"] for e in found] == [
+        p if p in watch_cast.enrolled else None for p in people
+    ]
+    for e in found:  # at 15 sightings, or fewer if the watcher fell behind and frames dropped
+        sampled = e["frames"]["sampled"]
+        assert 2 <= sampled <= 15
+        assert e["latency_ms"] >= (sampled - 1) * 180  # live: sightings at most 5 a second
+
+
+def test_an_unknown_gallery_is_refused_before_watching(broker, tmp_path, watch_video):
+    done = subprocess.run(
+        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
+        + ["--gallery", "nobody-here", "--camera", CAMERA],
+        env=watch_env(broker, f"sqlite:///{tmp_path / 'empty.db'}"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "no gallery 'nobody-here'" in done.stderr
+
+
+def test_a_bad_watch_setting_exits_with_a_message_naming_it(broker, tmp_path, watch_video):
+    done = subprocess.run(
+        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
+        + ["--gallery", GALLERY, "--camera", CAMERA],
+        env=watch_env(broker, f"sqlite:///{tmp_path / 'g.db'}", FACEMATCH_WATCH_LIVE="maybe"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "FACEMATCH_WATCH_LIVE must be auto, true or false" in done.stderr
+
+
+def test_snapshots_turned_on_send_the_decided_face_as_a_jpeg_beside_its_event(broker):
+    settings = Settings(mqtt_host="127.0.0.1", mqtt_port=broker.port, node="snap-test")
+    options = WatchOptions(CAMERA, GALLERY, snapshots=True)
+    received = Subscriber(broker, topic="facematch/watch/#", client_id="snapshots")
+    sink = EventSink(settings, options)
+    sink.start()
+    try:
+        sink.publish(event(), (np.full((3, 160, 160), 40, np.float32) - 127.5) / 128)
+        wait_until(lambda: len(received.raw) >= 2, 10, what="the event and its snapshot")
+    finally:
+        sink.close()
+        received.close()
+    assert received.messages == [event().to_json()]
+    jpeg = next(raw for raw in received.raw if raw.startswith(b"\xff\xd8"))
+    assert Image.open(io.BytesIO(jpeg)).size == (160, 160)
+
+
+def test_frames_dropped_while_the_watcher_was_busy_count_as_misses():
+    """A track ends after the same number of sampled frames however many the watcher saw."""
+    tracker = IouTracker(TrackerOptions(iou=0.3, max_misses=3))
+    tracker.update([(100, 100, 200, 200)], 0)
+    assert tracker.update([], 5, elapsed=2).ended == ()
+    ended = tracker.update([], 9, elapsed=2).ended  # 4 sampled frames without it, 2 watched
+    assert [t.id for t in ended] == [1]
+    step = tracker.update([(100, 100, 200, 200)], 13, elapsed=2)
+    assert [t.id for t in step.assigned] == [2]  # the next face in its place is a new track

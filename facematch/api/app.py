@@ -256,16 +256,16 @@ def photo_match():
 
 @bp.post("/cached_match")
 def cached_match():
-    """Compare a precomputed reference embedding with the face(s) of ``sample``."""
+    """Compare a precomputed reference embedding with the face(s) of ``sample``, or with a
+    burst of ``sample`` photos of one person fused into one embedding (``steps.samples``)."""
     ctx = steps.context()
     decision = steps.decision(ctx)
     reference_bytes = steps.bytes_field(ctx, "reference", allow_text=True)
     reference_vector = parse_embedding(reference_bytes)
     steps.verify_reference(ctx, reference_bytes, reference_vector)
-    sample = steps.detect(ctx, "sample", steps.image_field(ctx, "sample"))
-    compared = steps.sample_faces(ctx, sample, decision)
-    _score(ctx.outcome, reference_vector, steps.embed(ctx, [f.crop for f in compared]), decision)
-    return _match_json(ctx)
+    sample = steps.samples(ctx, decision)
+    _score(ctx.outcome, reference_vector, sample.vectors, decision)
+    return _match_json(ctx, {"samples": sample.as_json()})
 
 
 @bp.post("/embeddings")
@@ -328,7 +328,8 @@ def _score(outcome: Outcome, reference_vector, sample_vectors, decision: Decisio
 # --- responses, built from the outcome ---
 
 
-def _match_json(ctx: steps.RequestContext) -> dict:
+def _match_json(ctx: steps.RequestContext, extra: dict | None = None) -> dict:
+    """The answer of a 1:1 decision; ``extra`` fields go before ``latency_ms``."""
     outcome = ctx.outcome
     result = outcome.result
     body = {
@@ -355,6 +356,7 @@ def _match_json(ctx: steps.RequestContext) -> dict:
             for i, (face, r) in enumerate(zip(outcome.compared, outcome.results))
         ]
         body["decided_by"] = outcome.decided_by
+    body.update(extra or {})
     body["latency_ms"] = answers.latency_json(outcome)
     return body
 

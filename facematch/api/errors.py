@@ -34,6 +34,8 @@ STATUS: dict[type[FacematchError], int] = {
     errors.NoReferences: 409,
     errors.UnreachableTarget: 400,
     errors.LowQuality: 422,
+    errors.TooManySamples: 400,
+    errors.InconsistentSamples: 422,
 }
 
 

@@ -277,8 +277,9 @@ def import_gallery(gallery: str):
 
 @bp.post("/galleries/<gallery>/subjects/<subject>/verify")
 def verify(gallery: str, subject: str):
-    """Verify the primary face of ``sample`` against every face of ``subject`` with the
-    operator's (or the request's allowed) ``rule``: the /photo_match decision."""
+    """Verify the primary face of ``sample`` (or a burst of ``sample`` photos of one person,
+    fused) against every face of ``subject`` with the operator's (or the request's allowed)
+    ``rule``: the /photo_match decision."""
     _ids(gallery=gallery, subject=subject)
     ctx = steps.context()
     decision = _gallery_decision(ctx, identify=False)
@@ -294,9 +295,8 @@ def verify(gallery: str, subject: str):
             f"subject {subject!r} holds no face of model '{model}' to verify against"
         )
     work.size = size
-    sample = steps.detect(ctx, "sample", steps.image_field(ctx, "sample"))
-    ctx.outcome.compared = sample.faces[:1]
-    vector = steps.embed(ctx, [sample.primary.crop])[0]
+    sample = steps.samples(ctx, decision)  # a burst is checked for one person before deciding
+    vector = sample.vectors[0]
     searched = _access().verify(
         gallery, subject, references, vector, model, decision.threshold, rule, _actor()
     )
@@ -322,6 +322,7 @@ def verify(gallery: str, subject: str):
         "gallery": gallery,
         "subject": subject,
         "faces": answers.faces_json(ctx),
+        "samples": sample.as_json(),
         **answers.quality_warnings(ctx),
         "latency_ms": answers.latency_json(ctx.outcome),
     }
@@ -330,7 +331,8 @@ def verify(gallery: str, subject: str):
 @bp.post("/galleries/<gallery>/identify")
 def identify(gallery: str):
     """Who is in ``sample``: the ``top_k`` nearest subjects and the identified one (or null)
-    for its primary face, or with ``sample_faces=all`` for each face (as many as allowed)."""
+    for its primary face (or a burst's fused faces), or with ``sample_faces=all`` for each face
+    (as many as allowed)."""
     _ids(gallery=gallery)
     ctx = steps.context()
     decision = _gallery_decision(ctx, identify=True)
@@ -342,11 +344,10 @@ def identify(gallery: str):
     if work.size == 0:  # an unknown gallery is a 404 before any photo is looked at
         _access().subjects(gallery, 1)
     ctx.outcome.times.search += (time.perf_counter() - start) * 1000
-    sample = steps.detect(ctx, "sample", steps.image_field(ctx, "sample"))
-    compared = steps.sample_faces(ctx, sample, decision)
-    vectors = steps.embed(ctx, [face.crop for face in compared])
+    sample = steps.samples(ctx, decision)  # a burst is checked for one person before deciding
+    compared = ctx.outcome.compared
     found: list[Identification] = []
-    for vector in vectors:
+    for vector in sample.vectors:
         searched = _access().identify(gallery, vector, model, decision.threshold, top_k, _actor())
         ctx.outcome.times.search += searched.search_ms + searched.audit_ms  # the event's included
         found.append(searched.result)
@@ -375,6 +376,7 @@ def identify(gallery: str):
         **body,
         "gallery": gallery,
         "faces": answers.faces_json(ctx),
+        "samples": sample.as_json(),
         **answers.quality_warnings(ctx),
         "latency_ms": answers.latency_json(ctx.outcome),
     }

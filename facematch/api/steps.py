@@ -24,11 +24,19 @@ from facematch.api.security import ReferenceSigner, reference_claims
 from facematch.config import Settings
 from facematch.decision import quality
 from facematch.decision.calibration import Calibration
+from facematch.decision.fusion import fuse, spread
 from facematch.decision.policy import Decision, DecisionPolicy
 from facematch.decision.quality import FaceQuality, QualityGate
-from facematch.engine.decoding import DecodedPhoto, decode_photo
+from facematch.engine.decoding import DecodedPhoto, check_photo, decode_photo
 from facematch.engine.engine import DetectedFace, FaceEngine, PhotoFaces
-from facematch.errors import LowQuality, MissingField, NoFace
+from facematch.errors import (
+    InconsistentSamples,
+    InvalidParameter,
+    LowQuality,
+    MissingField,
+    NoFace,
+    TooManySamples,
+)
 from facematch.observability.outcome import InputPhoto, Outcome
 from facematch.observability.publisher import Publisher
 
@@ -206,3 +214,83 @@ def embed(ctx: RequestContext, crops) -> np.ndarray:
     embedded = ctx.services.engine.embed(list(crops))
     ctx.outcome.times.embedding += embedded.embedding_ms
     return embedded.vectors
+
+
+@dataclass(frozen=True)
+class Samples:
+    """What a request's ``sample`` field(s) give the decision: one embedding per compared face
+    (a burst: its one fused embedding), and how many sample photos were sent and used."""
+
+    vectors: np.ndarray
+    sent: int
+    used: int
+
+    def as_json(self) -> dict:
+        return {"sent": self.sent, "used": self.used}
+
+
+def samples(ctx: RequestContext, decided: Decision) -> Samples:
+    """The ``sample`` photo(s) embedded. One photo: its compared faces (``sample_faces``), as
+    before. A burst of up to ``FACEMATCH_MAX_SAMPLES`` photos of one person: each photo's
+    primary face, fused (``fusion.fuse``) into one embedding.
+
+    A burst is bounded before any work: too many photos is 400 ``too_many_samples`` and each
+    photo's size is checked from its header first; the photos are then decoded one at a time and
+    only their face crops kept. A photo without a face (or, with the gate on ``reject``, below
+    the bars) is not used; none used is that photo's 422 (``no_face``, ``low_quality``). Two
+    used faces farther apart than the operator's verify threshold are 422
+    ``inconsistent_samples``, before any decision: a burst never combines strangers."""
+    uploads = ctx.files.getlist("sample")
+    limit = ctx.services.policy.max_samples
+    if len(uploads) > limit:
+        raise TooManySamples(
+            f"{len(uploads)} 'sample' photos sent; this server fuses at most {limit}"
+        )
+    if len(uploads) <= 1:
+        found = detect(ctx, "sample", image_field(ctx, "sample"))
+        compared = sample_faces(ctx, found, decided)
+        return Samples(embed(ctx, [face.crop for face in compared]), 1, 1)
+    if decided.sample_faces == "all":
+        raise InvalidParameter("'sample_faces=all' compares the faces of one photo, not a burst")
+    settings = ctx.services.settings
+    roles = ["sample" if i == 0 else f"sample_{i + 1}" for i in range(len(uploads))]
+    data = [upload.read() for upload in uploads]
+    for role, photo in zip(roles, data):
+        check_photo(photo, settings.max_pixels, role)
+    used: list[DetectedFace] = []
+    refused: list[NoFace | LowQuality] = []
+    for role, photo in zip(roles, data):
+        face = _burst_face(ctx, role, photo)
+        if isinstance(face, (NoFace, LowQuality)):
+            refused.append(face)
+        else:
+            used.append(face)
+    if not used:
+        raise next((e for e in refused if isinstance(e, LowQuality)), refused[0])
+    ctx.outcome.compared = used[:1]
+    vectors = embed(ctx, [face.crop for face in used])
+    if spread(vectors, "cosine") > ctx.services.policy.threshold_for("cosine"):
+        raise InconsistentSamples(
+            "the samples are not all of one person (two are farther apart than the verify "
+            "threshold); send photos of one person only"
+        )
+    return Samples(fuse(vectors)[np.newaxis, :], len(uploads), len(used))
+
+
+def _burst_face(ctx: RequestContext, role: str, data: bytes) -> DetectedFace | NoFace | LowQuality:
+    """The primary face of one burst photo, or the error that keeps it out (noted in the
+    outcome either way); the decoded photo is dropped once its faces are cut and measured."""
+    start = time.perf_counter()
+    min_side = ctx.services.engine.options.decode_min_side
+    photo = decode_photo(data, ctx.services.settings.max_pixels, role, min_side)
+    ctx.outcome.times.decode += (time.perf_counter() - start) * 1000
+    ctx.outcome.photos[role] = InputPhoto(photo.width, photo.height)
+    try:
+        found = detect(ctx, role, photo)
+    except (NoFace, LowQuality) as error:
+        return error
+    finally:
+        noted = ctx.outcome.photos[role]
+        if noted.found is not None:
+            noted.found = replace(noted.found, source=None)
+    return found.primary

@@ -106,6 +106,7 @@ class DecisionPolicy:
     max_threshold: float = scores.DEFAULT_THRESHOLDS["cosine"]
     max_sample_faces: int = 10
     allow_all_faces: bool = False
+    max_samples: int = 5  # sample photos one burst may send (FACEMATCH_MAX_SAMPLES)
     identify_threshold: float | None = None  # the 1:N threshold; None: the measured default
     max_identify_threshold: float | None = None  # None: the identify threshold itself
     verify_rules: tuple[str, ...] = (gallery_scoring.DEFAULT_RULE,)  # the first: the default
@@ -128,6 +129,8 @@ class DecisionPolicy:
             )
         if self.max_sample_faces < 1:
             raise ConfigError("FACEMATCH_MAX_SAMPLE_FACES must be at least 1")
+        if self.max_samples < 1:
+            raise ConfigError("FACEMATCH_MAX_SAMPLES must be at least 1")
         for variable, value in (
             ("FACEMATCH_IDENTIFY_THRESHOLD", self.identify_threshold),
             ("FACEMATCH_MAX_IDENTIFY_THRESHOLD", self.max_identify_threshold),
@@ -168,6 +171,7 @@ class DecisionPolicy:
             max_threshold=threshold if settings.max_threshold is None else settings.max_threshold,
             max_sample_faces=settings.max_sample_faces,
             allow_all_faces=settings.allow_all_faces,
+            max_samples=settings.max_samples,
             identify_threshold=settings.identify_threshold,
             max_identify_threshold=settings.max_identify_threshold,
             verify_rules=tuple(r.strip() for r in settings.verify_rules.split(",") if r.strip()),

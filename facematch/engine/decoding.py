@@ -119,6 +119,33 @@ def _decode(
 ) -> tuple[Image.Image, int, tuple[int, int]]:
     """The checks and the decode: (upright RGB image, its reduction, the full upright size).
     ``reduction``, when given, is used as it is; otherwise it is chosen from ``min_side``."""
+    image = _opened(data, max_pixels, name)
+    width, height = image.size
+    if not reduction:
+        reduction = _reduction(image.format, max(width, height), min_side)
+    if reduction > 1 and image.format == "JPEG":
+        _pillow(name, image.draft, None, (width // reduction, height // reduction))
+    if getattr(image, "is_animated", False):
+        _pillow(name, image.seek, 0)
+    _pillow(name, image.load)
+    orientation = _pillow(name, image.getexif).get(ExifTags.Base.Orientation, 1)
+    image = _pillow(
+        name, _to_rgb, image
+    )  # the decoded image and its decoder's buffers are freed here
+    if orientation in _ROTATIONS:
+        image = _pillow(name, image.transpose, _ROTATIONS[orientation])
+    upright = (height, width) if orientation in _SWAPS_SIDES else (width, height)
+    return image, reduction, upright
+
+
+def check_photo(data: bytes, max_pixels: int, name: str = "image") -> None:
+    """``decode_image``'s checks from the header alone, nothing decoded: a request with several
+    photos refuses any of them before decoding the first (same errors)."""
+    _opened(data, max_pixels, name).close()
+
+
+def _opened(data: bytes, max_pixels: int, name: str) -> Image.Image:
+    """``data`` opened (its header read, not decoded) once it passes the size checks."""
     if not data:
         raise UnsupportedImage(f"'{name}' is empty")
     jpeg_coefficients = _jpeg_coefficient_bytes(data, name) if data[:2] == b"\xff\xd8" else 0.0
@@ -135,21 +162,7 @@ def _decode(
             f"'{name}' ({width}x{height} {image.format} {image.mode}) would take "
             f"{cost / 2**20:.0f} MiB to decode; the limit is {budget / 2**20:.0f} MiB"
         )
-    if not reduction:
-        reduction = _reduction(image.format, max(width, height), min_side)
-    if reduction > 1 and image.format == "JPEG":
-        _pillow(name, image.draft, None, (width // reduction, height // reduction))
-    if getattr(image, "is_animated", False):
-        _pillow(name, image.seek, 0)
-    _pillow(name, image.load)
-    orientation = _pillow(name, image.getexif).get(ExifTags.Base.Orientation, 1)
-    image = _pillow(
-        name, _to_rgb, image
-    )  # the decoded image and its decoder's buffers are freed here
-    if orientation in _ROTATIONS:
-        image = _pillow(name, image.transpose, _ROTATIONS[orientation])
-    upright = (height, width) if orientation in _SWAPS_SIDES else (width, height)
-    return image, reduction, upright
+    return image
 
 
 def _reduction(fmt: str, longer: int, min_side: int) -> int:

@@ -19,6 +19,7 @@ from flask import Flask, Response, g, request
 from facematch.config import Settings
 from facematch.keys import KeyRing
 from facematch.observability import prometheus as prometheus_metrics
+from facematch.observability.message import ROLES
 from facematch.observability.outcome import Outcome
 from facematch.observability.prometheus import BuildInfo
 from facematch.observability.publisher import Publisher, create_publisher
@@ -70,6 +71,7 @@ def record_from(outcome: Outcome, endpoint: str, model: str, status: int) -> Req
             image_height=photo.height,
         )
         for role, photo in outcome.photos.items()
+        if role in ROLES  # a burst's first sample is ``sample``; its others are not recorded
     ]
     return RequestRecord(
         endpoint=endpoint,

@@ -79,7 +79,6 @@ def discovery_message(options: WatchOptions) -> Outgoing:
     config = {
         "name": "Last person seen",
         "unique_id": unique,
-        "object_id": unique,
         "state_topic": options.event_topic,
         "value_template": "{{ value_json.subject if value_json.subject else 'unknown' }}",
         "json_attributes_topic": options.event_topic,

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 
 from facematch.config import ConfigError, Settings
 from facematch.engine.engine import FaceEngine
+from facematch.errors import GalleryUnavailable, NotFound
 from facematch.observability.publisher import Publisher, create_publisher
 from facematch.watch.decide import Decider
 from facematch.watch.events import EventSink
@@ -52,20 +53,23 @@ def watch(
 ) -> int:
     """Run ``watcher`` over ``frames`` (``image``, ``index``) until they end or ``stop`` is set,
     then decide the open tracks; every decision is published. Returns the decisions made."""
-    made = 0
+    made, seen_dropped = 0, 0
 
     def emit(decisions: list[Decided]) -> None:
         nonlocal made
-        watcher.metrics.set_dropped(dropped())
         for decided in decisions:
             publisher.publish(watcher.metrics.decided(decided.figures))
             sink.publish(decided.event, decided.crop)
             made += 1
 
     for frame in frames:
-        emit(watcher.see(frame.image, frame.index))
+        now_dropped = dropped()
+        watcher.metrics.set_dropped(now_dropped)
+        emit(watcher.see(frame.image, frame.index, now_dropped - seen_dropped))
+        seen_dropped = now_dropped
         if stop.is_set():
             break
+    watcher.metrics.set_dropped(dropped())
     emit(watcher.finish())
     return made
 
@@ -82,7 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Watch until the source ends or a signal stops it; 0 on a clean end, 2 for bad settings."""
+    """Watch until the source ends or a signal stops it; 0 on a clean end, 2 for bad settings
+    or an unknown gallery."""
     args = parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -95,9 +100,17 @@ def main(argv: list[str] | None = None) -> int:
         engine = FaceEngine.from_settings(settings)
         engine.kernel_check()
         decider = Decider.from_settings(settings, engine, options.gallery, options.camera)
+        decider.access.subjects(options.gallery, 1)  # NotFound for a gallery nobody enrolled in
     except (ConfigError, ValueError) as error:
         print(f"facematch.watch: {error}", file=sys.stderr)
         return 2
+    except NotFound:
+        print(
+            f"facematch.watch: no gallery {options.gallery!r}: enrol people first", file=sys.stderr
+        )
+        return 2
+    except GalleryUnavailable:
+        log.warning("the gallery database is unavailable: tracks go undecided until it is back")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())

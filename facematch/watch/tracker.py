@@ -3,8 +3,10 @@
 Each frame's boxes are matched to the open tracks by overlap (intersection over union), the
 largest overlaps first; a box that overlaps no open track by at least ``iou`` starts a new
 track. A track that goes ``max_misses`` sampled frames without a box ends and is handed back,
-so the watcher can decide it. Enough for people walking past a fixed camera at a few frames
-a second; faces that cross each other may swap tracks (then both are decided on their frames).
+so the watcher can decide it. Sampled frames the source dropped while the watcher was busy count
+as frames without it, so a track ends after the same time however far behind the watcher is.
+Enough for people walking past a fixed camera at a few frames a second; faces that cross each
+other may swap tracks (then both are decided on their frames).
 """
 
 from __future__ import annotations
@@ -71,9 +73,11 @@ class IouTracker:
         self.open: dict[int, Track] = {}
         self.started = 0
 
-    def update(self, boxes: list[Box], frame: int) -> Step:
+    def update(self, boxes: list[Box], frame: int, elapsed: int = 1) -> Step:
         """Match ``boxes`` (one sampled frame's faces, frame index ``frame``) to the open
-        tracks; start tracks for the unmatched boxes; end the tracks missed too long."""
+        tracks; start tracks for the unmatched boxes; end the tracks missed too long.
+        ``elapsed``: sampled frames since the last update, this one and dropped ones included;
+        each is a miss for a track not seen in this frame."""
         pairs = sorted(
             (
                 (iou(track.box, box), track.id, i)
@@ -102,7 +106,7 @@ class IouTracker:
         ended = []
         for track in list(self.open.values()):
             if track.id not in taken:
-                track.misses += 1
+                track.misses += elapsed
                 if track.misses > self.options.max_misses:
                     ended.append(self.open.pop(track.id))
         return Step(tuple(owner[i] for i in range(len(boxes))), tuple(ended))

@@ -72,12 +72,13 @@ class Watcher:
         self.tracker = IouTracker(options.tracker)
         self._open: dict[int, _Open] = {}
 
-    def see(self, image: np.ndarray, index: int) -> list[Decided]:
-        """Take one sampled frame; the decisions it brought due, in track order."""
+    def see(self, image: np.ndarray, index: int, skipped: int = 0) -> list[Decided]:
+        """Take one sampled frame (``skipped``: sampled frames the source dropped since the
+        last one); the decisions it brought due, in track order."""
         now = self.clock()
         photo = Image.fromarray(image)
         faces = self.engine.detect(photo).faces
-        step = self.tracker.update([face.box for face in faces], index)
+        step = self.tracker.update([face.box for face in faces], index, 1 + skipped)
         self.metrics.add(frames=1, faces=len(faces))
         due: list[Track] = []
         for face, track in zip(faces, step.assigned):
