@@ -19,10 +19,10 @@ from tests.watch_video import Segment, write_video
 REPO = Path(__file__).resolve().parents[1]
 GALLERY = "door-test"  # the watch_gallery fixture's
 CAMERA = "door"
-# Empty scene between people. A live watcher slower than the sample rate is handed fewer frames
-# (the rest dropped), and a track ends after FACEMATCH_WATCH_MAX_MISSES handed frames without its
-# face: the gap must outlast that at the ~2-4 frames/s a loaded 2-core machine manages, or two
-# people at the same spot join one track.
+# Empty scene between people, well beyond the time a track takes to end (max_misses sampled
+# frames), so that a watcher far behind on a loaded machine (2-4 of 5 frames/s handed on) still
+# keeps two people at the same spot apart. With a 1 s gap and misses counted in handed frames
+# only, two people joined one track here; the tracker now counts dropped frames as misses too.
 GAP_S = 4.0
 
 
