@@ -33,7 +33,7 @@ RTSP_TRANSPORTS = frozenset({"tcp", "udp"})
 _SLOT_EPSILON = 1e-6  # stream times like 0.6 are not exact in binary; a sample slot tolerates it
 
 
-class SourceError(Exception):
+class SourceError(ValueError):
     """A source that cannot be read at all: a missing file, a file FFmpeg cannot open or decode,
     no video stream. Live sources never raise it for a failed open: they back off and retry."""
 
@@ -174,6 +174,10 @@ class FrameSource:
         path = options.local_path
         if path is not None and not options.is_device and not os.path.exists(path):
             raise SourceError(f"no such file: {path}")
+        if not options.is_live:
+            # A file that is not a video is refused now, before the watcher loads its models.
+            with self._open_file() as container:
+                self._video_stream(container)
         self._lock = threading.Lock()
         self._decoded = 0
         self._sampled = 0
@@ -218,13 +222,15 @@ class FrameSource:
 
     # --- files ------------------------------------------------------------------------------
 
-    def _file_frames(self, stop: threading.Event) -> Iterator[Frame]:
+    def _open_file(self) -> av.container.InputContainer:
         try:
-            container = self._open()
+            return self._open()
         except av.FFmpegError as exc:
             url = self.options.url
             raise SourceError(f"cannot open {redact(url)}: {_reason(exc, url)}") from exc
-        with container:
+
+    def _file_frames(self, stop: threading.Event) -> Iterator[Frame]:
+        with self._open_file() as container:
             stream = self._video_stream(container)
             rate = float(stream.average_rate or stream.guessed_rate or 0) or None
             start = None
@@ -318,7 +324,7 @@ class FrameSource:
                         if stop.is_set():
                             return
                 log.warning("source %s ended; reopening", redact(o.url))
-            except (av.FFmpegError, SourceError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 (the reader must never die silently)
                 log.warning("source %s failed: %s", redact(o.url), _reason(exc, o.url))
             if got_frame:
                 delay = o.reopen_initial_s
