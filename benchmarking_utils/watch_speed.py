@@ -1,7 +1,7 @@
 """The camera watcher's speed and memory at 720p and 1080p, on the generated LFW video.
 
-For each size a video is written from LFW photos (``tests/watch_video.py``: two enrolled people
-and one unknown, 4 s each, 10 frames/s, MJPEG) and a fresh process watches it as
+For each size a video is written from LFW photos (``watch_video.py``: two enrolled people and
+one unknown, 4 s each, 10 frames/s, MJPEG) and a fresh process watches it as
 ``python -m facematch.watch`` does (a file is read as fast as the machine allows, sampled at
 ``FACEMATCH_WATCH_SAMPLE_FPS`` of stream time), against a SQLite gallery holding the enrolled
 people. It reports:
@@ -40,6 +40,7 @@ from pathlib import Path
 from PIL import Image
 
 from benchmarking_utils.common import local_settings, machine, summary, write_json
+from benchmarking_utils.watch_video import standard_cast, write_video
 from deployment_utils.lfw import lfw_dir
 from facematch.config import Settings
 from facematch.engine.engine import FaceEngine
@@ -51,7 +52,6 @@ from facematch.watch.options import WatchOptions
 from facematch.watch.run import source_options
 from facematch.watch.source import FrameSource
 from facematch.watch.watcher import Watcher
-from tests.watch_video import standard_cast, write_video
 
 SIZES = {"720p": (1280, 720), "1080p": (1920, 1080)}
 GALLERY = "bench"

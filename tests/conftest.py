@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from benchmarking_utils.watch_video import Cast, VideoManifest, standard_cast, write_video
 from deployment_utils.lfw import GET_LFW, lfw_dir
 from facematch.api.app import create_app
 from facematch.config import Settings
 from facematch.engine.engine import FaceEngine
 from tests.support import keys_file_text
-from tests.watch_video import Cast, VideoManifest, standard_cast, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -158,7 +158,12 @@ def default_matches(field: dataclasses.Field, cell: str) -> bool:
 
 def readme_section(title: str) -> list[str]:
     """The prose lines of one ``## title`` section of the README."""
-    lines = prose_lines(README.read_text(encoding="utf-8"))
+    return doc_section(README, title)
+
+
+def doc_section(path: Path, title: str) -> list[str]:
+    """The prose lines of one ``## title`` section of a markdown file."""
+    lines = prose_lines(path.read_text(encoding="utf-8"))
     start = lines.index(f"## {title}") + 1
     end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
     return lines[start:end]
@@ -217,11 +222,17 @@ def test_every_doc_is_linked_from_the_readme():
 
 
 def test_readme_configuration_table_has_one_row_per_setting_with_its_default():
+    """Every setting has one row: in the README's table, or, for the camera watcher's
+    ``FACEMATCH_WATCH_*`` (one README row names them), in docs/watch.md's settings table."""
     rows: dict[str, list[str]] = {}
-    for row in table_rows(readme_section("Configuration")):
+    readme = table_rows(readme_section("Configuration"))
+    assert [r["variable"] for r in readme if "*" in r.get("variable", "")] == ["`FACEMATCH_WATCH_*`"]
+    watch = table_rows(doc_section(REPO / "docs" / "watch.md", "Settings"))
+    for row in [r for r in readme if "*" not in r["variable"]] + watch:
         match = re.fullmatch(r"`(FACEMATCH_[A-Z0-9_]+)`", row.get("variable", ""))
         assert match, f"not a variable row: {row}"
         rows.setdefault(match.group(1), []).append(row["default"])
+    assert watch and all(r["variable"].startswith("`FACEMATCH_WATCH_") for r in watch)
     fields = {config.PREFIX + f.name.upper(): f for f in dataclasses.fields(Settings)}
     assert sorted(rows) == sorted(fields), "the table and config.Settings name different variables"
     assert [name for name, cells in rows.items() if len(cells) != 1] == []

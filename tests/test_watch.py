@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from benchmarking_utils.local_gunicorn import free_port
+from benchmarking_utils.watch_video import Segment, write_video
 from facematch.config import ConfigError, Settings
 from facematch.decision.gallery_scoring import DEFAULT_IDENTIFY_THRESHOLD
 from facematch.decision.quality import FaceQuality
@@ -37,7 +38,6 @@ from facematch.watch.options import WatchOptions
 from facematch.watch.selection import BestFrames, Sighting, score
 from facematch.watch.tracker import IouTracker, TrackerOptions, iou
 from tests.servers import Subscriber, wait_until
-from tests.watch_video import Segment, write_video
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GALLERY = "door-test"

@@ -1,6 +1,7 @@
 """The watcher's video sources against real streams: the generated LFW video as a file, served
 by GStreamer's RTSP server (restarted mid-stream) and by an HTTP MJPEG camera. Each frame carries
-its number (tests/watch_video.py), so the tests know which frame of the video they were given."""
+its number (benchmarking_utils/watch_video.py), so the tests know which frame of the video
+they were given."""
 
 from __future__ import annotations
 
@@ -13,10 +14,10 @@ import av
 import numpy as np
 import pytest
 
+from benchmarking_utils.watch_video import frame_number
 from facematch.config import ConfigError
 from facematch.watch.source import Frame, FrameSource, SourceError, SourceOptions
 from tests.servers import free_port
-from tests.watch_video import frame_number
 
 
 def read_all(options: SourceOptions) -> tuple[list[Frame], FrameSource]:

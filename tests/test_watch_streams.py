@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarking_utils.watch_video import Segment, write_video
 from tests.servers import Subscriber
-from tests.watch_video import Segment, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 GALLERY = "door-test"  # the watch_gallery fixture's
