@@ -143,6 +143,8 @@ if [ "$ARCH" = arm64 ]; then
   echo "builder stage and data image took $(( $(date +%s) - build_start ))s"
 fi
 
+# buildah 1.28 does not see that `FROM ${DATA_FROM}` (the builder stage by default) uses a stage.
+[ "$ARCH" = arm64 ] || BUD+=(--skip-unused-stages=false)
 echo "build args: ${ARGS[*]}"
 step "buildah bud -f $DOCKERFILE ($ARCH, limit ${BUILD_TIMEOUT_MIN} min)"
 timeout "${BUILD_TIMEOUT_MIN}m" "${BUD[@]}" --arch "$ARCH" "${ARGS[@]}" -t "$IMAGE" . \
