@@ -3,11 +3,12 @@
 # tests: it takes many minutes). As root on Debian 12:
 #   1. makes a stand-in for python:3.11-slim-bookworm with debootstrap (Debian bookworm minbase,
 #      Debian's Python 3.11, `python` on PATH) and tags it with that name;
-#   2. builds Dockerfile with buildah (chroot isolation), weights and graphs included; for arm64
-#      the builder stage runs on amd64 (as `FROM --platform=$BUILDPLATFORM` does under BuildKit,
-#      which Debian's buildah 1.28 does not honour): it is built alone with `--target builder`,
-#      its /opt/facematch/data becomes an arm64-labelled data image, and the arm64 build takes
-#      its files from there (`--build-arg DATA_FROM=...`), so PyTorch never runs emulated;
+#   2. builds Dockerfile with buildah (chroot isolation), weights and graphs included. Debian's
+#      buildah 1.28 honours neither `FROM --platform=$BUILDPLATFORM` nor a stage named through
+#      an ARG (`FROM ${DATA_FROM}`), so the builder stage is built alone first, on amd64
+#      (`--target builder`), its /opt/facematch/data becomes a data image labelled with the
+#      target architecture, and the image's build takes the files from there
+#      (`--build-arg DATA_FROM=...`): as BuildKit does, PyTorch never runs emulated for arm64;
 #   3. checks that the final image holds no PyTorch (no torch, torchvision, facenet_pytorch,
 #      onnx or tensorboard in its site-packages, `import torch` fails) and prints its size
 #      (uncompressed and gzipped);
@@ -119,32 +120,34 @@ for dir in /opt/pypi/simple /opt/pypi-more/simple; do
 done
 [ ${#mirrors[@]} -gt 0 ] && echo "extra-index-url = ${mirrors[*]}" >>"$WORK/pip.conf"
 cat "$WORK/pip.conf"
-ARGS=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple --build-arg BUILDPLATFORM=linux/amd64)
+ARGS=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
 [ "$VARIANT" = cuda ] && ARGS=(--build-arg FACEMATCH_MODEL=casia-webface)  # requirements.txt decides
 BUD=(buildah "${STORE[@]}" bud --isolation chroot --format docker --pull=never "${VOLS[@]}" -f "$DOCKERFILE")
 build_start=$(date +%s)
 
-if [ "$ARCH" = arm64 ]; then
-  BUILDER_BASE=localhost/python-standin:amd64
-  standin amd64 "$BUILDER_BASE"
+if [ "$DOCKERFILE" = Dockerfile ]; then
+  BUILDER_BASE=$BASE
+  if [ "$ARCH" != amd64 ]; then
+    BUILDER_BASE=localhost/python-standin:amd64
+    standin amd64 "$BUILDER_BASE"
+  fi
   step "buildah bud --target builder (amd64, limit ${BUILD_TIMEOUT_MIN} min)"
-  timeout "${BUILD_TIMEOUT_MIN}m" "${BUD[@]}" --arch amd64 "${ARGS[@]}" \
+  timeout "${BUILD_TIMEOUT_MIN}m" "${BUD[@]}" --arch amd64 "${ARGS[@]}" --build-arg BUILDPLATFORM=linux/amd64 \
     --build-arg "PYTHON_IMAGE=$BUILDER_BASE" --target builder -t localhost/facematch-builder:amd64 . \
     || fail "buildah bud --target builder (exit $?)"
-  step "the builder's /opt/facematch/data as an arm64-labelled data image"
+  step "the builder's /opt/facematch/data as a $ARCH data image"
   builder=$(buildah "${STORE[@]}" from localhost/facematch-builder:amd64)
-  data=$(buildah "${STORE[@]}" from --arch arm64 scratch)
+  data=$(buildah "${STORE[@]}" from --arch "$ARCH" scratch)
   buildah "${STORE[@]}" copy "$data" "$(buildah "${STORE[@]}" mount "$builder")/opt/facematch/data" \
     /opt/facematch/data >/dev/null
-  buildah "${STORE[@]}" config --arch arm64 --os linux "$data"
-  buildah "${STORE[@]}" commit --quiet "$data" localhost/facematch-data:arm64 >/dev/null
+  ls -l "$(buildah "${STORE[@]}" mount "$builder")/opt/facematch/data"
+  buildah "${STORE[@]}" config --arch "$ARCH" --os linux "$data"
+  buildah "${STORE[@]}" commit --quiet "$data" "localhost/facematch-data:$ARCH" >/dev/null
   buildah "${STORE[@]}" rm "$builder" "$data" >/dev/null
-  ARGS+=(--build-arg DATA_FROM=localhost/facematch-data:arm64)
+  ARGS+=(--build-arg "DATA_FROM=localhost/facematch-data:$ARCH")
   echo "builder stage and data image took $(( $(date +%s) - build_start ))s"
 fi
 
-# buildah 1.28 does not see that `FROM ${DATA_FROM}` (the builder stage by default) uses a stage.
-[ "$ARCH" = arm64 ] || BUD+=(--skip-unused-stages=false)
 echo "build args: ${ARGS[*]}"
 step "buildah bud -f $DOCKERFILE ($ARCH, limit ${BUILD_TIMEOUT_MIN} min)"
 timeout "${BUILD_TIMEOUT_MIN}m" "${BUD[@]}" --arch "$ARCH" "${ARGS[@]}" -t "$IMAGE" . \
