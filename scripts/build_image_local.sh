@@ -190,6 +190,7 @@ mapfile -t CMD < <(buildah "${STORE[@]}" inspect --type image --format '{{range 
 mapfile -t HEALTH < <(buildah "${STORE[@]}" inspect --type image --format '{{range .Docker.Config.Healthcheck.Test}}{{println .}}{{end}}' "$IMAGE")
 USER_ID=$(buildah "${STORE[@]}" inspect --type image --format '{{.Docker.Config.User}}' "$IMAGE")
 EMULATE=()
+QEMU_ENV=()
 if [ "$ARCH" = arm64 ]; then
   # A Raspberry Pi 4 (Cortex-A72, ARMv8.0) as scripts/emulated_numerics.sh describes it.
   for cpu in 0 1 2 3; do
@@ -198,9 +199,13 @@ if [ "$ARCH" = arm64 ]; then
     printf 'CPU revision\t: 3\n\n'
   done >"$WORK/cpuinfo-pi4"
   printf 'Hardware\t: BCM2835\nRevision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n' >>"$WORK/cpuinfo-pi4"
-  EMULATE=(-v "$WORK/cpuinfo-pi4:/proc/cpuinfo:ro" --env QEMU_CPU=cortex-a72)
+  # buildah run's own -v does not reach /proc/cpuinfo under chroot isolation; a bind mount in a
+  # private mount namespace around it does (the host's stays untouched).
+  EMULATE=(unshare -m --propagation private sh -c 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+    "$WORK/cpuinfo-pi4")
+  QEMU_ENV=(--env QEMU_CPU=cortex-a72)
 fi
-RUN=(buildah "${STORE[@]}" run --isolation chroot "${EMULATE[@]}" --user "$USER_ID" "$ctr" --)
+RUN=("${EMULATE[@]}" buildah "${STORE[@]}" run --isolation chroot "${QEMU_ENV[@]}" --user "$USER_ID" "$ctr" --)
 echo "image user $USER_ID: $("${RUN[@]}" id); workdir $("${RUN[@]}" pwd); CMD: ${CMD[*]}"
 [ "$("${RUN[@]}" id -u)" != 0 ] || fail "image runs as root"
 "${RUN[@]}" ls -l /opt/facematch/data
