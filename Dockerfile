@@ -39,7 +39,9 @@ COPY facematch/ facematch/
 COPY model_data/ model_data/
 RUN python -m deployment_utils.graphs build --model "${FACEMATCH_MODEL}" --data-dir /opt/facematch/data
 
-# The runtime's packages only (requirements-serve.txt), for the target platform.
+# The runtime's packages only (requirements-serve.txt), for the target platform; then out go
+# what never serves: pip and setuptools, NumPy's test suites, and ONNX Runtime's C-API library
+# libonnxruntime.so (35 MB; its Python module carries its own copy and does not load it).
 FROM ${PYTHON_IMAGE} AS serve-venv
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
@@ -47,7 +49,9 @@ COPY requirements-serve.txt /tmp/
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
     && pip check \
-    && pip uninstall --yes --quiet pip setuptools
+    && pip uninstall --yes --quiet pip setuptools \
+    && find /opt/venv/lib/python3*/site-packages/numpy -depth -type d -name tests -exec rm -r {} + \
+    && rm /opt/venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*
 
 FROM ${DATA_FROM} AS data
 
