@@ -1,9 +1,17 @@
-# facematch, CPU image for linux/amd64 and linux/arm64.
+# facematch, CPU image for linux/amd64 and linux/arm64: ONNX Runtime over graphs built at build
+# time; its final stage holds no PyTorch (Dockerfile.cuda is the image that serves with PyTorch).
 # Build: docker build -t facematch [--build-arg FACEMATCH_MODEL=vggface2] .
+#        docker buildx build --platform linux/arm64 -t facematch .   (builder stage runs natively)
 # Run:   docker run -p 8000:8000 facematch
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Where the final stage takes the built weights' graphs from: the builder stage, or an image that
+# holds them in /opt/facematch/data (scripts/build_image_local.sh: Debian 12's buildah cannot run
+# one stage on the build platform and the next on the target's).
+ARG DATA_FROM=builder
 
-FROM ${PYTHON_IMAGE} AS builder
+# The builder runs on the build machine's platform: the ONNX graphs it writes are the same on
+# every architecture, so an arm64 image never runs PyTorch under emulation.
+FROM --platform=$BUILDPLATFORM ${PYTHON_IMAGE} AS builder
 # PyTorch's CPU index serves CPU-only torch for both amd64 and arm64 (no CUDA libraries).
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.14.1
@@ -13,16 +21,16 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY requirements.txt ./
+COPY requirements.txt requirements-serve.txt ./
 # torch and torchvision first from TORCH_INDEX_URL, then everything else in requirements.txt.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
-    && grep -v -E '^(torch|torchvision)==' requirements.txt > /tmp/requirements-rest.txt \
-    && pip install --no-cache-dir -r /tmp/requirements-rest.txt \
+    && grep -v -E '^(torch|torchvision)==' requirements.txt > requirements-rest.txt \
+    && pip install --no-cache-dir -r requirements-rest.txt \
     && pip check
 # The weights, then the serving graphs (MTCNN, the embedder, its int8 build from the shipped
 # calibration crops), are built here, once, so the container never downloads, imports PyTorch
-# or exports a graph at start.
+# or exports a graph.
 COPY facematch/__init__.py facematch/config.py facematch/
 COPY facematch/engine/__init__.py facematch/engine/weights.py facematch/engine/
 COPY deployment_utils/ deployment_utils/
@@ -30,6 +38,22 @@ RUN python -m deployment_utils.weights build --model "${FACEMATCH_MODEL}" --data
 COPY facematch/ facematch/
 COPY model_data/ model_data/
 RUN python -m deployment_utils.graphs build --model "${FACEMATCH_MODEL}" --data-dir /opt/facematch/data
+
+# The runtime's packages only (requirements-serve.txt), for the target platform; then out go
+# what never serves: pip and setuptools, NumPy's test suites, and ONNX Runtime's C-API library
+# libonnxruntime.so (35 MB; its Python module carries its own copy and does not load it).
+FROM ${PYTHON_IMAGE} AS serve-venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY requirements-serve.txt /tmp/
+RUN python -m venv /opt/venv \
+    && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
+    && pip check \
+    && pip uninstall --yes --quiet pip setuptools \
+    && find /opt/venv/lib/python3*/site-packages/numpy -depth -type d -name tests -exec rm -r {} + \
+    && rm /opt/venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.*
+
+FROM ${DATA_FROM} AS data
 
 FROM ${PYTHON_IMAGE} AS runtime
 ARG FACEMATCH_MODEL=casia-webface
@@ -43,8 +67,12 @@ RUN groupadd --gid 10001 facematch \
     && useradd --uid 10001 --gid facematch --no-log-init --create-home --home-dir /home/facematch \
         --shell /usr/sbin/nologin facematch
 WORKDIR /app
-COPY --from=builder /opt/venv /opt/venv
-COPY --from=builder /opt/facematch/data /opt/facematch/data
+COPY --from=serve-venv /opt/venv /opt/venv
+# What the server reads: the graphs, their notes (which name the weights they were built from),
+# the int8 embedder's kernel probe and the weights' provenance; not the .pt weights themselves
+# (94 MB, read only by PyTorch), so the graphs' notes are trusted (graph_files).
+COPY --from=data /opt/facematch/data/*.onnx /opt/facematch/data/*.json /opt/facematch/data/*.npz \
+    /opt/facematch/data/
 # The root's front doors (wsgi.py, gunicorn.conf.py, ...), the package, its data files
 # (model_data/, the metrics message schema, the web page) and the operator tools.
 COPY *.py openapi.json ./

@@ -3,21 +3,31 @@
 # tests: it takes many minutes). As root on Debian 12:
 #   1. makes a stand-in for python:3.11-slim-bookworm with debootstrap (Debian bookworm minbase,
 #      Debian's Python 3.11, `python` on PATH) and tags it with that name;
-#   2. builds Dockerfile with buildah (chroot isolation), weights included;
-#   3. runs the image's own CMD as its own user, checks GET /ping, the image's HEALTHCHECK
-#      command and POST /photo_match on two LFW pairs (same person, two people);
-#   4. prints the image size, then deletes all its storage.
+#   2. builds Dockerfile with buildah (chroot isolation), weights and graphs included. Debian's
+#      buildah 1.28 honours neither `FROM --platform=$BUILDPLATFORM` nor a stage named through
+#      an ARG (`FROM ${DATA_FROM}`), so the builder stage is built alone first, on amd64
+#      (`--target builder`), its /opt/facematch/data becomes a data image labelled with the
+#      target architecture, and the image's build takes the files from there
+#      (`--build-arg DATA_FROM=...`): as BuildKit does, PyTorch never runs emulated for arm64;
+#   3. checks that the final image holds no PyTorch (no torch, torchvision, facenet_pytorch,
+#      onnx or tensorboard in its site-packages, `import torch` fails) and prints its size
+#      (uncompressed and gzipped);
+#   4. runs the image's own CMD as its own user, checks GET /ping, the image's HEALTHCHECK
+#      command and POST /photo_match on two LFW pairs (same person, two people); arm64 runs
+#      emulated by qemu-user as a Raspberry Pi 4 (QEMU_CPU=cortex-a72, and a Pi 4's
+#      /proc/cpuinfo mounted over the x86 host's: ONNX Runtime >= 1.28 crashes at import without);
+#   5. deletes all its storage.
 # `cuda` builds Dockerfile.cuda (amd64) the same way and, on this machine without a GPU, also
 # checks that the image logs its fall-back to the CPU and that FACEMATCH_DEVICE=cuda refuses to
 # start with a clear message.
 # Differences from the shipped build (build args and mounts, never the Dockerfile): pip trusts this
 # machine's CA bundle and uses its pip mirrors; torch comes from PyPI, not PyTorch's CPU index
-# (not reachable here): on amd64 that is PyPI's CUDA build of the pinned torch 2.14.1 (much bigger
-# image), on arm64 PyPI's CPU build of torch 2.9.1 / torchvision 0.24.1 (newer ones not on PyPI).
+# (not reachable here): PyPI's CUDA build of the pinned torch 2.14.1, in the builder stage only
+# (the amd64 builder serves the arm64 build too).
 #
 # Usage: scripts/build_image_local.sh [amd64|arm64|cuda]
 # Env: LOG (default .data/build_image_local-VARIANT.log), FACEMATCH_LFW_DIR (default ../shared/data/lfw),
-#      BUILD_TIMEOUT_MIN (default 120; 360 for arm64), KEEP_STORAGE=1 keeps the buildah storage.
+#      BUILD_TIMEOUT_MIN (default 120 per build), KEEP_STORAGE=1 keeps the buildah storage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -34,8 +44,7 @@ LOG=${LOG:-$REPO/.data/build_image_local-$VARIANT.log}
 mkdir -p "$(dirname "$LOG")"
 exec > >(tee "$LOG") 2>&1
 
-if [ "$ARCH" = arm64 ]; then default_timeout=360; else default_timeout=120; fi
-BUILD_TIMEOUT_MIN=${BUILD_TIMEOUT_MIN:-$default_timeout}
+BUILD_TIMEOUT_MIN=${BUILD_TIMEOUT_MIN:-120}
 LFW=${FACEMATCH_LFW_DIR:-$REPO/../shared/data/lfw}
 BASE=docker.io/library/python:3.11-slim-bookworm
 IMAGE=localhost/facematch:local-$VARIANT
@@ -81,23 +90,26 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "stand-in base: debootstrap bookworm ($ARCH)"
 MIRROR=$(sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -n1)
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
-ROOTFS=$WORK/rootfs
-timeout 30m debootstrap --variant=minbase --arch="$ARCH" \
-  --include=python3,python3-venv,ca-certificates bookworm "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
-  || { tail -n 30 "$WORK/debootstrap.log"; fail "debootstrap"; }
-ln -s /usr/bin/python3 "$ROOTFS/usr/local/bin/python"
-rm -rf "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/cache/apt/*
-tar -C "$ROOTFS" -cf "$WORK/rootfs.tar" .
-ctr=$(buildah "${STORE[@]}" from --arch "$ARCH" scratch)
-buildah "${STORE[@]}" add "$ctr" "$WORK/rootfs.tar" / >/dev/null
-buildah "${STORE[@]}" config --arch "$ARCH" --os linux --cmd python3 --env LANG=C.UTF-8 \
-  --env PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
-buildah "${STORE[@]}" commit --quiet "$ctr" "$BASE" >/dev/null
-buildah "${STORE[@]}" rm "$ctr" >/dev/null
-rm -rf "$ROOTFS" "$WORK/rootfs.tar"
+standin() { # standin ARCH NAME: a python:3.11-slim-bookworm stand-in for ARCH, tagged NAME
+  step "stand-in base: debootstrap bookworm ($1) as $2"
+  local rootfs=$WORK/rootfs-$1 ctr
+  timeout 30m debootstrap --variant=minbase --arch="$1" \
+    --include=python3,python3-venv,ca-certificates bookworm "$rootfs" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+    || { tail -n 30 "$WORK/debootstrap.log"; fail "debootstrap"; }
+  ln -s /usr/bin/python3 "$rootfs/usr/local/bin/python"
+  rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*
+  tar -C "$rootfs" -cf "$WORK/rootfs.tar" .
+  ctr=$(buildah "${STORE[@]}" from --arch "$1" scratch)
+  buildah "${STORE[@]}" add "$ctr" "$WORK/rootfs.tar" / >/dev/null
+  buildah "${STORE[@]}" config --arch "$1" --os linux --cmd python3 --env LANG=C.UTF-8 \
+    --env PATH=/usr/local/bin:/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin "$ctr"
+  buildah "${STORE[@]}" commit --quiet "$ctr" "$2" >/dev/null
+  buildah "${STORE[@]}" rm "$ctr" >/dev/null
+  rm -rf "$rootfs" "$WORK/rootfs.tar"
+}
+standin "$ARCH" "$BASE"
 
 step "pip settings for this build only (mounted, not in the image)"
 printf '[global]\ncert = /etc/ssl/certs/host-ca.crt\n' >"$WORK/pip.conf"
@@ -109,15 +121,38 @@ done
 [ ${#mirrors[@]} -gt 0 ] && echo "extra-index-url = ${mirrors[*]}" >>"$WORK/pip.conf"
 cat "$WORK/pip.conf"
 ARGS=(--build-arg TORCH_INDEX_URL=https://pypi.org/simple)
-[ "$ARCH" = arm64 ] && ARGS+=(--build-arg TORCH_VERSION=2.9.1 --build-arg TORCHVISION_VERSION=0.24.1)
 [ "$VARIANT" = cuda ] && ARGS=(--build-arg FACEMATCH_MODEL=casia-webface)  # requirements.txt decides
-echo "build args: ${ARGS[*]}"
-
-step "buildah bud -f $DOCKERFILE ($ARCH, limit ${BUILD_TIMEOUT_MIN} min)"
+BUD=(buildah "${STORE[@]}" bud --isolation chroot --format docker --pull=never "${VOLS[@]}" -f "$DOCKERFILE")
 build_start=$(date +%s)
-timeout "${BUILD_TIMEOUT_MIN}m" buildah "${STORE[@]}" bud --isolation chroot --format docker --pull=never \
-  --arch "$ARCH" "${ARGS[@]}" "${VOLS[@]}" -f "$DOCKERFILE" -t "$IMAGE" . || fail "buildah bud (exit $?)"
-echo "build took $(( $(date +%s) - build_start ))s"
+
+if [ "$DOCKERFILE" = Dockerfile ]; then
+  BUILDER_BASE=$BASE
+  if [ "$ARCH" != amd64 ]; then
+    BUILDER_BASE=localhost/python-standin:amd64
+    standin amd64 "$BUILDER_BASE"
+  fi
+  step "buildah bud --target builder (amd64, limit ${BUILD_TIMEOUT_MIN} min)"
+  timeout "${BUILD_TIMEOUT_MIN}m" "${BUD[@]}" --arch amd64 "${ARGS[@]}" --build-arg BUILDPLATFORM=linux/amd64 \
+    --build-arg "PYTHON_IMAGE=$BUILDER_BASE" --target builder -t localhost/facematch-builder:amd64 . \
+    || fail "buildah bud --target builder (exit $?)"
+  step "the builder's /opt/facematch/data as a $ARCH data image"
+  builder=$(buildah "${STORE[@]}" from localhost/facematch-builder:amd64)
+  data=$(buildah "${STORE[@]}" from --arch "$ARCH" scratch)
+  buildah "${STORE[@]}" copy "$data" "$(buildah "${STORE[@]}" mount "$builder")/opt/facematch/data" \
+    /opt/facematch/data >/dev/null
+  ls -l "$(buildah "${STORE[@]}" mount "$builder")/opt/facematch/data"
+  buildah "${STORE[@]}" config --arch "$ARCH" --os linux "$data"
+  buildah "${STORE[@]}" commit --quiet "$data" "localhost/facematch-data:$ARCH" >/dev/null
+  buildah "${STORE[@]}" rm "$builder" "$data" >/dev/null
+  ARGS+=(--build-arg "DATA_FROM=localhost/facematch-data:$ARCH")
+  echo "builder stage and data image took $(( $(date +%s) - build_start ))s"
+fi
+
+echo "build args: ${ARGS[*]}"
+step "buildah bud -f $DOCKERFILE ($ARCH, limit ${BUILD_TIMEOUT_MIN} min)"
+timeout "${BUILD_TIMEOUT_MIN}m" "${BUD[@]}" --arch "$ARCH" "${ARGS[@]}" -t "$IMAGE" . \
+  || fail "buildah bud (exit $?)"
+echo "build took $(( $(date +%s) - build_start ))s in all"
 buildah "${STORE[@]}" images
 SIZE=$(buildah "${STORE[@]}" images --format '{{.Size}}' "$IMAGE")
 buildah "${STORE[@]}" push --quiet "$IMAGE" "docker-archive:$WORK/image.tar" >/dev/null
@@ -125,14 +160,52 @@ BYTES=$(gzip -6 -c "$WORK/image.tar" | wc -c)
 rm -f "$WORK/image.tar"
 echo "image size: $SIZE (uncompressed, buildah images); about $(( BYTES / 1000000 )) MB gzipped"
 
+if [ "$DOCKERFILE" = Dockerfile ]; then
+  step "the final image holds no PyTorch and none of the build tools"
+  ctr=$(buildah "${STORE[@]}" from --arch "$ARCH" "$IMAGE")
+  root=$(buildah "${STORE[@]}" mount "$ctr")
+  found=$(find "$root/opt/venv" "$root/usr/lib/python3"* -maxdepth 4 -type d \
+    \( -name torch -o -name torchvision -o -name facenet_pytorch -o -name onnx -o -name tensorboard \) \
+    -path '*-packages/*' -print 2>/dev/null)
+  [ -z "$found" ] || fail "build tools in the final image: $found"
+  ls "$root"/opt/venv/lib/python3*/site-packages >/dev/null || fail "no /opt/venv site-packages"
+  [ -z "$(find "$root/opt/facematch/data" -name '*.pt')" ] || fail ".pt weights in the final image"
+  du -sh "$root/opt/venv" "$root/opt/facematch/data" "$root/usr" | sed 's|'"$root"'||'
+  buildah "${STORE[@]}" umount "$ctr" >/dev/null
+  set +e
+  buildah "${STORE[@]}" run --isolation chroot "$ctr" -- python -c 'import torch' >"$WORK/torch.log" 2>&1
+  imported=$?
+  set -e
+  buildah "${STORE[@]}" rm "$ctr" >/dev/null
+  grep -m1 "ModuleNotFoundError: No module named 'torch'" "$WORK/torch.log" \
+    || { cat "$WORK/torch.log"; fail "import torch did not fail for want of torch (exit $imported)"; }
+  echo "no torch, torchvision, facenet_pytorch, onnx or tensorboard in site-packages; no .pt; import torch fails"
+fi
+
 step "run the image (its CMD, its user) on 127.0.0.1"
-ctr=$(buildah "${STORE[@]}" from "$IMAGE")
+ctr=$(buildah "${STORE[@]}" from --arch "$ARCH" "$IMAGE")
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 buildah "${STORE[@]}" config --env FACEMATCH_HOST=127.0.0.1 --env "FACEMATCH_PORT=$PORT" "$ctr"
 mapfile -t CMD < <(buildah "${STORE[@]}" inspect --type image --format '{{range .Docker.Config.Cmd}}{{println .}}{{end}}' "$IMAGE")
 mapfile -t HEALTH < <(buildah "${STORE[@]}" inspect --type image --format '{{range .Docker.Config.Healthcheck.Test}}{{println .}}{{end}}' "$IMAGE")
 USER_ID=$(buildah "${STORE[@]}" inspect --type image --format '{{.Docker.Config.User}}' "$IMAGE")
-RUN=(buildah "${STORE[@]}" run --isolation chroot --user "$USER_ID" "$ctr" --)
+EMULATE=()
+QEMU_ENV=()
+if [ "$ARCH" = arm64 ]; then
+  # A Raspberry Pi 4 (Cortex-A72, ARMv8.0) as scripts/emulated_numerics.sh describes it.
+  for cpu in 0 1 2 3; do
+    printf 'processor\t: %s\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n' "$cpu"
+    printf 'CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n'
+    printf 'CPU revision\t: 3\n\n'
+  done >"$WORK/cpuinfo-pi4"
+  printf 'Hardware\t: BCM2835\nRevision\t: c03111\nModel\t\t: Raspberry Pi 4 Model B Rev 1.1\n' >>"$WORK/cpuinfo-pi4"
+  # buildah run's own -v does not reach /proc/cpuinfo under chroot isolation; a bind mount in a
+  # private mount namespace around it does (the host's stays untouched).
+  EMULATE=(unshare -m --propagation private sh -c 'mount --bind "$0" /proc/cpuinfo && exec "$@"'
+    "$WORK/cpuinfo-pi4")
+  QEMU_ENV=(--env QEMU_CPU=cortex-a72)
+fi
+RUN=("${EMULATE[@]}" buildah "${STORE[@]}" run --isolation chroot "${QEMU_ENV[@]}" --user "$USER_ID" "$ctr" --)
 echo "image user $USER_ID: $("${RUN[@]}" id); workdir $("${RUN[@]}" pwd); CMD: ${CMD[*]}"
 [ "$("${RUN[@]}" id -u)" != 0 ] || fail "image runs as root"
 "${RUN[@]}" ls -l /opt/facematch/data

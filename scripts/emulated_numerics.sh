@@ -8,7 +8,8 @@
 #   cortex-a76  aarch64 as a Raspberry Pi 5 (ARMv8.2 with dot product).
 # For aarch64 no binfmt handler and no chroot is needed: an arm64 Debian bookworm Python comes from
 # debootstrap --foreign (its .debs unpacked, never configured), the aarch64 wheels of the pinned
-# numpy, onnxruntime, onnx, pillow, protobuf (requirements.txt) and pytest (requirements-dev.txt)
+# numpy, onnxruntime, pillow (requirements-serve.txt), onnx, protobuf (requirements.txt) and
+# pytest (requirements-dev.txt)
 # from this machine's pip (--platform manylinux_2_28_aarch64 --target DIR), and
 # qemu-aarch64-static runs that Python with -L ROOT on this working tree. Both are cached under
 # NUMERICS_CACHE and rebuilt only when the pins change (the first run takes a few minutes).
@@ -133,14 +134,16 @@ case " ${cpus[*]} " in *" cortex-a7"*)
     step "reusing the arm64 Python in $ROOT"
   fi
   # The pins, read from the requirements files so that they stay the same as this machine's.
-  pin() { # pin NAME FILE: NAME==VERSION as FILE pins it (markers and comments dropped)
+  pin() { # pin NAME FILE...: NAME==VERSION as the first FILE pinning it says (markers and comments dropped)
     local version
-    version=$(sed -n "s/^$1==\([^ ;#]*\).*/\1/p" "$2" | head -n1)
-    [ -n "$version" ] || { echo "emulated_numerics: no $1==VERSION in $2" >&2; exit 1; }
+    version=$(sed -n "s/^$1==\([^ ;#]*\).*/\1/p" "${@:2}" | head -n1)
+    [ -n "$version" ] || { echo "emulated_numerics: no $1==VERSION in ${*:2}" >&2; exit 1; }
     echo "$1==$version"
   }
   PINS=()
-  for name in numpy onnxruntime onnx pillow protobuf; do PINS+=("$(pin "$name" requirements.txt)"); done
+  for name in numpy onnxruntime onnx pillow protobuf; do
+    PINS+=("$(pin "$name" requirements-serve.txt requirements.txt)")
+  done
   PINS+=("$(pin pytest requirements-dev.txt)")
   SITE_KEY="manylinux_2_28_aarch64 cp311 ${PINS[*]}"
   if [ "$(cat "$SITE/.facematch-numerics-pins" 2>/dev/null)" != "$SITE_KEY" ]; then

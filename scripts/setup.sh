@@ -14,7 +14,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 for req in "${files[@]}"; do
   stamp=".venv/.installed-$req"
-  want=$(sha256sum "$req" | cut -d' ' -f1)
+  # The stamp covers the files it includes (-r requirements-serve.txt) too.
+  want=$(sed -n 's/^-r *//p' "$req" | xargs cat "$req" | sha256sum | cut -d' ' -f1)
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "setup: installing $req (torch takes a minute or two the first time)" >&2
     .venv/bin/python -m pip install -q --disable-pip-version-check -r "$req"

@@ -33,10 +33,11 @@ from facematch.engine.detection import RETRY_MIN_FACE_SIZE
 from facematch.engine.embedding import CENTERS_FILE, combine_flipped, load_centers
 from facematch.engine.engine import FaceEngine
 from facematch.engine.options import EngineOptions
-from facematch.engine.weights import load_state_dict, resolve_weights
+from facematch.engine.weights import WeightsError, load_state_dict, resolve_weights
 
 PHOTO = "Aaron_Peirsol/Aaron_Peirsol_0001.jpg"
 OTHER = "Abel_Pacheco/Abel_Pacheco_0001.jpg"
+SAME_PERSON = "Aaron_Peirsol/Aaron_Peirsol_0002.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -433,24 +434,77 @@ def test_a_graph_stays_current_for_the_same_weights_at_another_path_and_time(
     assert current_graph(settings.data_path, settings.model, copy) is not None
 
 
-def test_the_default_engine_answers_without_importing_pytorch(settings, face_bytes):
-    """With the graphs built at set-up, a served request never imports PyTorch."""
-    script = (
-        "import sys, io\n"
-        "from server import create_app\n"
-        "app = create_app({'mqtt_host': ''})\n"
-        "a, b = (open(p, 'rb').read() for p in sys.argv[1:3])\n"
-        "r = app.test_client().post('/photo_match', data={'reference': (io.BytesIO(a), 'a.jpg'),"
-        " 'sample': (io.BytesIO(b), 'b.jpg')})\n"
-        "assert r.status_code == 200, r.get_json()\n"
-        "print('torch' in sys.modules, 'facenet_pytorch' in sys.modules)\n"
-    )
-    images = [str(settings_lfw_path(name)) for name in (PHOTO, OTHER)]
+#: What the default image leaves in its builder stage (requirements.txt less
+#: requirements-serve.txt): a finder placed before Python's own makes them look not installed.
+BUILD_ONLY = ("torch", "torchvision", "facenet_pytorch", "onnx", "tensorboard")
+NOT_INSTALLED = (
+    "import sys\n"
+    f"BUILD_ONLY = {BUILD_ONLY!r}\n"
+    "class NotInstalled:\n"
+    "    def __init__(self, finder):\n"
+    "        self.finder = finder\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if any(name == b or name.startswith(b + '.') for b in BUILD_ONLY):\n"
+    "            return None\n"
+    "        return self.finder.find_spec(name, path, target)\n"
+    "    def __getattr__(self, attr):\n"
+    "        return getattr(self.finder, attr)\n"
+    "sys.meta_path[:] = [NotInstalled(f) for f in sys.meta_path]\n"
+)
+SERVE_TWO_PAIRS = (
+    "import io, logging, sys\n"
+    "logging.basicConfig(level=logging.INFO)\n"
+    "from server import create_app\n"
+    "app = create_app({'mqtt_host': ''})\n"
+    "a, same, other = (open(p, 'rb').read() for p in sys.argv[1:4])\n"
+    "for b in (same, other):\n"
+    "    r = app.test_client().post('/photo_match', data={'reference': (io.BytesIO(a), 'a.jpg'),"
+    " 'sample': (io.BytesIO(b), 'b.jpg')})\n"
+    "    assert r.status_code == 200, r.get_json()\n"
+    "    print(r.get_json()['match'])\n"
+    "print(*(name in sys.modules for name in ('torch', 'facenet_pytorch', 'onnx')))\n"
+)
+
+
+@pytest.mark.parametrize("setup", ["checkout", "image"])
+def test_the_default_engine_answers_without_importing_pytorch(settings, setup, tmp_path):
+    """With the graphs built at set-up, served requests never import PyTorch (``checkout``:
+    everything installed, the weights in the data dir), and they are answered where PyTorch,
+    facenet-pytorch, onnx and tensorboard are not installed and the data dir holds the graphs
+    without the ``.pt`` weights (``image``: the default image's final stage); there the
+    graphs' notes are trusted, and each says so once."""
+    env = dict(os.environ)
+    script = SERVE_TWO_PAIRS
+    if setup == "image":
+        script = NOT_INSTALLED + SERVE_TWO_PAIRS
+        for built in settings.data_path.iterdir():
+            if built.suffix in (".onnx", ".json", ".npz"):
+                (tmp_path / built.name).symlink_to(built)
+        env["FACEMATCH_DATA_DIR"] = str(tmp_path)
+    images = [str(settings_lfw_path(name)) for name in (PHOTO, SAME_PERSON, OTHER)]
     result = subprocess.run(
-        [sys.executable, "-c", script, *images], capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", script, *images],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "False"]
+    assert result.stdout.split() == ["True", "False", "False", "False", "False"]
+    trusted = result.stderr.count("its weights file is not installed here; trusting")
+    if setup == "image":
+        assert not list(tmp_path.glob("*.pt"))
+        assert "no casia-webface weights file in" in result.stderr
+        assert trusted == 4  # MTCNN's three networks and the int8 embedder
+    else:
+        assert trusted == 0
+
+
+def test_without_the_weights_nor_its_graphs_the_engine_refuses_to_start(settings, tmp_path):
+    """Serving the built graphs without the ``.pt`` never hides missing graphs: with neither,
+    the start fails with the weights tool's command, as it always did."""
+    with pytest.raises(WeightsError, match="deployment_utils.weights build"):
+        FaceEngine.from_settings(settings.replace(data_dir=str(tmp_path)))
 
 
 def settings_lfw_path(name: str):

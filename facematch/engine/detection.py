@@ -45,11 +45,14 @@ NETWORKS = (
 
 def mtcnn_network(name: str) -> Network:
     """facenet-pytorch's pretrained P-, R- or O-net (``mtcnn-pnet``, ...) as a ``Network``; its
-    weights file (in the facenet-pytorch package) decides whether a built graph is current."""
+    weights file (in the facenet-pytorch package) decides whether a built graph is current.
+    Without facenet-pytorch (the default image) there is no such file: the source is None and
+    the built graph's note is trusted."""
     import importlib.util
 
     stem = name.removeprefix("mtcnn-")
-    package = Path(importlib.util.find_spec("facenet_pytorch").origin).parent
+    spec = importlib.util.find_spec("facenet_pytorch")
+    source = Path(spec.origin).parent / "data" / f"{stem}.pt" if spec and spec.origin else None
     shape, dynamic = next((s, d) for n, s, d in NETWORKS if n == name)
 
     def module():
@@ -57,7 +60,7 @@ def mtcnn_network(name: str) -> Network:
 
         return {"pnet": PNet, "rnet": RNet, "onet": ONet}[stem]().eval()
 
-    return Network(name, module, shape, dynamic, package / "data" / f"{stem}.pt")
+    return Network(name, module, shape, dynamic, source)
 
 
 @dataclass(frozen=True)

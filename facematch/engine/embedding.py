@@ -47,16 +47,17 @@ def load_module(state_dict):
     return module
 
 
-def embedder_network(model: str, weights: Path, state_dict=None) -> Network:
+def embedder_network(model: str, weights: Path | None, state_dict=None) -> Network:
     """InceptionResnetV1 of ``model`` as a ``Network`` named after the model, traced with one
     crop and a variable batch size; its module holds ``state_dict`` (read from ``weights``,
-    which decides whether a built graph is current, when not given)."""
+    which decides whether a built graph is current, when not given; None: not installed, the
+    built graph is trusted)."""
     return Network(
         model,
         lambda: load_module(load_state_dict(weights) if state_dict is None else state_dict),
         (1, 3, FACE_SIZE, FACE_SIZE),
         {0: "n"},
-        Path(weights),
+        None if weights is None else Path(weights),
     )
 
 

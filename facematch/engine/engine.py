@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from facematch.config import Settings
+from facematch.engine.backends.graph_files import graph_path
 from facematch.engine.backends.onnx_int8_runtime import PROBE_TOLERANCE, load_probe
 from facematch.engine.backends.onnx_runtime import OnnxRuntime
 from facematch.engine.compute_slots import ComputeSlots, usable_cores
@@ -40,7 +41,7 @@ from facematch.engine.detection import Detections, FaceDetector, rank_faces
 from facematch.engine.embedding import Embeddings, FaceEmbedder, embedder_network
 from facematch.engine.kernel_checks import NOT_NEEDED, KernelCheck, cosine_error, judge
 from facematch.engine.options import FACE_SIZE, EngineOptions
-from facematch.engine.weights import resolve_weights
+from facematch.engine.weights import WeightsError, resolve_weights
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -85,18 +86,37 @@ class PhotoFaces:
         return self.faces[0] if self.faces else None
 
 
+def served_weights(settings: Settings, options: EngineOptions, uses_torch: bool) -> Path | None:
+    """The weights file the settings name (``resolve_weights``), or None where the data dir's
+    file is absent but the embedder's graphs were built and nothing runs in PyTorch: the
+    default image ships the graphs only (docs/deployment.md). Otherwise ``WeightsError``."""
+    try:
+        return resolve_weights(settings.model, settings.weights, settings.data_path)
+    except WeightsError:
+        built = (options.int8_graph, graph_path(settings.data_path, settings.model))
+        if settings.weights or uses_torch or not any(path.is_file() for path in built):
+            raise
+    log.info(
+        "no %s weights file in %s: serving the graphs built from it at set-up",
+        settings.model,
+        settings.data_path,
+    )
+    return None
+
+
 class FaceEngine:
     """Turns RGB images into ranked faces and faces into embeddings, as ``options`` say."""
 
     def __init__(
         self,
         options: EngineOptions,
-        weights: Path,
+        weights: Path | None,
         state_dict: dict | None = None,
         cores: int | None = None,
     ):
         """The engine of ``options`` over the InceptionResnetV1 weights file ``weights`` (read
-        only when PyTorch runs the embedder or its graph was not built; ``state_dict``, when
+        only when PyTorch runs the embedder or its graph was not built; None: not installed,
+        the built graphs serve, see ``served_weights``; ``state_dict``, when
         given, is used instead of reading it); ``cores``: the compute threads (default: the
         machine's)."""
         self.options = options
@@ -117,11 +137,11 @@ class FaceEngine:
             import torch
 
             torch.set_num_threads(1)  # OpenMP's pool, once started, would not survive a fork
-        path = resolve_weights(settings.model, settings.weights, settings.data_path)
+        path = served_weights(settings, options, uses_torch)
         log.info(
             "loading %s weights from %s onto %s (%d threads, embed %s, detect %s)",
             options.model,
-            path,
+            path or "its built graphs",
             options.device,
             options.threads,
             options.embed_backend,

@@ -44,7 +44,8 @@ class Network:
     """A network by name (its graph file's stem), how to build its PyTorch module (``load``,
     called only when PyTorch runs it or its graph must be exported), an example input's shape
     and the input axes whose size may vary (axis -> name), and the file its weights come from
-    (``source``: a graph built from another version of that file is not used)."""
+    (``source``: a graph built from another version of that file is not used; None: the file
+    is not installed here, so a built graph is trusted and none can be exported)."""
 
     name: str
     load: Callable[[], Any] = field(repr=False, compare=False)
@@ -74,6 +75,12 @@ def _onnx(network: Network, at: Placement) -> Runtime:
     graph = current_graph(at.graph_dir, network.name, network.source)
     if graph is not None:
         return OnnxRuntime(graph, at.threads)
+    if network.source is None:
+        raise ValueError(
+            f"no ONNX graph of {network.name} in {at.graph_dir}, and its weights are not "
+            "installed here to export one from; build the graphs with "
+            "`python -m deployment_utils.graphs build` (the image's builder stage does)"
+        )
     from facematch.engine.backends.onnx_export import export_onnx
 
     log.warning(

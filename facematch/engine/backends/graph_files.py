@@ -7,7 +7,9 @@ another file) is not current, and the engine exports the network from PyTorch at
 instead, as it does when no graph was built. The content, not the file's path or time, decides:
 two checkouts with their own virtual environments (facenet-pytorch's MTCNN weights are installed
 into each) share one data dir, and a copied image keeps its graphs current. A file is hashed once
-per process and version (94 MB: about 0.1 s).
+per process and version (94 MB: about 0.1 s). Where the weights file is not installed (the
+default image: torch, facenet-pytorch and the ``.pt`` stay in its builder stage) there is
+nothing to compare with: the graph's note is trusted, and that is logged once per graph.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def graph_path(graph_dir: Path, name: str) -> Path:
@@ -58,13 +63,24 @@ def current_graph(graph_dir: Path | None, name: str, source: Path | None) -> Pat
 
 def current_file(graph: Path, source: Path | None, recipe: dict | None = None) -> Path | None:
     """``graph`` if it exists and its note says it was built from ``source`` as it is now (and,
-    when given, with ``recipe``: how it was built)."""
+    when given, with ``recipe``: how it was built); ``source`` None: the weights file is not
+    installed here, and the note is trusted."""
     try:
         note = json.loads(graph.with_name(graph.name + ".json").read_text())
     except (OSError, ValueError):
         return None
-    if not graph.is_file() or note.get("source") != source_stamp(source):
+    if not graph.is_file():
+        return None
+    if source is None:
+        _log_trusted(str(graph))
+    elif note.get("source") != source_stamp(source):
         return None
     if recipe is not None and note.get("recipe") != recipe:
         return None
     return graph
+
+
+@functools.cache
+def _log_trusted(graph: str) -> None:
+    """Say once per graph that its weights file is not here to check it against."""
+    log.info("%s: its weights file is not installed here; trusting the graph's note", graph)
