@@ -21,7 +21,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY requirements.txt requirements-serve.txt ./
+COPY requirements.txt requirements-serve.txt requirements-watch.txt ./
 # torch and torchvision first from TORCH_INDEX_URL, then everything else in requirements.txt.
 RUN pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" \
         "torch==${TORCH_VERSION}" "torchvision==${TORCHVISION_VERSION}" \
@@ -42,12 +42,15 @@ RUN python -m deployment_utils.graphs build --model "${FACEMATCH_MODEL}" --data-
 # The runtime's packages only (requirements-serve.txt), for the target platform; then out go
 # what never serves: pip and setuptools, NumPy's test suites, and ONNX Runtime's C-API library
 # libonnxruntime.so (35 MB; its Python module carries its own copy and does not load it).
+# WATCH=true adds the camera watcher's PyAV (requirements-watch.txt, about 104 MB installed).
 FROM ${PYTHON_IMAGE} AS serve-venv
+ARG WATCH=false
 ENV PATH=/opt/venv/bin:$PATH \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-COPY requirements-serve.txt /tmp/
+COPY requirements-serve.txt requirements-watch.txt /tmp/
 RUN python -m venv /opt/venv \
     && pip install --no-cache-dir -r /tmp/requirements-serve.txt \
+    && if [ "$WATCH" = true ]; then pip install --no-cache-dir -r /tmp/requirements-watch.txt; fi \
     && pip check \
     && pip uninstall --yes --quiet pip setuptools \
     && find /opt/venv/lib/python3*/site-packages/numpy -depth -type d -name tests -exec rm -r {} + \

@@ -1,6 +1,7 @@
 """The pins live in one place: requirements-serve.txt holds what the server needs at run time
-(the default image installs only it), requirements.txt includes it and adds the tools that build
-the weights and graphs (PyTorch and the rest), and no package is pinned in both."""
+(the default image installs only it), requirements-watch.txt the camera watcher's PyAV (an image
+adds it with WATCH=true), requirements.txt includes both and adds the tools that build the
+weights and graphs (PyTorch and the rest), and no package is pinned in two files."""
 
 from __future__ import annotations
 
@@ -25,12 +26,19 @@ def pinned(name: str) -> set[str]:
 def test_requirements_txt_includes_the_serving_requirements():
     lines = [line.strip() for line in (REPO / "requirements.txt").read_text().splitlines()]
     assert "-r requirements-serve.txt" in lines
+    assert "-r requirements-watch.txt" in lines
 
 
-def test_no_package_is_pinned_in_both_files():
-    serve, full = pinned("requirements-serve.txt"), pinned("requirements.txt")
-    assert serve and full
-    assert serve & full == set()
+def test_no_package_is_pinned_in_two_files():
+    files = ("requirements-serve.txt", "requirements-watch.txt", "requirements.txt")
+    pins = [pinned(name) for name in files]
+    assert all(pins)
+    assert [(a, b) for a in range(3) for b in range(a + 1, 3) if pins[a] & pins[b]] == []
+
+
+def test_the_video_sources_are_not_among_the_serving_requirements():
+    assert "av" in pinned("requirements-watch.txt")
+    assert "av" not in pinned("requirements-serve.txt")
 
 
 def test_the_serving_requirements_hold_none_of_the_build_tools():
