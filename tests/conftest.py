@@ -85,6 +85,28 @@ def client(app):
     return app.test_client()
 
 
+@pytest.fixture
+def last_record():
+    """``watch(app)`` makes ``app`` keep the metrics record of its last request, and returns the
+    dict that holds it under ``"record"``."""
+    from flask import g, request
+
+    from facematch.observability.request_metrics import record_from
+
+    def watch(app) -> dict:
+        seen = {}
+
+        @app.after_request
+        def keep(response):
+            rule = request.url_rule.rule
+            seen["record"] = record_from(g.outcome, rule, "m", response.status_code)
+            return response
+
+        return seen
+
+    return watch
+
+
 @pytest.fixture(scope="session")
 def lfw() -> Path:
     path = lfw_dir()

@@ -17,7 +17,6 @@ from facematch.api.app import create_app
 from facematch.decision.fusion import fuse
 from facematch.decision.scores import cosine_distance, default_threshold
 from facematch.observability import message
-from facematch.observability.request_metrics import record_from
 from tests.support import image_bytes
 
 MAX_SAMPLES = 3
@@ -252,18 +251,10 @@ def test_all_sample_faces_is_refused_for_a_burst(server, face_bytes, embedding):
 
 
 def test_a_bursts_metrics_message_is_valid_and_records_its_first_sample(
-    settings, engine, face_bytes
+    settings, engine, face_bytes, last_record
 ):
     app = create_app(settings, engine=engine)
-    seen = {}
-
-    @app.after_request
-    def keep(response):
-        from flask import g, request
-
-        seen["record"] = record_from(g.outcome, request.url_rule.rule, "m", response.status_code)
-        return response
-
+    seen = last_record(app)
     client = app.test_client()
     reference = client.post("/embeddings", data={"photo": (io.BytesIO(face_bytes(AARON[0])), "p")})
     photos = [(io.BytesIO(face_bytes(name)), f"{i}.jpg") for i, name in enumerate(AARON[1:4])]

@@ -15,7 +15,6 @@ from facematch.config import ConfigError, Settings
 from facematch.decision.policy import DecisionPolicy
 from facematch.errors import GalleryUnavailable, RuleNotAllowed, ThresholdNotAllowed
 from facematch.gallery.store import FaceSource
-from facematch.observability.request_metrics import record_from
 from tests.support import DIFFERENT, SAME, assert_error, files, photo_match
 
 AARON = [f"Aaron_Peirsol/Aaron_Peirsol_000{i}.jpg" for i in (1, 2, 3)]
@@ -126,17 +125,11 @@ def test_an_embedding_claiming_another_model_is_refused(gallery_app, face_bytes)
     assert_error(response, 422, "wrong_model")
 
 
-def test_the_metrics_record_of_identify_has_the_search_and_no_ids(gallery_app, face_bytes):
+def test_the_metrics_record_of_identify_has_the_search_and_no_ids(
+    gallery_app, face_bytes, last_record
+):
     app = gallery_app()
-    seen = {}
-
-    @app.after_request
-    def keep(response):
-        from flask import g, request
-
-        seen["record"] = record_from(g.outcome, request.url_rule.rule, "m", response.status_code)
-        return response
-
+    seen = last_record(app)
     client = app.test_client()
     post(client, "/galleries/site/subjects/aaron/faces", photo=face_bytes(AARON[0]))
     post(client, "/galleries/site/subjects/abel/faces", photo=face_bytes(DIFFERENT[1]))

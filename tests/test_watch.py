@@ -23,8 +23,6 @@ from benchmarking_utils.watch_video import Segment, write_video
 from facematch.config import ConfigError, Settings
 from facematch.decision.gallery_scoring import DEFAULT_IDENTIFY_THRESHOLD
 from facematch.decision.quality import FaceQuality
-from facematch.gallery.service import GalleryAccess
-from facematch.gallery.store import FaceSource
 from facematch.observability.message import build_message, to_point, validate
 from facematch.watch.events import (
     EventSink,
@@ -40,7 +38,7 @@ from facematch.watch.tracker import IouTracker, TrackerOptions, iou
 from tests.servers import Subscriber, wait_until
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GALLERY = "door-test"
+GALLERY = "door-test"  # the watch_gallery fixture's
 CAMERA = "door"
 
 
@@ -244,19 +242,6 @@ def test_the_prometheus_port_serves_the_watch_counters_and_latency():
 # --- the watcher end to end ------------------------------------------------------------------
 
 
-@pytest.fixture
-def enrolled_gallery(tmp_path, engine, watch_cast):
-    """A SQLite gallery with the video's enrolled people (photos other than the one shown)."""
-    url = f"sqlite:///{tmp_path / 'gallery.db'}"
-    access = GalleryAccess.from_settings(Settings(gallery_url=url))
-    for person, photos in watch_cast.enrolled.items():
-        for photo in photos:
-            face = engine.detect(Image.open(photo).convert("RGB")).primary
-            vector = engine.embed([face.crop]).vectors[0]
-            access.enrol(GALLERY, person, vector, engine.model_name, FaceSource(), "local")
-    return url, access
-
-
 def watch_env(broker, gallery_url: str, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
     return {
@@ -271,9 +256,9 @@ def watch_env(broker, gallery_url: str, **extra: str) -> dict[str, str]:
 
 
 def test_the_video_gives_one_event_per_person_in_order_unknowns_as_null(
-    broker, enrolled_gallery, watch_video, watch_cast
+    broker, watch_gallery, watch_video, watch_cast
 ):
-    url, access = enrolled_gallery
+    url, access = watch_gallery
     events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
     metrics = Subscriber(broker, topic="facematch/metrics", client_id="metrics")
     discovery = Subscriber(broker, topic="homeassistant/#", client_id="discovery")
@@ -332,11 +317,11 @@ def prometheus_value(port: int, name: str) -> float:
 
 
 def test_sigterm_on_a_live_source_decides_the_open_track_publishes_it_and_exits(
-    broker, enrolled_gallery, watch_cast, tmp_path
+    broker, watch_gallery, watch_cast, tmp_path
 ):
     """A live source (the file looped as a camera would stream) never ends: on SIGTERM the
     watcher decides the track still open, publishes its event and exits cleanly."""
-    url, access = enrolled_gallery
+    url, access = watch_gallery
     shown = watch_cast.segments[0]  # an enrolled person's photo that was not enrolled
     person = shown.person
     assert person in watch_cast.enrolled
@@ -382,10 +367,10 @@ def test_sigterm_on_a_live_source_decides_the_open_track_publishes_it_and_exits(
     assert [(a.key, a.subject) for a in audit] == [(f"camera:{CAMERA}", person)]
 
 
-def test_a_broker_that_is_away_does_not_hold_the_watcher_up(enrolled_gallery, watch_video):
+def test_a_broker_that_is_away_does_not_hold_the_watcher_up(watch_gallery, watch_video):
     """With the broker down for the whole run the events wait in the bounded queue, the file is
     still watched to its end, every decision is in the audit trail and the watcher exits."""
-    url, access = enrolled_gallery
+    url, access = watch_gallery
     env = watch_env(type("Away", (), {"port": free_port()})(), url)
     done = subprocess.run(
         [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
@@ -413,11 +398,11 @@ def test_the_watch_speed_benchmark_measures_a_watcher_that_decides_right(run_ben
 
 
 def test_a_live_rtsp_camera_gives_one_event_per_person_in_order_until_sigterm(
-    broker, enrolled_gallery, watch_video, watch_cast, rtsp_server
+    broker, watch_gallery, watch_video, watch_cast, rtsp_server
 ):
     """The video played by a real RTSP server at its own pace: the events of the people in
     order, each while they are still in view (``decide_after``), then a clean exit on SIGTERM."""
-    url, access = enrolled_gallery
+    url, access = watch_gallery
     camera = rtsp_server(watch_video.path)
     events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
     people = [a.person for a in watch_video.appearances]
