@@ -31,7 +31,7 @@ from facematch.api import faces as face_listing
 from facematch.api.codec import FORMATS, encode_embedding, parse_embedding
 from facematch.api.errors import HttpError, error_body, status_of
 from facematch.api.steps import Services
-from facematch.config import ConfigError, Settings
+from facematch.config import Settings
 from facematch.decision import calibration, scores
 from facematch.decision.policy import Decision, DecisionPolicy
 from facematch.decision.quality import QualityGate
@@ -74,7 +74,7 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     engine = engine or FaceEngine.from_settings(settings)
     engine.kernel_check()  # each fast path checked on this CPU before the fork (kernel_checks)
     gallery_search.kernel_check()
-    table = _calibration(settings, engine)
+    table = calibration.for_settings(settings, engine.options)
     policy = DecisionPolicy.from_settings(settings, table)
     build = prometheus.BuildInfo.of(engine.options)
     keys = KeyRing.from_settings(settings)
@@ -90,17 +90,6 @@ def create_app(config: Settings | Mapping | None = None, engine: FaceEngine | No
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
     return app
-
-
-def _calibration(settings: Settings, engine: FaceEngine) -> calibration.Calibration | None:
-    """The calibration table of the configuration ``engine`` runs, from
-    ``FACEMATCH_CALIBRATION_DIR`` (default: model_data/); None when there is none, and
-    ``ConfigError`` for one that cannot be read."""
-    directory = Path(settings.calibration_dir) if settings.calibration_dir else None
-    try:
-        return calibration.load(engine.options, directory or calibration.MODEL_DATA)
-    except ValueError as error:
-        raise ConfigError(f"FACEMATCH_CALIBRATION_DIR: {error}") from None
 
 
 def _calibration_health(services: Services) -> dict:

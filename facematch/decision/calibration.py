@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facematch.config import ConfigError, Settings
 from facematch.engine.options import EngineOptions
 
 MODEL_DATA = Path(__file__).resolve().parents[2] / "model_data"
@@ -134,3 +135,14 @@ def load(options: EngineOptions, directory: Path = MODEL_DATA) -> Calibration | 
     if calibration.key != embedding_key(options):
         raise ValueError(f"calibration table {path.name} was built for key {calibration.key}")
     return calibration
+
+
+def for_settings(settings: Settings, options: EngineOptions) -> Calibration | None:
+    """The table of the configuration ``options`` describe, from ``FACEMATCH_CALIBRATION_DIR``
+    (default: model_data/); None when there is none, ``ConfigError`` for one that cannot be
+    read. The server and the camera watcher load theirs with it."""
+    directory = Path(settings.calibration_dir) if settings.calibration_dir else MODEL_DATA
+    try:
+        return load(options, directory)
+    except ValueError as error:
+        raise ConfigError(f"FACEMATCH_CALIBRATION_DIR: {error}") from None

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from facematch.config import ConfigError, Settings
+from facematch.config import Settings
 from facematch.decision import calibration
 from facematch.decision.calibration import Calibration
 from facematch.decision.fusion import fuse
@@ -48,16 +47,6 @@ def actor_of(camera: str) -> str:
     return f"camera:{camera}"
 
 
-def load_calibration(settings: Settings, engine: FaceEngine) -> Calibration | None:
-    """The calibration table of the configuration ``engine`` runs (as the server loads it);
-    None when there is none, ``ConfigError`` for one that cannot be read."""
-    directory = Path(settings.calibration_dir) if settings.calibration_dir else None
-    try:
-        return calibration.load(engine.options, directory or calibration.MODEL_DATA)
-    except ValueError as error:
-        raise ConfigError(f"FACEMATCH_CALIBRATION_DIR: {error}") from None
-
-
 class Decider:
     """Decides tracks of one camera against one gallery."""
 
@@ -83,7 +72,7 @@ class Decider:
     ) -> Decider:
         """The decider ``settings`` configure: their gallery store, the policy's 1:N threshold
         in cosine and the calibration table (``ConfigError`` for unusable settings)."""
-        table = load_calibration(settings, engine)
+        table = calibration.for_settings(settings, engine.options)
         policy = DecisionPolicy.from_settings(settings, table)
         threshold = policy.for_identify({"metric": "cosine"}).threshold
         access = GalleryAccess.from_settings(settings)

@@ -88,9 +88,7 @@ class SourceOptions:
 
     @property
     def is_network(self) -> bool:
-        return (
-            "://" in self.url and urllib.parse.urlsplit(self.url).scheme.lower() in NETWORK_SCHEMES
-        )
+        return _scheme(self.url) in NETWORK_SCHEMES
 
     @property
     def is_device(self) -> bool:
