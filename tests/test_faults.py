@@ -250,16 +250,7 @@ def test_sigterm_lets_in_flight_requests_finish_and_new_connections_are_refused(
     time.sleep(0.2)  # the gthread worker accepts at once and queues them for its 2 threads
     terminated = time.monotonic()
     server.process.send_signal(signal.SIGTERM)
-    time.sleep(0.2)
-    late = []
-    for _ in range(3):
-        started = time.monotonic()
-        try:
-            requests.get(server.url + "/ping", timeout=5)
-            late.append("answered")
-        except requests.ConnectionError as error:
-            late.append("refused" if "refused" in str(error).lower() else repr(error)[:200])
-        late.append(round(time.monotonic() - started, 3))
+    late = _three_late_pings(server)
     for sender in senders:
         sender.join(60)
     exit_code = server.process.wait(60)
@@ -275,6 +266,47 @@ def test_sigterm_lets_in_flight_requests_finish_and_new_connections_are_refused(
     assert any(t > terminated for _, t in finished), "nothing was in flight at SIGTERM"
     assert late[0::2] == ["refused"] * 3 and max(late[1::2]) < 0.5, figures
     assert exit_code == 0
+
+
+def test_sigterm_on_the_sync_worker_finishes_its_request_and_refuses_new_connections(
+    gunicorn, face_bytes
+):
+    """One thread a worker is Gunicorn's sync worker, which closes its listener in the signal
+    handler itself (gunicorn_hooks.py)."""
+    server = gunicorn(FACEMATCH_THREADS="1")
+    pair = {"reference": ("a.jpg", face_bytes(SAME[0])), "sample": ("b.jpg", face_bytes(SAME[1]))}
+    finished: list[int] = []
+    sender = threading.Thread(
+        target=lambda: finished.append(
+            requests.post(server.url + "/photo_match", files=pair, timeout=60).status_code
+        )
+    )
+    sender.start()
+    wait_until(lambda: _established(server) >= 1, 10, interval=0.01, what="a connection")
+    time.sleep(0.05)
+    server.process.send_signal(signal.SIGTERM)
+    late = _three_late_pings(server)
+    sender.join(60)
+    exit_code = server.process.wait(60)
+    assert finished == [200]
+    assert late[0::2] == ["refused"] * 3 and max(late[1::2]) < 0.5, late
+    assert exit_code == 0
+    assert "Traceback" not in server.log()
+
+
+def _three_late_pings(server: LocalGunicorn) -> list:
+    """0.2 s after a SIGTERM, three pings: how each ended and how long it took."""
+    time.sleep(0.2)
+    late = []
+    for _ in range(3):
+        started = time.monotonic()
+        try:
+            requests.get(server.url + "/ping", timeout=5)
+            late.append("answered")
+        except requests.ConnectionError as error:
+            late.append("refused" if "refused" in str(error).lower() else repr(error)[:200])
+        late.append(round(time.monotonic() - started, 3))
+    return late
 
 
 def _established(server: LocalGunicorn) -> int:

@@ -315,6 +315,7 @@ def test_keys_rotated_by_hup_under_load_drop_no_request_and_refuse_the_old_key(
         time.sleep(1)
     failed = [answer for answer in load.answers if answer[1] != 200]
     assert failed == [] and len(load.answers) > 20
+    assert "Exception in worker process" not in server.log()  # the old workers left cleanly
     assert {key for key, _ in load.answers} == {OLD, NEW}
     for _ in range(6):  # new connections: both workers
         assert call("GET", f"{server.url}/key", OLD).status_code == 401
