@@ -21,9 +21,11 @@ from PIL import Image
 from benchmarking_utils.local_gunicorn import free_port
 from benchmarking_utils.watch_video import Segment, write_video
 from facematch.config import ConfigError, Settings
+from facematch.decision.fusion import near
 from facematch.decision.gallery_scoring import DEFAULT_IDENTIFY_THRESHOLD
 from facematch.decision.quality import FaceQuality
 from facematch.observability.message import build_message, to_point, validate
+from facematch.watch.decide import Decider
 from facematch.watch.events import (
     EventSink,
     WatchEvent,
@@ -488,3 +490,36 @@ def test_frames_dropped_while_the_watcher_was_busy_count_as_misses():
     assert [t.id for t in ended] == [1]
     step = tracker.update([(100, 100, 200, 200)], 13, elapsed=2)
     assert [t.id for t in step.assigned] == [2]  # the next face in its place is a new track
+
+
+# --- a track's decision ---------------------------------------------------------------------
+
+
+def test_near_keeps_the_rows_within_the_threshold_of_the_anchor_anchor_first():
+    rows = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [-1.0, 0.0]])
+    assert near(rows, 0, 0.1) == [0, 2]
+    assert near(rows, 1, 0.95) == [1, 2]
+    assert near(rows, 1, 1.0) == [1, 0, 2, 3]
+    assert near(rows, 3, 0.5) == [3]
+
+
+def test_a_track_holding_two_people_is_decided_on_its_best_frames_person(
+    engine, watch_gallery, lfw
+):
+    """The tracker can join two people into one track; the best frame's person is decided,
+    not the average of the two (which here is the other person)."""
+    url, _ = watch_gallery
+    images = lfw / "images"
+
+    def crop(person: str, index: int) -> np.ndarray:
+        path = sorted((images / person).glob("*.jpg"))[index]
+        return engine.detect(Image.open(path).convert("RGB")).primary.crop
+
+    powell, blair = crop("Colin_Powell", 0), [crop("Tony_Blair", i) for i in (0, 4, 5)]
+    decider = Decider.from_settings(Settings(gallery_url=url), engine, GALLERY, CAMERA)
+    decision = decider.decide([powell, *blair[:2]])
+    assert (decision.subject, decision.used, decision.left_out) == ("Colin_Powell", 1, 2)
+    one_person = decider.decide(blair)
+    assert (one_person.subject, one_person.used, one_person.left_out) == ("Tony_Blair", 3, 0)
+    decider.same_person = 2.0  # every cosine distance: the frames averaged
+    assert decider.decide([powell, *blair[:2]]).subject != "Colin_Powell"

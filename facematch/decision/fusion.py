@@ -3,7 +3,8 @@ samples, a camera track's best frames). Pure functions, no model.
 
 ``fuse`` is the normalised mean of the unit embeddings; ``spread`` is the largest pairwise
 distance, which callers compare with the verify threshold so that a burst of strangers is refused
-rather than averaged into somebody else.
+rather than averaged into somebody else; ``near`` picks the rows within that threshold of one row
+(a camera track's best frame), for a caller that cannot refuse.
 """
 
 from __future__ import annotations
@@ -30,3 +31,13 @@ def spread(embeddings: np.ndarray, metric: str = "cosine") -> float:
     rows = unit_rows(embeddings)
     pairs = ((i, j) for i in range(len(rows)) for j in range(i + 1, len(rows)))
     return max((distance(rows[i], rows[j], metric) for i, j in pairs), default=0.0)
+
+
+def near(
+    embeddings: np.ndarray, anchor: int, threshold: float, metric: str = "cosine"
+) -> list[int]:
+    """The indexes of the rows of ``embeddings`` within ``threshold`` of row ``anchor`` under
+    ``metric`` (the anchor first, then in order)."""
+    rows = unit_rows(embeddings)
+    others = (i for i in range(len(rows)) if i != anchor)
+    return [anchor, *(i for i in others if distance(rows[anchor], rows[i], metric) <= threshold)]

@@ -117,6 +117,14 @@ class Watcher:
         except GalleryUnavailable:
             log.warning("track %d not decided: the gallery database is unavailable", track.id)
             return None
+        if decision.left_out:
+            log.info(
+                "track %d: %d of its %d best frames look like another person than the best one"
+                " and were left out (two people in one track?)",
+                track.id,
+                decision.left_out,
+                decision.left_out + decision.used,
+            )
         decided_at = self.clock()
         event = WatchEvent(
             camera=self.options.camera,
