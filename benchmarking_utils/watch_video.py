@@ -1,7 +1,8 @@
 """The watcher's test video: LFW photos, one person at a time on a plain background, each for a
 few seconds and moving a little, with empty background between people, written with PyAV as
-MJPEG in AVI (what PyAV's bundled FFmpeg encodes and GStreamer's RTSP server packetises as RTP
-JPEG). ``write_video`` returns the manifest: who is on screen from when to when.
+MJPEG in AVI (``.avi``; GStreamer's RTSP server packetises it as RTP JPEG) or H.264 in MP4
+(``.mp4``: what most IP cameras stream; PyAV's bundled FFmpeg has libx264). ``write_video``
+returns the manifest: who is on screen from when to when.
 
 Every frame carries its number in a strip of black and white blocks in the top-left corner
 (``frame_number`` reads it back), so a test can tell which frame of the video a stream gave it.
@@ -78,22 +79,31 @@ def write_video(
     quality: int = 4,
 ) -> VideoManifest:
     """Write ``segments`` (with ``gap_s`` of empty background before the first, between each
-    and after the last) to ``path`` at ``size`` (width, height) and ``fps``; ``quality`` is
-    FFmpeg's MJPEG qscale (2 best .. 31 worst)."""
+    and after the last) to ``path`` at ``size`` (width, height) and ``fps``: MJPEG in AVI for
+    ``.avi`` (``quality``: FFmpeg's qscale, 2 best .. 31 worst), H.264 in MP4 for ``.mp4``
+    (a key frame each second and no B-frames, as a camera streams)."""
     width, height = size
     if width % 16 or height % 8:
         raise ValueError("RTP JPEG needs a width divisible by 16 and a height by 8")
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".avi", ".mp4"):
+        raise ValueError(f"{path}: .avi (MJPEG) or .mp4 (H.264)")
     plan: list[Segment] = [Segment(None, gap_s)]
     for segment in segments:
         plan += [segment, Segment(None, gap_s)]
     appearances = []
     frame_no = 0
-    with av.open(str(path), mode="w", format="avi") as out:
-        stream = out.add_stream("mjpeg", rate=fps)
+    with av.open(str(path), mode="w", format=suffix[1:]) as out:
+        if suffix == ".avi":
+            stream = out.add_stream("mjpeg", rate=fps)
+            stream.pix_fmt = "yuvj420p"
+            stream.codec_context.qscale = quality
+        else:
+            options = {"preset": "veryfast", "crf": "18", "g": str(fps), "bf": "0"}
+            stream = out.add_stream("libx264", rate=fps, options=options)
+            stream.pix_fmt = "yuv420p"
         stream.width, stream.height = width, height
-        stream.pix_fmt = "yuvj420p"
         stream.codec_context.time_base = Fraction(1, fps)
-        stream.codec_context.qscale = quality
         for segment in plan:
             count = max(1, round(segment.seconds * fps))
             photo = None if segment.photo is None else Image.open(segment.photo).convert("RGB")

@@ -163,6 +163,13 @@ def watch_video(watch_cast, tmp_path_factory) -> VideoManifest:
     return write_video(path, list(watch_cast.segments))
 
 
+@pytest.fixture(scope="session")
+def h264_video(watch_cast, tmp_path_factory) -> VideoManifest:
+    """The standard test video as H.264 in MP4 (a key frame each second), as IP cameras send."""
+    path = tmp_path_factory.mktemp("watch-video-h264") / "door.mp4"
+    return write_video(path, list(watch_cast.segments))
+
+
 @pytest.fixture
 def watch_gallery(tmp_path, engine, watch_cast):
     """A SQLite gallery ``door-test`` with the standard video's enrolled people (photos other

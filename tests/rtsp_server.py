@@ -1,6 +1,7 @@
 """A real RTSP server for the watcher's tests: Debian's GStreamer RTSP server (gst-rtsp-server,
-through python3-gi) serving an MJPEG AVI as RTP JPEG at the file's own pace, one pipeline per
-client from the file's start. Run with Debian's /usr/bin/python3 (a virtualenv does not see gi):
+through python3-gi) serving an MJPEG AVI as RTP JPEG or an H.264 MP4 as RTP H.264, at the file's
+own pace, one pipeline per client from the file's start. Run with Debian's /usr/bin/python3 (a
+virtualenv does not see gi):
 
     /usr/bin/python3 tests/rtsp_server.py --video door.avi --port 8554 --mount /door
 
@@ -22,7 +23,7 @@ from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--video", required=True, help="an MJPEG AVI")
+    parser.add_argument("--video", required=True, help="an MJPEG AVI or an H.264 MP4")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--mount", default="/stream")
     args = parser.parse_args()
@@ -32,9 +33,14 @@ def main() -> None:
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
     location = args.video.replace("\\", "\\\\").replace('"', '\\"')
-    factory.set_launch(
-        f'( filesrc location="{location}" ! avidemux ! jpegparse ! rtpjpegpay name=pay0 pt=26 )'
-    )
+    if args.video.lower().endswith(".mp4"):
+        # gstreamer1.0-plugins-good only; the parameter sets travel in the SDP. rtph264pay's
+        # config-interval=-1 repeats them before every slice of a key frame, and FFmpeg then
+        # decodes each slice of the test video's two-slice key frames as a picture of its own.
+        payload = "qtdemux ! rtph264pay name=pay0 pt=96"
+    else:
+        payload = "avidemux ! jpegparse ! rtpjpegpay name=pay0 pt=26"
+    factory.set_launch(f'( filesrc location="{location}" ! {payload} )')
     server.get_mount_points().add_factory(args.mount, factory)
     if server.attach(None) == 0:
         sys.exit(f"cannot listen on 127.0.0.1:{args.port}")

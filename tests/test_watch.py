@@ -399,12 +399,15 @@ def test_the_watch_speed_benchmark_measures_a_watcher_that_decides_right(run_ben
     assert figures["peak_pss_mib"] > 0 and figures["video"]["width"] == 1280
 
 
+@pytest.mark.parametrize("video", ["watch_video", "h264_video"], ids=["mjpeg", "h264"])
 def test_a_live_rtsp_camera_gives_one_event_per_person_in_order_until_sigterm(
-    broker, watch_gallery, watch_video, watch_cast, rtsp_server
+    broker, watch_gallery, watch_cast, rtsp_server, request, video
 ):
-    """The video played by a real RTSP server at its own pace: the events of the people in
-    order, each while they are still in view (``decide_after``), then a clean exit on SIGTERM."""
+    """The video (MJPEG, or H.264 as most IP cameras send) played by a real RTSP server at its
+    own pace: the events of the people in order, each while they are still in view
+    (``decide_after``), then a clean exit on SIGTERM."""
     url, access = watch_gallery
+    watch_video = request.getfixturevalue(video)
     camera = rtsp_server(watch_video.path)
     events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
     people = [a.person for a in watch_video.appearances]

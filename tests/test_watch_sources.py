@@ -127,6 +127,23 @@ def test_the_rtsp_server_delivers_the_frames_of_the_video(watch_video, rtsp_serv
     assert source.counts.reopens == 0
 
 
+def test_an_h264_rtsp_camera_delivers_the_frames_of_the_video(h264_video, rtsp_server):
+    """H.264 over RTP, as most IP cameras send: the frames are the MP4's own, decoded."""
+    video_frames = {
+        frame_number(f.image): f.image
+        for f in read_all(SourceOptions(str(h264_video.path), sample_fps=1000))[0]
+    }
+    assert len(video_frames) == h264_video.frames
+    server = rtsp_server(h264_video.path)
+    source = FrameSource(SourceOptions(server.url, sample_fps=5))
+    frames = collect(source, threading.Event(), lambda fs: len(fs) >= 10, timeout=30)
+
+    assert_frames_of_the_video(frames, video_frames)
+    numbers = [frame_number(f.image) for f in frames]
+    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
+    assert source.counts.reopens == 0
+
+
 def test_the_mjpeg_camera_delivers_the_frames_of_the_video(watch_video, mjpeg_server, video_frames):
     server = mjpeg_server(watch_video.path)
     source = FrameSource(SourceOptions(server.url, sample_fps=5))

@@ -52,8 +52,8 @@ class _VideoServer(_Process):
 
 
 class RtspServer(_VideoServer):
-    """GStreamer's RTSP server playing ``video`` (an MJPEG AVI) at ``url``, each client from the
-    file's start at its own pace; the stream ends with the file."""
+    """GStreamer's RTSP server playing ``video`` (an MJPEG AVI or an H.264 MP4) at ``url``, each
+    client from the file's start at its own pace; the stream ends with the file."""
 
     name = "rtsp-server"
 
@@ -96,8 +96,9 @@ class MjpegServer(_VideoServer):
 @pytest.fixture
 def rtsp_server():
     """``rtsp_server(video, mount="/door")`` starts GStreamer's RTSP server on ``video`` (an
-    MJPEG AVI such as ``watch_video.path``) and returns it (``.url``, ``.restart()``,
-    ``.stop()``, ``.log()``); all are stopped after the test."""
+    MJPEG AVI such as ``watch_video.path`` or an H.264 MP4 such as ``h264_video.path``) and
+    returns it (``.url``, ``.restart()``, ``.stop()``, ``.log()``); all are stopped after the
+    test."""
     yield from _servers_in_workdirs("rtsp", RtspServer)
 
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install the real video servers' parts for the watcher's source tests (tests/test_watch_sources.py):
 # Debian's GStreamer RTSP server, driven by Debian's own /usr/bin/python3 through python3-gi (a
-# virtualenv does not see gi), with the plugins that demux the test AVI and packetise its JPEG
-# frames. The HTTP MJPEG camera is a small Python server (tests/video_servers.py) and needs
+# virtualenv does not see gi), with the plugins that demux the test AVI and MP4 and packetise their
+# JPEG and H.264 frames (all in -good). The HTTP MJPEG camera is a small Python server (tests/video_servers.py) and needs
 # nothing. Idempotent; `apt-get update` runs only when a package is missing.
 set -euo pipefail
 
