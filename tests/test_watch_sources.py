@@ -14,7 +14,7 @@ import av
 import numpy as np
 import pytest
 
-from benchmarking_utils.watch_video import frame_number
+from benchmarking_utils.watch_video import VideoManifest, frame_number
 from facematch.config import ConfigError
 from facematch.watch.source import Frame, FrameSource, SourceError, SourceOptions
 from tests.servers import free_port
@@ -25,11 +25,16 @@ def read_all(options: SourceOptions) -> tuple[list[Frame], FrameSource]:
     return list(source.frames(threading.Event())), source
 
 
+def decoded_frames(video: VideoManifest) -> dict[int, np.ndarray]:
+    """Every frame of ``video``'s file, decoded, by the number drawn in it."""
+    frames, _ = read_all(SourceOptions(str(video.path), sample_fps=1000))
+    return {frame_number(f.image): f.image for f in frames}
+
+
 @pytest.fixture(scope="module")
 def video_frames(watch_video) -> dict[int, np.ndarray]:
     """Every frame of the standard video, by the number drawn in it."""
-    frames, _ = read_all(SourceOptions(str(watch_video.path), sample_fps=1000))
-    return {frame_number(f.image): f.image for f in frames}
+    return decoded_frames(watch_video)
 
 
 def collect(source: FrameSource, stop: threading.Event, until, timeout: float) -> list[Frame]:
@@ -116,29 +121,15 @@ def test_a_slow_consumer_of_a_live_source_gets_the_latest_frame_and_the_rest_are
     assert counts.reopens == 0
 
 
-def test_the_rtsp_server_delivers_the_frames_of_the_video(watch_video, rtsp_server, video_frames):
-    server = rtsp_server(watch_video.path)
+@pytest.mark.parametrize("video", ["watch_video", "h264_video"], ids=["mjpeg", "h264"])
+def test_the_rtsp_server_delivers_the_frames_of_the_video(rtsp_server, request, video):
+    """MJPEG as RTP JPEG, and H.264 as most IP cameras send it: the frames are the file's own."""
+    manifest = request.getfixturevalue(video)
+    server = rtsp_server(manifest.path)
     source = FrameSource(SourceOptions(server.url, sample_fps=5))
     frames = collect(source, threading.Event(), lambda fs: len(fs) >= 10, timeout=30)
 
-    assert_frames_of_the_video(frames, video_frames)
-    numbers = [frame_number(f.image) for f in frames]
-    assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
-    assert source.counts.reopens == 0
-
-
-def test_an_h264_rtsp_camera_delivers_the_frames_of_the_video(h264_video, rtsp_server):
-    """H.264 over RTP, as most IP cameras send: the frames are the MP4's own, decoded."""
-    video_frames = {
-        frame_number(f.image): f.image
-        for f in read_all(SourceOptions(str(h264_video.path), sample_fps=1000))[0]
-    }
-    assert len(video_frames) == h264_video.frames
-    server = rtsp_server(h264_video.path)
-    source = FrameSource(SourceOptions(server.url, sample_fps=5))
-    frames = collect(source, threading.Event(), lambda fs: len(fs) >= 10, timeout=30)
-
-    assert_frames_of_the_video(frames, video_frames)
+    assert_frames_of_the_video(frames, decoded_frames(manifest))
     numbers = [frame_number(f.image) for f in frames]
     assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers), numbers
     assert source.counts.reopens == 0
