@@ -163,6 +163,47 @@ def watch_video(watch_cast, tmp_path_factory) -> VideoManifest:
     return write_video(path, list(watch_cast.segments))
 
 
+class WatchCli:
+    """``python -m facematch.watch`` as an operator runs it, on the watch tests' gallery and
+    camera: its environment (this one's ``FACEMATCH_*`` variables left out) and command line."""
+
+    gallery, camera = "door-test", "door"  # the watch_gallery fixture's gallery
+
+    def env(self, mqtt_port: int | None = None, gallery_url: str | None = None, **extra: str):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
+        env |= {"PYTHONPATH": str(REPO), "FACEMATCH_NODE": "watch-test"}
+        if mqtt_port is not None:
+            env |= {"FACEMATCH_MQTT_HOST": "127.0.0.1", "FACEMATCH_MQTT_PORT": str(mqtt_port)}
+        if gallery_url is not None:
+            env["FACEMATCH_GALLERY_URL"] = gallery_url
+        return env | extra
+
+    def argv(self, source, gallery: str | None = None) -> list[str]:
+        return [sys.executable, "-m", "facematch.watch", "--source", str(source)] + [
+            "--gallery", gallery or self.gallery, "--camera", self.camera
+        ]  # fmt: skip
+
+    def run(self, source, env: dict, gallery: str | None = None, timeout: float = 120):
+        """Run it to its end; the finished process, its output as text."""
+        return subprocess.run(
+            self.argv(source, gallery),
+            env=env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def start(self, source, env: dict, **popen) -> subprocess.Popen:
+        """Start it; ``popen``: where its output goes."""
+        return subprocess.Popen(self.argv(source), env=env, cwd=REPO, **popen)
+
+
+@pytest.fixture
+def watch_cli() -> WatchCli:
+    return WatchCli()
+
+
 @pytest.fixture(scope="session")
 def h264_video(watch_cast, tmp_path_factory) -> VideoManifest:
     """The standard test video as H.264 in MP4 (a key frame each second), as IP cameras send."""

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import signal
 import subprocess
-import sys
 import urllib.request
 
 import numpy as np
@@ -39,8 +37,7 @@ from facematch.watch.selection import BestFrames, Sighting, score
 from facematch.watch.tracker import IouTracker, TrackerOptions, iou
 from tests.servers import Subscriber, wait_until
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GALLERY = "door-test"  # the watch_gallery fixture's
+GALLERY = "door-test"  # the watch_gallery fixture's (WatchCli's too)
 CAMERA = "door"
 
 
@@ -244,36 +241,16 @@ def test_the_prometheus_port_serves_the_watch_counters_and_latency():
 # --- the watcher end to end ------------------------------------------------------------------
 
 
-def watch_env(broker, gallery_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
-    return {
-        **env,
-        "PYTHONPATH": REPO,
-        "FACEMATCH_MQTT_HOST": "127.0.0.1",
-        "FACEMATCH_MQTT_PORT": str(broker.port),
-        "FACEMATCH_GALLERY_URL": gallery_url,
-        "FACEMATCH_NODE": "watch-test",
-        **extra,
-    }
-
-
 def test_the_video_gives_one_event_per_person_in_order_unknowns_as_null(
-    broker, watch_gallery, watch_video, watch_cast
+    broker, watch_gallery, watch_video, watch_cast, watch_cli
 ):
     url, access = watch_gallery
     events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
     metrics = Subscriber(broker, topic="facematch/metrics", client_id="metrics")
     discovery = Subscriber(broker, topic="homeassistant/#", client_id="discovery")
     try:
-        done = subprocess.run(
-            [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
-            + ["--gallery", GALLERY, "--camera", CAMERA],
-            env=watch_env(broker, url, FACEMATCH_WATCH_HA_DISCOVERY="true"),
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
+        env = watch_cli.env(broker.port, url, FACEMATCH_WATCH_HA_DISCOVERY="true")
+        done = watch_cli.run(watch_video.path, env, timeout=240)
         assert done.returncode == 0, done.stderr[-3000:]
         people = [a.person for a in watch_video.appearances]
         found = events.wait_for(len(people))
@@ -319,7 +296,7 @@ def prometheus_value(port: int, name: str) -> float:
 
 
 def test_sigterm_on_a_live_source_decides_the_open_track_publishes_it_and_exits(
-    broker, watch_gallery, watch_cast, tmp_path
+    broker, watch_gallery, watch_cast, watch_cli, tmp_path
 ):
     """A live source (the file looped as a camera would stream) never ends: on SIGTERM the
     watcher decides the track still open, publishes its event and exits cleanly."""
@@ -330,22 +307,16 @@ def test_sigterm_on_a_live_source_decides_the_open_track_publishes_it_and_exits(
     video = write_video(tmp_path / "live.avi", [Segment(shown.photo, 30)], gap_s=0.1)
     port = free_port()
     events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
-    env = watch_env(
-        broker,
+    env = watch_cli.env(
+        broker.port,
         url,
         FACEMATCH_WATCH_LIVE="true",
         FACEMATCH_WATCH_DECIDE_AFTER="0",  # only at the track's end: here, at SIGTERM
         FACEMATCH_WATCH_MAX_MISSES="50",  # the looped file's reopen gaps do not end the track
         FACEMATCH_WATCH_METRICS_PORT=str(port),
     )
-    process = subprocess.Popen(
-        [sys.executable, "-m", "facematch.watch", "--source", str(video.path)]
-        + ["--gallery", GALLERY, "--camera", CAMERA],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+    process = watch_cli.start(
+        video.path, env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
         wait_until(
@@ -369,20 +340,11 @@ def test_sigterm_on_a_live_source_decides_the_open_track_publishes_it_and_exits(
     assert [(a.key, a.subject) for a in audit] == [(f"camera:{CAMERA}", person)]
 
 
-def test_a_broker_that_is_away_does_not_hold_the_watcher_up(watch_gallery, watch_video):
+def test_a_broker_that_is_away_does_not_hold_the_watcher_up(watch_gallery, watch_video, watch_cli):
     """With the broker down for the whole run the events wait in the bounded queue, the file is
     still watched to its end, every decision is in the audit trail and the watcher exits."""
     url, access = watch_gallery
-    env = watch_env(type("Away", (), {"port": free_port()})(), url)
-    done = subprocess.run(
-        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
-        + ["--gallery", GALLERY, "--camera", CAMERA],
-        env=env,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = watch_cli.run(watch_video.path, watch_cli.env(free_port(), url), timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     audit = [a for a in access.audit(GALLERY).events if a.action == "identify"]
     assert len(audit) == len(watch_video.appearances)
@@ -401,7 +363,7 @@ def test_the_watch_speed_benchmark_measures_a_watcher_that_decides_right(run_ben
 
 @pytest.mark.parametrize("video", ["watch_video", "h264_video"], ids=["mjpeg", "h264"])
 def test_a_live_rtsp_camera_gives_one_event_per_person_in_order_until_sigterm(
-    broker, watch_gallery, watch_cast, rtsp_server, request, video
+    broker, watch_gallery, watch_cast, watch_cli, rtsp_server, request, video
 ):
     """The video (MJPEG, or H.264 as most IP cameras send) played by a real RTSP server at its
     own pace: the events of the people in order, each while they are still in view
@@ -411,11 +373,9 @@ def test_a_live_rtsp_camera_gives_one_event_per_person_in_order_until_sigterm(
     camera = rtsp_server(watch_video.path)
     events = Subscriber(broker, topic="facematch/watch/#", client_id="events")
     people = [a.person for a in watch_video.appearances]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "facematch.watch", "--source", camera.url]
-        + ["--gallery", GALLERY, "--camera", CAMERA],
-        env=watch_env(broker, url),
-        cwd=REPO,
+    process = watch_cli.start(
+        camera.url,
+        watch_cli.env(broker.port, url),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -439,30 +399,18 @@ def test_a_live_rtsp_camera_gives_one_event_per_person_in_order_until_sigterm(
         assert e["latency_ms"] >= (sampled - 1) * 180  # live: sightings at most 5 a second
 
 
-def test_an_unknown_gallery_is_refused_before_watching(broker, tmp_path, watch_video):
-    done = subprocess.run(
-        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
-        + ["--gallery", "nobody-here", "--camera", CAMERA],
-        env=watch_env(broker, f"sqlite:///{tmp_path / 'empty.db'}"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_an_unknown_gallery_is_refused_before_watching(broker, tmp_path, watch_video, watch_cli):
+    env = watch_cli.env(broker.port, f"sqlite:///{tmp_path / 'empty.db'}")
+    done = watch_cli.run(watch_video.path, env, gallery="nobody-here")
     assert done.returncode == 2
     assert "no gallery 'nobody-here'" in done.stderr
 
 
-def test_a_bad_watch_setting_exits_with_a_message_naming_it(broker, tmp_path, watch_video):
-    done = subprocess.run(
-        [sys.executable, "-m", "facematch.watch", "--source", str(watch_video.path)]
-        + ["--gallery", GALLERY, "--camera", CAMERA],
-        env=watch_env(broker, f"sqlite:///{tmp_path / 'g.db'}", FACEMATCH_WATCH_LIVE="maybe"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_a_bad_watch_setting_exits_with_a_message_naming_it(
+    broker, tmp_path, watch_video, watch_cli
+):
+    env = watch_cli.env(broker.port, f"sqlite:///{tmp_path / 'g.db'}", FACEMATCH_WATCH_LIVE="maybe")
+    done = watch_cli.run(watch_video.path, env)
     assert done.returncode == 2
     assert "FACEMATCH_WATCH_LIVE must be auto, true or false" in done.stderr
 

@@ -5,10 +5,8 @@ events and runs until SIGTERM."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,7 @@ import pytest
 from benchmarking_utils.watch_video import Segment, write_video
 from tests.servers import Subscriber
 
-REPO = Path(__file__).resolve().parents[1]
-GALLERY = "door-test"  # the watch_gallery fixture's
-CAMERA = "door"
+CAMERA = "door"  # WatchCli's
 # Empty scene between people, well beyond the time a track takes to end (max_misses sampled
 # frames), so that a watcher far behind on a loaded machine (2-4 of 5 frames/s handed on) still
 # keeps two people at the same spot apart. With a 1 s gap and misses counted in handed frames
@@ -26,26 +22,15 @@ CAMERA = "door"
 GAP_S = 4.0
 
 
-def start_watcher(broker, gallery_url: str, source: str, log: Path) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FACEMATCH_")}
-    env |= {
-        "PYTHONPATH": str(REPO),
-        "FACEMATCH_MQTT_HOST": "127.0.0.1",
-        "FACEMATCH_MQTT_PORT": str(broker.port),
-        "FACEMATCH_GALLERY_URL": gallery_url,
-        "FACEMATCH_NODE": "watch-stream-test",
-        "FACEMATCH_WATCH_REOPEN_INITIAL_S": "0.2",
-        "FACEMATCH_WATCH_REOPEN_MAX_S": "1",
-    }
+def start_watcher(watch_cli, broker, gallery_url: str, source: str, log: Path):
+    env = watch_cli.env(
+        broker.port,
+        gallery_url,
+        FACEMATCH_WATCH_REOPEN_INITIAL_S="0.2",
+        FACEMATCH_WATCH_REOPEN_MAX_S="1",
+    )
     with open(log, "wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "facematch.watch", "--source", source]
-            + ["--gallery", GALLERY, "--camera", CAMERA],
-            env=env,
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        return watch_cli.start(source, env, stdout=out, stderr=subprocess.STDOUT)
 
 
 def stop_watcher(watcher: subprocess.Popen, log: Path) -> str:
@@ -71,7 +56,7 @@ def events(broker):
 
 
 def test_the_watcher_goes_on_after_the_rtsp_camera_restarts(
-    broker, events, watch_gallery, watch_cast, rtsp_server, tmp_path
+    broker, events, watch_gallery, watch_cast, watch_cli, rtsp_server, tmp_path
 ):
     url, _ = watch_gallery
     first, *rest = watch_cast.segments
@@ -81,7 +66,7 @@ def test_the_watcher_goes_on_after_the_rtsp_camera_restarts(
     after = write_video(tmp_path / "after.avi", [*rest, Segment(None, 30)], gap_s=GAP_S)
     server = rtsp_server(before.path)
     log = tmp_path / "watch.log"
-    watcher = start_watcher(broker, url, server.url, log)
+    watcher = start_watcher(watch_cli, broker, url, server.url, log)
     try:
         assert [e["subject"] for e in events.wait_for(1, timeout=90)] == [first.person]
         server.restart(video=after.path)
@@ -96,13 +81,13 @@ def test_the_watcher_goes_on_after_the_rtsp_camera_restarts(
 
 
 def test_the_watcher_identifies_people_on_an_mjpeg_camera(
-    broker, events, watch_gallery, watch_cast, mjpeg_server, tmp_path
+    broker, events, watch_gallery, watch_cast, watch_cli, mjpeg_server, tmp_path
 ):
     url, _ = watch_gallery
     video = write_video(tmp_path / "door.avi", list(watch_cast.segments), gap_s=GAP_S)
     server = mjpeg_server(video.path)
     log = tmp_path / "watch.log"
-    watcher = start_watcher(broker, url, server.url, log)
+    watcher = start_watcher(watch_cli, broker, url, server.url, log)
     try:
         events.wait_for(3, timeout=90)
     finally:
@@ -124,20 +109,12 @@ def test_the_watcher_identifies_people_on_an_mjpeg_camera(
     ],
 )
 def test_a_video_file_that_cannot_be_read_stops_the_watcher_with_a_clear_error(
-    tmp_path, name, content, message
+    tmp_path, watch_cli, name, content, message
 ):
     path = tmp_path / name
     if content is not None:
         path.write_text(content)
-    done = subprocess.run(
-        [sys.executable, "-m", "facematch.watch", "--source", str(path)]
-        + ["--gallery", GALLERY, "--camera", CAMERA],
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = watch_cli.run(path, watch_cli.env())
     assert done.returncode == 2, done.stderr[-2000:]
     assert message.format(path=path) in done.stderr
     assert "Traceback" not in done.stderr

@@ -111,13 +111,18 @@ def image_field(ctx: RequestContext, name: str) -> DecodedPhoto:
     """The upload ``name`` decoded into an upright RGB photo (with ``FACEMATCH_REDUCED_DECODE``
     a large JPEG at the reduced scale the detector needs: ``decode_photo``); noted in the
     outcome with its full size."""
-    data = bytes_field(ctx, name)
+    return decode(ctx, name, bytes_field(ctx, name))
+
+
+def decode(ctx: RequestContext, role: str, data: bytes) -> DecodedPhoto:
+    """The photo ``role``'s bytes decoded (``decode_photo``); its time and full size noted in
+    the outcome."""
     start = time.perf_counter()
     min_side = ctx.services.engine.options.decode_min_side
-    photo = decode_photo(data, ctx.services.settings.max_pixels, name, min_side)
+    photo = decode_photo(data, ctx.services.settings.max_pixels, role, min_side)
     done = ctx.outcome
     done.times.decode += (time.perf_counter() - start) * 1000
-    done.photos[name] = InputPhoto(photo.width, photo.height)
+    done.photos[role] = InputPhoto(photo.width, photo.height)
     return photo
 
 
@@ -280,11 +285,7 @@ def samples(ctx: RequestContext, decided: Decision) -> Samples:
 def _burst_face(ctx: RequestContext, role: str, data: bytes) -> DetectedFace | NoFace | LowQuality:
     """The primary face of one burst photo, or the error that keeps it out (noted in the
     outcome either way); the decoded photo is dropped once its faces are cut and measured."""
-    start = time.perf_counter()
-    min_side = ctx.services.engine.options.decode_min_side
-    photo = decode_photo(data, ctx.services.settings.max_pixels, role, min_side)
-    ctx.outcome.times.decode += (time.perf_counter() - start) * 1000
-    ctx.outcome.photos[role] = InputPhoto(photo.width, photo.height)
+    photo = decode(ctx, role, data)
     try:
         found = detect(ctx, role, photo)
     except (NoFace, LowQuality) as error:
